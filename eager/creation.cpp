@@ -1,0 +1,207 @@
+// Tensor factories and the counter-based random generator.
+#include <cmath>
+#include <cstring>
+#include <mutex>
+
+#include "eager/loops.h"
+#include "eager/ops.h"
+
+namespace kiln {
+
+Tensor zeros(Shape shape, DType dtype) { return full(std::move(shape), 0, dtype); }
+Tensor ones(Shape shape, DType dtype) { return full(std::move(shape), 1, dtype); }
+
+Tensor full(Shape shape, Scalar value, std::optional<DType> dtype) {
+  Tensor out = Tensor::empty(std::move(shape), dtype.value_or(default_dtype(value.category())));
+  fill(out, value);
+  return out;
+}
+
+Tensor scalar_tensor(Scalar value, std::optional<DType> dtype) { return full({}, value, dtype); }
+
+Tensor zeros_like(const Tensor& x, std::optional<DType> dtype) { return zeros(x.shape(), dtype.value_or(x.dtype())); }
+Tensor ones_like(const Tensor& x, std::optional<DType> dtype) { return ones(x.shape(), dtype.value_or(x.dtype())); }
+Tensor full_like(const Tensor& x, Scalar value, std::optional<DType> dtype) {
+  return full(x.shape(), value, dtype.value_or(x.dtype()));
+}
+Tensor empty_like(const Tensor& x, std::optional<DType> dtype) {
+  return Tensor::empty(x.shape(), dtype.value_or(x.dtype()), x.device());
+}
+
+Tensor from_blob_copy(const void* data, Shape shape, DType dtype) {
+  Tensor out = Tensor::empty(std::move(shape), dtype);
+  if (out.numel() > 0) std::memcpy(out.data_ptr(), data, out.numel() * out.itemsize());
+  return out;
+}
+
+Tensor arange(Scalar start, Scalar end, Scalar step, std::optional<DType> dtype_opt) {
+  bool any_float = start.category() == DTypeCategory::Floating ||
+                   end.category() == DTypeCategory::Floating || step.category() == DTypeCategory::Floating;
+  DType dtype = dtype_opt.value_or(any_float ? DType::Float32 : DType::Int64);
+  double s = start.to_double(), e = end.to_double(), st = step.to_double();
+  KILN_CHECK(st != 0, ValueError, "arange: step must be nonzero");
+  KILN_CHECK(std::isfinite(s) && std::isfinite(e), ValueError, "arange: start and end must be finite");
+  KILN_CHECK((st > 0 && e >= s) || (st < 0 && e <= s), ValueError,
+             "arange: upper bound and larger bound inconsistent with step sign (start {}, end {}, step {})",
+             s, e, st);
+  int64_t n = any_float ? static_cast<int64_t>(std::ceil((e - s) / st))
+                        : (end.to_int() - start.to_int() + step.to_int() - (step.to_int() > 0 ? 1 : -1)) /
+                              step.to_int();
+  Tensor out = Tensor::empty({std::max<int64_t>(n, 0)}, dtype);
+  dispatch_numeric(dtype, "arange", [&]<class T>() {
+    T* o = out.data<T>();
+    for (int64_t i = 0; i < out.numel(); ++i) {
+      if (any_float) o[i] = T(static_cast<compute_t<T>>(s + static_cast<double>(i) * st));
+      else o[i] = static_cast<T>(start.to_int() + i * step.to_int());
+    }
+  });
+  return out;
+}
+
+Tensor linspace(double start, double end, int64_t steps, DType dtype) {
+  KILN_CHECK(steps >= 0, ValueError, "linspace: number of steps must be non-negative, got {}", steps);
+  Tensor out = Tensor::empty({steps}, dtype);
+  double step = steps > 1 ? (end - start) / static_cast<double>(steps - 1) : 0.0;
+  dispatch_numeric(dtype, "linspace", [&]<class T>() {
+    T* o = out.data<T>();
+    // Fill from both ends, as PyTorch does, so the last value is exactly `end`.
+    int64_t half = steps / 2;
+    for (int64_t i = 0; i < steps; ++i) {
+      double v = i < half ? start + step * static_cast<double>(i)
+                          : end - step * static_cast<double>(steps - 1 - i);
+      o[i] = T(static_cast<compute_t<T>>(v));
+    }
+  });
+  return out;
+}
+
+Tensor eye(int64_t n, std::optional<int64_t> m_opt, DType dtype) {
+  int64_t m = m_opt.value_or(n);
+  KILN_CHECK(n >= 0 && m >= 0, ValueError, "eye: sizes must be non-negative, got {} x {}", n, m);
+  Tensor out = zeros({n, m}, dtype);
+  for (int64_t i = 0; i < std::min(n, m); ++i) fill(select(select(out, 0, i), 0, i), 1);
+  return out;
+}
+
+// ---- random: Philox4x32-10 ----
+//
+// Element i of a draw reads 64 bits: counter block (offset + i / 2), words
+// 2 * (i % 2) and 2 * (i % 2) + 1, under the key `seed`. Each draw then
+// advances the offset past the blocks it used. The mapping depends on
+// nothing but (seed, offset, i), so CPU, CUDA, eager and traced code can all
+// produce the same numbers.
+
+namespace {
+
+struct Philox {
+  static std::array<uint32_t, 4> block(uint64_t seed, uint64_t counter) {
+    uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      uint64_t p0 = uint64_t{0xD2511F53u} * c0, p1 = uint64_t{0xCD9E8D57u} * c2;
+      uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0, n1 = static_cast<uint32_t>(p1);
+      uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1, n3 = static_cast<uint32_t>(p0);
+      c0 = n0, c1 = n1, c2 = n2, c3 = n3;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    return {c0, c1, c2, c3};
+  }
+};
+
+struct Generator {
+  std::mutex mutex;
+  uint64_t seed = 67280421310721ull;
+  uint64_t offset = 0;
+
+  // Reserves the counter blocks for n elements: (seed, first block).
+  std::pair<uint64_t, uint64_t> reserve(int64_t n) {
+    std::lock_guard lock(mutex);
+    uint64_t first = offset;
+    offset += static_cast<uint64_t>(n + 1) / 2;
+    return {seed, first};
+  }
+};
+
+Generator& generator() {
+  static Generator g;
+  return g;
+}
+
+// fn(uint32 a, uint32 b) -> double, for each element, written as dtype.
+template <class F>
+Tensor random_tensor(Shape shape, DType dtype, const char* op, F fn) {
+  Tensor out = Tensor::empty(std::move(shape), dtype);
+  const int64_t n = out.numel();
+  const auto [seed, first] = generator().reserve(n);
+  dispatch_numeric(dtype, op, [&]<class T>() {
+    T* o = out.data<T>();
+    parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        auto words = Philox::block(seed, first + static_cast<uint64_t>(i) / 2);
+        int lane = static_cast<int>(i % 2) * 2;
+        o[i] = convert<T>(fn(words[lane], words[lane + 1]));
+      }
+    });
+  });
+  return out;
+}
+
+constexpr double kTwoPow32Inv = 1.0 / 4294967296.0;
+
+}  // namespace
+
+void manual_seed(uint64_t seed) {
+  std::lock_guard lock(generator().mutex);
+  generator().seed = seed;
+  generator().offset = 0;
+}
+
+Tensor rand(Shape shape, DType dtype) {
+  KILN_CHECK(is_floating(dtype), DTypeError, "rand: dtype must be floating, got {}", dtype_name(dtype));
+  bool single = dtype != DType::Float64;
+  return random_tensor(std::move(shape), dtype, "rand", [single](uint32_t a, uint32_t b) {
+    // 24 random bits for float types (exactly representable, never 1.0), 53 for double.
+    if (single) return static_cast<double>(a >> 8) * (1.0 / 16777216.0);
+    return static_cast<double>((static_cast<uint64_t>(a) << 21) ^ (b >> 11)) * (1.0 / 9007199254740992.0);
+  });
+}
+
+Tensor randn(Shape shape, DType dtype) { return normal(0.0, 1.0, std::move(shape), dtype); }
+
+Tensor normal(double mean, double std, Shape shape, DType dtype) {
+  KILN_CHECK(is_floating(dtype), DTypeError, "normal: dtype must be floating, got {}", dtype_name(dtype));
+  KILN_CHECK(std >= 0, ValueError, "normal: std must be non-negative, got {}", std);
+  return random_tensor(std::move(shape), dtype, "normal", [mean, std](uint32_t a, uint32_t b) {
+    // Box-Muller; u1 in (0, 1] keeps the log finite.
+    double u1 = (static_cast<double>(a) + 1.0) * kTwoPow32Inv;
+    double u2 = static_cast<double>(b) * kTwoPow32Inv;
+    return mean + std * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+  });
+}
+
+Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype) {
+  KILN_CHECK(high > low, ValueError, "randint: high ({}) must be greater than low ({})", high, low);
+  const uint64_t range = static_cast<uint64_t>(high - low);
+  // Computed in integers: a double would lose bits for ranges beyond 2^53.
+  Tensor out = Tensor::empty(std::move(shape), dtype);
+  const int64_t n = out.numel();
+  const auto [seed, first] = generator().reserve(n);
+  dispatch_numeric(dtype, "randint", [&]<class T>() {
+    T* o = out.data<T>();
+    parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        auto words = Philox::block(seed, first + static_cast<uint64_t>(i) / 2);
+        int lane = static_cast<int>(i % 2) * 2;
+        uint64_t bits = (static_cast<uint64_t>(words[lane]) << 32) | words[lane + 1];
+        o[i] = convert<T>(low + static_cast<int64_t>(bits % range));
+      }
+    });
+  });
+  return out;
+}
+
+Tensor rand_like(const Tensor& x) { return rand(x.shape(), x.dtype()); }
+Tensor randn_like(const Tensor& x) { return randn(x.shape(), x.dtype()); }
+
+}  // namespace kiln

@@ -1,0 +1,132 @@
+#pragma once
+// Scalar helpers the elementwise tables call. The float versions of exp and
+// tanh are branch-free polynomials, so loops over them auto-vectorize (libm
+// calls do not); double goes through libm.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace kiln {
+
+// exp for float: Cody-Waite range reduction and a degree-6 polynomial
+// (Cephes expf); about 1 ulp. Saturates to 0 / inf, keeps NaN.
+inline float kexp(float x) {
+  float xc = std::fmin(std::fmax(x, -87.3f), 88.7f);
+  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  y *= scale;
+  y = x < -87.3f ? 0.0f : y;
+  y = x > 88.7f ? INFINITY : y;
+  return x != x ? x : y;
+}
+inline double kexp(double x) { return std::exp(x); }
+
+// tanh for float: Cephes' odd polynomial near 0, 1 - 2/(e^2|x| + 1) beyond.
+inline float ktanh(float x) {
+  float ax = std::fabs(x);
+  float z = x * x;
+  float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
+                  1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+  float large = 1.0f - 2.0f / (kexp(2.0f * ax) + 1.0f);
+  large = x < 0 ? -large : large;
+  return ax < 0.625f ? small : large;
+}
+inline double ktanh(double x) { return std::tanh(x); }
+
+template <class C>
+inline C kabs(C x) {
+  if constexpr (std::is_unsigned_v<C>) return x;
+  else if constexpr (std::is_floating_point_v<C>) return std::fabs(x);
+  else return x < 0 ? C(-x) : x;
+}
+
+template <class C>
+inline C kmaximum(C a, C b) {
+  if constexpr (std::is_floating_point_v<C>) {
+    if (a != a) return a;
+    if (b != b) return b;
+  }
+  return a > b ? a : b;
+}
+template <class C>
+inline C kminimum(C a, C b) {
+  if constexpr (std::is_floating_point_v<C>) {
+    if (a != a) return a;
+    if (b != b) return b;
+  }
+  return a < b ? a : b;
+}
+
+// Python's floor division and modulo (the result takes the divisor's sign).
+// Integer division by zero gives 0 as NumPy does, instead of a SIGFPE.
+template <class C>
+inline C kfloordiv(C a, C b) {
+  if constexpr (std::is_floating_point_v<C>) {
+    return std::floor(a / b);
+  } else if constexpr (std::is_same_v<C, bool>) {
+    return b ? a : false;
+  } else {
+    if (b == 0) return 0;
+    if constexpr (std::is_signed_v<C>) {
+      if (b == -1) return static_cast<C>(0 - static_cast<std::make_unsigned_t<C>>(a));
+      C q = static_cast<C>(a / b);
+      if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
+      return q;
+    } else {
+      return static_cast<C>(a / b);
+    }
+  }
+}
+template <class C>
+inline C kremainder(C a, C b) {
+  if constexpr (std::is_floating_point_v<C>) {
+    C r = std::fmod(a, b);
+    if (r != 0 && ((r < 0) != (b < 0))) r += b;
+    return r;
+  } else if constexpr (std::is_same_v<C, bool>) {
+    return false;
+  } else {
+    if (b == 0) return 0;
+    if constexpr (std::is_signed_v<C>) {
+      if (b == -1) return 0;
+      C r = static_cast<C>(a % b);
+      if (r != 0 && ((r < 0) != (b < 0))) r = static_cast<C>(r + b);
+      return r;
+    } else {
+      return static_cast<C>(a % b);
+    }
+  }
+}
+
+template <class C>
+inline C kpow(C a, C b) {
+  if constexpr (std::is_floating_point_v<C>) {
+    return std::pow(a, b);
+  } else if constexpr (std::is_same_v<C, bool>) {
+    return a || !b;
+  } else {
+    if constexpr (std::is_signed_v<C>) {
+      if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);
+    }
+    using U = std::make_unsigned_t<C>;  // wraps like C on overflow, without UB
+    U result = 1, base = static_cast<U>(a);
+    for (auto e = static_cast<U>(b); e; e >>= 1) {
+      if (e & 1) result *= base;
+      base *= base;
+    }
+    return static_cast<C>(result);
+  }
+}
+
+}  // namespace kiln

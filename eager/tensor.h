@@ -1,0 +1,153 @@
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "eager/scalar.h"
+#include "runtime/dtype.h"
+#include "runtime/error.h"
+#include "runtime/shape.h"
+#include "runtime/storage.h"
+
+namespace kiln {
+
+struct TensorImpl {
+  std::shared_ptr<Storage> storage;
+  Shape shape;
+  Strides strides;  // in elements
+  int64_t offset = 0;  // in elements
+  DType dtype = DType::Float32;
+};
+
+using DimList = std::vector<int64_t>;
+
+// A handle to a strided view of refcounted storage. Copying a Tensor copies
+// the handle (like a Python reference); views share storage and its version
+// counter.
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
+
+  // Uninitialized contiguous memory.
+  static Tensor empty(Shape shape, DType dtype = DType::Float32, Device device = kCPU);
+
+  bool defined() const { return impl_ != nullptr; }
+  const Shape& shape() const { return impl().shape; }
+  const Strides& strides() const { return impl().strides; }
+  int64_t offset() const { return impl().offset; }
+  int64_t dim() const { return static_cast<int64_t>(impl().shape.size()); }
+  int64_t size(int64_t d) const;
+  int64_t numel() const { return kiln::numel(impl().shape); }
+  DType dtype() const { return impl().dtype; }
+  Device device() const { return impl().storage->device(); }
+  size_t itemsize() const { return kiln::itemsize(dtype()); }
+  const std::shared_ptr<Storage>& storage() const { return impl().storage; }
+  bool is_contiguous() const;
+  bool is_same(const Tensor& other) const { return impl_ == other.impl_; }
+  TensorImpl* impl_ptr() const { return impl_.get(); }
+
+  void* data_ptr() const {
+    return static_cast<char*>(impl().storage->data()) + impl().offset * static_cast<int64_t>(itemsize());
+  }
+  template <class T>
+  T* data() const {
+    KILN_CHECK(dtype_v<T> == dtype(), DTypeError, "data<{}>() called on a {} tensor",
+               dtype_name(dtype_v<T>), dtype_name(dtype()));
+    return static_cast<T*>(data_ptr());
+  }
+  // The single element of a one-element tensor, converted.
+  template <class T>
+  T item() const;
+  Scalar item() const;
+
+  uint64_t version() const { return impl().storage->version(); }
+  void bump_version() const { impl().storage->bump_version(); }
+
+  // A view of the same storage with new geometry (elements, not bytes).
+  Tensor as_strided(Shape shape, Strides strides, int64_t offset) const;
+
+  std::string str() const;  // PyTorch-style repr: tensor([...], dtype=...)
+
+  // ---- op methods; each forwards to the free function in eager/ops.h ----
+#define KILN_UNARY(NAME, KIND, EXPR) \
+  Tensor NAME() const;               \
+  Tensor& NAME##_();
+#include "eager/unary_ops.def"
+#undef KILN_UNARY
+#define KILN_BINARY(NAME, KIND, EXPR)   \
+  Tensor NAME(const Tensor& b) const;   \
+  Tensor NAME(Scalar b) const;          \
+  Tensor& NAME##_(const Tensor& b);     \
+  Tensor& NAME##_(Scalar b);
+#include "eager/binary_ops.def"
+#undef KILN_BINARY
+
+  Tensor logical_not() const;
+  Tensor bitwise_not() const;
+  Tensor clamp(std::optional<Scalar> min, std::optional<Scalar> max) const;
+  Tensor& clamp_(std::optional<Scalar> min, std::optional<Scalar> max);
+  Tensor& fill_(Scalar value);
+  Tensor& zero_();
+  Tensor& copy_(const Tensor& src);
+  Tensor to(DType dtype) const;
+  Tensor contiguous() const;
+  Tensor clone() const;
+
+  // views
+  Tensor view(Shape shape) const;
+  Tensor reshape(Shape shape) const;
+  Tensor permute(DimList dims) const;
+  Tensor transpose(int64_t d0, int64_t d1) const;
+  Tensor T() const;
+  Tensor slice(int64_t dim, std::optional<int64_t> start, std::optional<int64_t> stop,
+               int64_t step = 1) const;
+  Tensor select(int64_t dim, int64_t index) const;
+  Tensor narrow(int64_t dim, int64_t start, int64_t length) const;
+  Tensor expand(Shape shape) const;
+  Tensor squeeze(std::optional<int64_t> dim = std::nullopt) const;
+  Tensor unsqueeze(int64_t dim) const;
+  Tensor flatten(int64_t start_dim = 0, int64_t end_dim = -1) const;
+
+  // reductions
+  Tensor sum(DimList dims = {}, bool keepdim = false) const;
+  Tensor mean(DimList dims = {}, bool keepdim = false) const;
+  Tensor prod(DimList dims = {}, bool keepdim = false) const;
+  Tensor amax(DimList dims = {}, bool keepdim = false) const;
+  Tensor amin(DimList dims = {}, bool keepdim = false) const;
+  Tensor argmax(std::optional<int64_t> dim = std::nullopt, bool keepdim = false) const;
+  Tensor argmin(std::optional<int64_t> dim = std::nullopt, bool keepdim = false) const;
+  Tensor var(DimList dims = {}, int64_t correction = 1, bool keepdim = false) const;
+  Tensor std(DimList dims = {}, int64_t correction = 1, bool keepdim = false) const;
+  Tensor logsumexp(DimList dims, bool keepdim = false) const;
+  Tensor any(DimList dims = {}, bool keepdim = false) const;
+  Tensor all(DimList dims = {}, bool keepdim = false) const;
+
+  Tensor matmul(const Tensor& b) const;
+  Tensor softmax(int64_t dim) const;
+  Tensor log_softmax(int64_t dim) const;
+
+  Tensor operator[](int64_t index) const { return select(0, index); }
+
+ private:
+  const TensorImpl& impl() const {
+    KILN_CHECK(impl_, Error, "use of an undefined tensor");
+    return *impl_;
+  }
+  std::shared_ptr<TensorImpl> impl_;
+};
+
+// Operators, each spelled as its binary op (add, lt, ...).
+#define KILN_TENSOR_OPERATORS(X) \
+  X(+, add) X(-, sub) X(*, mul) X(/, div) X(%, remainder) X(&, bitwise_and) X(|, bitwise_or) \
+  X(^, bitwise_xor) X(==, eq) X(!=, ne) X(<, lt) X(<=, le) X(>, gt) X(>=, ge)
+#define KILN_DECLARE_OPERATOR(OP, NAME)                  \
+  Tensor operator OP(const Tensor& a, const Tensor& b);  \
+  Tensor operator OP(const Tensor& a, Scalar b);         \
+  Tensor operator OP(Scalar a, const Tensor& b);
+KILN_TENSOR_OPERATORS(KILN_DECLARE_OPERATOR)
+#undef KILN_DECLARE_OPERATOR
+Tensor operator-(const Tensor& a);
+
+}  // namespace kiln

@@ -1,0 +1,245 @@
+"""kiln: a deep-learning engine with eager tensors and (soon) compiled functions.
+
+The tensor type, the ops and the errors come from the C++ core (kiln._C);
+this module adds the PyTorch-style Python surface: sizes given as varargs,
+``tensor()`` from nested lists, dtype objects and ``device=`` arguments.
+"""
+import builtins as _builtins
+
+import numpy as _np
+
+from . import _C
+from ._C import (  # noqa: F401  (re-exported API)
+    Tensor, dtype, ShapeError, DTypeError, DeviceError, KilnError,
+    manual_seed, from_numpy, promote_types, result_type,
+    get_num_threads, set_num_threads,
+    where, matmul, softmax, log_softmax, layer_norm, cat, stack, one_hot,
+    broadcast_tensors, broadcast_to, gelu, logical_not, bitwise_not,
+)
+
+__version__ = "0.1.0"
+
+bool = dtype.bool  # noqa: A001  (PyTorch's names shadow the builtins on purpose)
+uint8 = dtype.uint8
+int8 = dtype.int8
+int32 = dtype.int32
+int64 = dtype.int64
+float16 = dtype.float16
+bfloat16 = dtype.bfloat16
+float32 = dtype.float32
+float64 = dtype.float64
+half, float, double, int, long = float16, float32, float64, int32, int64  # noqa: A001
+
+_builtin_int = _builtins.int
+
+# Elementwise and reduction functions: kiln.exp(x), kiln.add(a, b), kiln.sum(x, dim=1)...
+for _name in dir(_C):
+    if not _name.startswith("_") and _name not in globals():
+        globals()[_name] = getattr(_C, _name)
+
+
+def _method_function(name):
+    def fn(input, *args, **kwargs):
+        return getattr(input, name)(*args, **kwargs)
+    fn.__name__ = name
+    fn.__doc__ = f"kiln.{name}(input, ...) is input.{name}(...)."
+    return fn
+
+
+for _name in ("sum", "mean", "prod", "amax", "amin", "max", "min", "argmax", "argmin", "var",
+              "std", "logsumexp", "any", "all", "reshape", "permute", "transpose", "squeeze",
+              "unsqueeze", "flatten", "clamp", "index_select", "gather", "scatter_add",
+              "masked_fill", "nonzero", "split", "chunk", "narrow", "select", "clone",
+              "numel", "t"):
+    globals()[_name] = _method_function(_name)
+clip = clamp  # noqa: F821
+concat = concatenate = cat
+true_divide = divide = div  # noqa: F821
+multiply, subtract, greater, less = mul, sub, gt, lt  # noqa: F821
+
+
+# ---- creation ----
+
+def _size(size):
+    if len(size) == 1 and not isinstance(size[0], (_builtin_int, _np.integer)):
+        size = tuple(size[0])
+    return [_builtin_int(s) for s in size]
+
+
+def _device(device, op):
+    _C._check_device(device, op)
+
+
+def zeros(*size, dtype=None, device=None):
+    _device(device, "zeros")
+    return _C._full(_size(size), 0, dtype or float32)
+
+
+def ones(*size, dtype=None, device=None):
+    _device(device, "ones")
+    return _C._full(_size(size), 1, dtype or float32)
+
+
+def empty(*size, dtype=None, device=None):
+    _device(device, "empty")
+    return _C._empty(_size(size), dtype)
+
+
+def full(size, fill_value, dtype=None, device=None):
+    _device(device, "full")
+    return _C._full(_size((size,)), fill_value, dtype)
+
+
+def zeros_like(x, dtype=None, device=None):
+    return zeros(x.shape, dtype=dtype or x.dtype, device=device)
+
+
+def ones_like(x, dtype=None, device=None):
+    return ones(x.shape, dtype=dtype or x.dtype, device=device)
+
+
+def empty_like(x, dtype=None, device=None):
+    return empty(x.shape, dtype=dtype or x.dtype, device=device)
+
+
+def full_like(x, fill_value, dtype=None, device=None):
+    return full(x.shape, fill_value, dtype=dtype or x.dtype, device=device)
+
+
+def arange(start, end=None, step=1, dtype=None, device=None):
+    _device(device, "arange")
+    if end is None:
+        start, end = 0, start
+    return _C._arange(start, end, step, dtype)
+
+
+def linspace(start, end, steps, dtype=None, device=None):
+    _device(device, "linspace")
+    return _C._linspace(start, end, steps, dtype)
+
+
+def eye(n, m=None, dtype=None, device=None):
+    _device(device, "eye")
+    return _C._eye(n, m, dtype)
+
+
+def rand(*size, dtype=None, device=None):
+    _device(device, "rand")
+    return _C._rand(_size(size), dtype)
+
+
+def randn(*size, dtype=None, device=None):
+    _device(device, "randn")
+    return _C._randn(_size(size), dtype)
+
+
+def randint(low, high=None, size=None, dtype=None, device=None):
+    _device(device, "randint")
+    if high is None:
+        low, high = 0, low
+    if size is None:
+        raise TypeError("randint() missing required argument 'size'")
+    return _C._randint(low, high, _size((size,)), dtype)
+
+
+def normal(mean, std, size, dtype=None, device=None):
+    _device(device, "normal")
+    return _C._normal(mean, std, _size((size,)), dtype)
+
+
+def rand_like(x, dtype=None):
+    return rand(x.shape, dtype=dtype or x.dtype)
+
+
+def randn_like(x, dtype=None):
+    return randn(x.shape, dtype=dtype or x.dtype)
+
+
+_NUMPY_OF = {bool: _np.bool_, uint8: _np.uint8, int8: _np.int8, int32: _np.int32,
+             int64: _np.int64, float16: _np.float16, float32: _np.float32, float64: _np.float64}
+
+
+def tensor(data, dtype=None, device=None):
+    """A new tensor holding a copy of ``data`` (nested lists, a number, an array or a tensor).
+
+    Like torch.tensor: Python floats become float32, ints int64, bools bool;
+    NumPy arrays keep their dtype.
+    """
+    _device(device, "tensor")
+    dtype = _C._to_dtype(dtype)
+    if isinstance(data, Tensor):
+        out = data.clone()
+        return out if dtype is None else out.to(dtype)
+    if isinstance(data, _np.ndarray):
+        array = data
+    else:
+        try:
+            array = _np.array(data)
+        except ValueError as e:
+            raise ShapeError(f"tensor(): the nested sequence is ragged or malformed: {e}") from None
+        if array.dtype == _np.float64:
+            array = array.astype(_np.float32)
+        elif array.dtype.kind == "O" or array.dtype.kind in "US":
+            raise DTypeError(f"tensor(): could not infer a dtype from {type(data).__name__} data; "
+                             "pass numbers, nested lists of numbers or arrays")
+    if dtype is bfloat16:
+        return from_numpy(_np.ascontiguousarray(array, dtype=_np.float32)).to(bfloat16)
+    if dtype is not None:
+        array = array.astype(_NUMPY_OF[dtype])
+    return from_numpy(_np.array(array, copy=True, order="C"))
+
+
+as_tensor = tensor
+
+
+def is_tensor(x):
+    return isinstance(x, Tensor)
+
+
+# ---- Tensor methods written in Python ----
+
+def _to(self, *args, dtype=None, device=None, copy=False):
+    for a in args:
+        if isinstance(a, (str,)) or type(a).__name__ == "device":
+            device = a
+        else:
+            dtype = a
+    return self._to(dtype, device, copy)
+
+
+def _iter(self):
+    if self.dim() == 0:
+        raise TypeError("iteration over a 0-d tensor")
+    for i in range(self.shape[0]):
+        yield self[i]
+
+
+def _tolist(self):
+    return self.numpy().tolist() if self.dtype is not bfloat16 else self.to(float32).numpy().tolist()
+
+
+Tensor.to = _to
+Tensor.__iter__ = _iter
+Tensor.tolist = _tolist
+Tensor.cpu = lambda self: self
+Tensor.float = lambda self: self.to(float32)
+Tensor.double = lambda self: self.to(float64)
+Tensor.half = lambda self: self.to(float16)
+Tensor.bfloat16 = lambda self: self.to(bfloat16)
+Tensor.int = lambda self: self.to(int32)
+Tensor.long = lambda self: self.to(int64)
+Tensor.bool = lambda self: self.to(bool)
+Tensor.type_as = lambda self, other: self.to(other.dtype)
+Tensor.view_as = lambda self, other: self.view(other.shape)
+Tensor.reshape_as = lambda self, other: self.reshape(other.shape)
+Tensor.expand_as = lambda self, other: self.expand(other.shape)
+Tensor.clip = Tensor.clamp
+Tensor.clip_ = Tensor.clamp_
+Tensor.__str__ = Tensor.__repr__
+Tensor.__array_priority__ = 1000  # NumPy defers to kiln's reflected operators
+Tensor.where = lambda self, condition, other: where(condition, self, other)
+Tensor.new_zeros = lambda self, *size, dtype=None: zeros(*size, dtype=dtype or self.dtype)
+Tensor.new_ones = lambda self, *size, dtype=None: ones(*size, dtype=dtype or self.dtype)
+Tensor.new_full = lambda self, size, v, dtype=None: full(size, v, dtype=dtype or self.dtype)
+Tensor.new_tensor = lambda self, data, dtype=None: tensor(data, dtype=dtype or self.dtype)
+

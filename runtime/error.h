@@ -1,0 +1,49 @@
+#pragma once
+// One error helper for the whole project: kiln::fail<Kind>("fmt", args...).
+// Each kind maps to a Python exception type (ShapeError -> ValueError, DTypeError
+// -> TypeError, IndexError -> IndexError, DeviceError -> RuntimeError).
+#include <fmt/format.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace kiln {
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+class ShapeError : public Error {
+ public:
+  using Error::Error;
+};
+class DTypeError : public Error {
+ public:
+  using Error::Error;
+};
+class IndexError : public Error {
+ public:
+  using Error::Error;
+};
+class DeviceError : public Error {
+ public:
+  using Error::Error;
+};
+// A value outside an op's domain (negative size, bad argument value).
+class ValueError : public Error {
+ public:
+  using Error::Error;
+};
+
+template <class Kind = Error, class... Args>
+[[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {
+  throw Kind(fmt::format(format, std::forward<Args>(args)...));
+}
+
+}  // namespace kiln
+
+// Formats the message only when the check fails.
+#define KILN_CHECK(cond, Kind, ...)       \
+  do {                                    \
+    if (!(cond)) ::kiln::fail<Kind>(__VA_ARGS__); \
+  } while (0)
