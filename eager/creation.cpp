@@ -159,11 +159,13 @@ void manual_seed(uint64_t seed) {
 
 Tensor rand(Shape shape, DType dtype) {
   KILN_CHECK(is_floating(dtype), DTypeError, "rand: dtype must be floating, got {}", dtype_name(dtype));
-  bool single = dtype != DType::Float64;
-  return random_tensor(std::move(shape), dtype, "rand", [single](uint32_t a, uint32_t b) {
-    // 24 random bits for float types (exactly representable, never 1.0), 53 for double.
-    if (single) return static_cast<double>(a >> 8) * (1.0 / 16777216.0);
-    return static_cast<double>((static_cast<uint64_t>(a) << 21) ^ (b >> 11)) * (1.0 / 9007199254740992.0);
+  // As many random bits as the dtype has significand bits, so every value
+  // is exact and rounding can never produce 1.0.
+  const int bits = dtype == DType::Float32 ? 24 : dtype == DType::Float16 ? 11 : dtype == DType::BFloat16 ? 8 : 53;
+  return random_tensor(std::move(shape), dtype, "rand", [bits](uint32_t a, uint32_t b) {
+    if (bits == 53)
+      return static_cast<double>((static_cast<uint64_t>(a) << 21) ^ (b >> 11)) * (1.0 / 9007199254740992.0);
+    return std::ldexp(static_cast<double>(a >> (32 - bits)), -bits);
   });
 }
 

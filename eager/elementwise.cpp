@@ -53,7 +53,20 @@ bool overlaps(const Tensor& a, const Tensor& b) {
 }
 }  // namespace
 
+namespace {
+// Several elements sharing one memory location (an expanded tensor) make an
+// in-place write ambiguous; PyTorch refuses it too.
+void check_writable(const Tensor& dst, const char* op) {
+  for (int64_t d = 0; d < dst.dim(); ++d)
+    KILN_CHECK(dst.strides()[d] != 0 || dst.shape()[d] <= 1, ValueError,
+               "{}: more than one element of the written-to tensor (shape {}, strides {}) refers to a "
+               "single memory location; call .clone() before writing in place",
+               op, shape_str(dst.shape()), shape_str(dst.strides()));
+}
+}  // namespace
+
 void copy_into(const Tensor& dst, const Tensor& src_in) {
+  check_writable(dst, "copy_");
   KILN_CHECK(dst.device() == src_in.device(), DeviceError,
              "copy_: cannot copy a {} tensor into a {} tensor", src_in.device().str(), dst.device().str());
   Tensor src = src_in;
@@ -75,6 +88,7 @@ void copy_into(const Tensor& dst, const Tensor& src_in) {
 }
 
 void fill(const Tensor& dst, Scalar value) {
+  check_writable(dst, "fill_");
   auto plan = plan_loop<1>(dst.shape(), {&dst});
   dispatch_all(dst.dtype(), "fill_", [&]<class T>() {
     const T v = value.to<T>();
@@ -137,7 +151,7 @@ Tensor unary_op(const Tensor& x, const char* name) {
   namespace {                                                              \
   struct NAME##_fn {                                                       \
     template <class C>                                                     \
-    C operator()(C x) const {                                              \
+    KILN_INLINE C operator()(C x) const {                                  \
       return EXPR;                                                         \
     }                                                                      \
   };                                                                       \
@@ -199,7 +213,7 @@ Tensor binary_op(const Operand& a, const Operand& b, const char* name) {
   namespace {                                                                           \
   struct NAME##_fn {                                                                    \
     template <class C>                                                                  \
-    auto operator()(C a, C b) const {                                                   \
+    KILN_INLINE auto operator()(C a, C b) const {                                       \
       return EXPR;                                                                      \
     }                                                                                   \
   };                                                                                    \

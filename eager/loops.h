@@ -89,7 +89,7 @@ void run_loop(const LoopPlan<N>& plan, Inner&& inner, int64_t grain = kElementwi
 
 // Convert between element types through their compute types.
 template <class R, class T>
-inline R convert(T x) {
+inline __attribute__((always_inline)) R convert(T x) {
   if constexpr (std::is_same_v<R, T>) {
     return x;
   } else if constexpr (std::is_same_v<R, bool>) {

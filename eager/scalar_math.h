@@ -9,11 +9,20 @@
 
 namespace kiln {
 
+// Kernels are large TUs where gcc runs out of inlining budget; a call left
+// in a loop body stops vectorization.
+#define KILN_INLINE inline __attribute__((always_inline))
+
 // exp for float: Cody-Waite range reduction and a degree-6 polynomial
 // (Cephes expf); about 1 ulp. Saturates to 0 / inf, keeps NaN.
-inline float kexp(float x) {
-  float xc = std::fmin(std::fmax(x, -87.3f), 88.7f);
-  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+KILN_INLINE float kexp(float x) {
+  float xc = x < -87.3f ? -87.3f : x;
+  xc = xc > 88.7f ? 88.7f : xc;
+  // floor via truncation: std::floor does not vectorize without -fno-trapping-math.
+  float t = xc * 1.44269504088896341f + 0.5f;
+  int32_t ti = static_cast<int32_t>(t);
+  ti -= t < static_cast<float>(ti);
+  float n = static_cast<float>(ti);
   float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -21,38 +30,56 @@ inline float kexp(float x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  float y = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float y = (p * r * r + r + 1.0f);
+  int32_t scale_bits = (ti + 127) << 23;
   float scale;
-  std::memcpy(&scale, &bits, 4);
+  std::memcpy(&scale, &scale_bits, 4);
   y *= scale;
-  y = x < -87.3f ? 0.0f : y;
-  y = x > 88.7f ? INFINITY : y;
-  return x != x ? x : y;
+  // Saturate and keep NaN with integer masks: gcc will not if-convert
+  // float selects on computed values here, and the loop must vectorize.
+  uint32_t xb, yb;
+  std::memcpy(&xb, &x, 4);
+  std::memcpy(&yb, &y, 4);
+  uint32_t underflow = -static_cast<uint32_t>(x < -87.3f);
+  uint32_t overflow = -static_cast<uint32_t>(x > 88.7f);
+  uint32_t nan = -static_cast<uint32_t>(x != x);
+  yb &= ~underflow;
+  yb = (yb & ~overflow) | (0x7f800000u & overflow);
+  yb = (yb & ~nan) | (xb & nan);
+  std::memcpy(&y, &yb, 4);
+  return y;
 }
-inline double kexp(double x) { return std::exp(x); }
+KILN_INLINE double kexp(double x) { return std::exp(x); }
 
 // tanh for float: Cephes' odd polynomial near 0, 1 - 2/(e^2|x| + 1) beyond.
-inline float ktanh(float x) {
+KILN_INLINE float ktanh(float x) {
   float ax = std::fabs(x);
   float z = x * x;
   float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
                   1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
   float large = 1.0f - 2.0f / (kexp(2.0f * ax) + 1.0f);
-  large = x < 0 ? -large : large;
-  return ax < 0.625f ? small : large;
+  uint32_t xb, lb, sb;
+  std::memcpy(&xb, &x, 4);
+  std::memcpy(&lb, &large, 4);
+  std::memcpy(&sb, &small, 4);
+  lb |= xb & 0x80000000u;  // tanh is odd
+  uint32_t use_small = -static_cast<uint32_t>(ax < 0.625f);
+  uint32_t rb = (sb & use_small) | (lb & ~use_small);
+  float r;
+  std::memcpy(&r, &rb, 4);
+  return r;
 }
-inline double ktanh(double x) { return std::tanh(x); }
+KILN_INLINE double ktanh(double x) { return std::tanh(x); }
 
 template <class C>
-inline C kabs(C x) {
+KILN_INLINE C kabs(C x) {
   if constexpr (std::is_unsigned_v<C>) return x;
   else if constexpr (std::is_floating_point_v<C>) return std::fabs(x);
   else return x < 0 ? C(-x) : x;
 }
 
 template <class C>
-inline C kmaximum(C a, C b) {
+KILN_INLINE C kmaximum(C a, C b) {
   if constexpr (std::is_floating_point_v<C>) {
     if (a != a) return a;
     if (b != b) return b;
@@ -60,7 +87,7 @@ inline C kmaximum(C a, C b) {
   return a > b ? a : b;
 }
 template <class C>
-inline C kminimum(C a, C b) {
+KILN_INLINE C kminimum(C a, C b) {
   if constexpr (std::is_floating_point_v<C>) {
     if (a != a) return a;
     if (b != b) return b;
@@ -71,7 +98,7 @@ inline C kminimum(C a, C b) {
 // Python's floor division and modulo (the result takes the divisor's sign).
 // Integer division by zero gives 0 as NumPy does, instead of a SIGFPE.
 template <class C>
-inline C kfloordiv(C a, C b) {
+KILN_INLINE C kfloordiv(C a, C b) {
   if constexpr (std::is_floating_point_v<C>) {
     return std::floor(a / b);
   } else if constexpr (std::is_same_v<C, bool>) {
@@ -89,7 +116,7 @@ inline C kfloordiv(C a, C b) {
   }
 }
 template <class C>
-inline C kremainder(C a, C b) {
+KILN_INLINE C kremainder(C a, C b) {
   if constexpr (std::is_floating_point_v<C>) {
     C r = std::fmod(a, b);
     if (r != 0 && ((r < 0) != (b < 0))) r += b;
@@ -110,7 +137,7 @@ inline C kremainder(C a, C b) {
 }
 
 template <class C>
-inline C kpow(C a, C b) {
+KILN_INLINE C kpow(C a, C b) {
   if constexpr (std::is_floating_point_v<C>) {
     return std::pow(a, b);
   } else if constexpr (std::is_same_v<C, bool>) {

@@ -30,7 +30,8 @@ DType dtype_from_name(std::string_view name) {
   if (name == "float" || name == "float_") return DType::Float32;
   if (name == "double") return DType::Float64;
   if (name == "half") return DType::Float16;
-  if (name == "int" || name == "long") return DType::Int64;
+  if (name == "int") return DType::Int32;  // as torch.int
+  if (name == "long") return DType::Int64;
   fail<DTypeError>("unknown dtype '{}': expected one of bool, uint8, int8, int32, int64, float16, "
                    "bfloat16, float32, float64",
                    name);

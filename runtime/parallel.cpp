@@ -110,7 +110,10 @@ ThreadPool& pool() {
   std::lock_guard lock(g_pool_mutex);
   int want = num_threads();
   if (!g_pool || g_pool->size() != want) {
-    g_pool.reset();
+    // Another thread may still be running on the old pool: retire it
+    // instead of destroying it (resizing is rare).
+    static std::vector<std::unique_ptr<ThreadPool>> retired;
+    if (g_pool) retired.push_back(std::move(g_pool));
     g_pool = std::make_unique<ThreadPool>(want);
   }
   return *g_pool;

@@ -177,13 +177,17 @@ def tensor(data, dtype=None, device=None):
             array = _np.array(data)
         except ValueError as e:
             raise ShapeError(f"tensor(): the nested sequence is ragged or malformed: {e}") from None
-        if array.dtype == _np.float64:
+        if array.dtype == _np.float64 and dtype is None:
+            # Python floats default to float32 (torch.tensor's rule); with an
+            # explicit dtype, convert from the exact float64 values instead.
             array = array.astype(_np.float32)
         elif array.dtype.kind == "O" or array.dtype.kind in "US":
             raise DTypeError(f"tensor(): could not infer a dtype from {type(data).__name__} data; "
                              "pass numbers, nested lists of numbers or arrays")
-    if dtype is bfloat16:
-        return from_numpy(_np.ascontiguousarray(array, dtype=_np.float32)).to(bfloat16)
+    # dtype objects are pybind11 enum values: compare with ==, not `is`.
+    if dtype == bfloat16:
+        # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+        return from_numpy(_np.array(array, dtype=_np.float32, copy=True, order="C")).to(bfloat16)
     if dtype is not None:
         array = array.astype(_NUMPY_OF[dtype])
     return from_numpy(_np.array(array, copy=True, order="C"))
@@ -200,8 +204,10 @@ def is_tensor(x):
 
 def _to(self, *args, dtype=None, device=None, copy=False):
     for a in args:
-        if isinstance(a, (str,)) or type(a).__name__ == "device":
+        if isinstance(a, str) and (a == "cpu" or a.startswith("cuda")):
             device = a
+        elif isinstance(a, Tensor):
+            dtype = a.dtype
         else:
             dtype = a
     return self._to(dtype, device, copy)
@@ -215,7 +221,7 @@ def _iter(self):
 
 
 def _tolist(self):
-    return self.numpy().tolist() if self.dtype is not bfloat16 else self.to(float32).numpy().tolist()
+    return self.numpy().tolist() if self.dtype != bfloat16 else self.to(float32).numpy().tolist()
 
 
 Tensor.to = _to
@@ -243,3 +249,6 @@ Tensor.new_ones = lambda self, *size, dtype=None: ones(*size, dtype=dtype or sel
 Tensor.new_full = lambda self, size, v, dtype=None: full(size, v, dtype=dtype or self.dtype)
 Tensor.new_tensor = lambda self, data, dtype=None: tensor(data, dtype=dtype or self.dtype)
 
+
+dtype.__repr__ = lambda self: self._repr
+dtype.__str__ = dtype.__repr__

@@ -117,8 +117,11 @@ Tensor from_numpy(py::array array) {
     viewable = viewable && s >= 0 && s % item == 0;
     strides[d] = s / item;
   }
-  if (!viewable || !array.dtype().attr("isnative").cast<bool>()) {
-    // Negative or unaligned strides cannot be a kiln view: copy.
+  py::object flags = array.attr("flags");
+  if (!viewable || !array.dtype().attr("isnative").cast<bool>() || !flags.attr("aligned").cast<bool>() ||
+      !flags.attr("writeable").cast<bool>()) {
+    // Negative or unaligned strides cannot be a kiln view, and a read-only
+    // array must not be written through one: copy.
     py::array copy = py::array::ensure(
         py::module_::import("numpy").attr("ascontiguousarray")(array, array.dtype().attr("newbyteorder")("=")));
     return from_blob_copy(copy.data(), shape, dtype);
@@ -236,16 +239,22 @@ IndexPlan plan_index(const Tensor& x, py::handle index) {
     }
   }
   if (!advanced.empty()) {
+    // One slot per index: a k-dim bool mask covers k dims of the view.
     plan.advanced = true;
-    plan.indices.assign(plan.view.dim(), Tensor());
-    for (auto& [d, t] : advanced) {
-      if (t.dtype() == DType::Bool && t.dim() == 0) {  // x[True]: a new dim of size 1 or 0
-        plan.view = unsqueeze(plan.view, d);
-        plan.indices.insert(plan.indices.begin() + d, t.item<bool>() ? zeros({1}, DType::Int64)
-                                                                     : zeros({0}, DType::Int64));
-        continue;
+    size_t next = 0;
+    for (int64_t d = 0; d < plan.view.dim();) {
+      if (next < advanced.size() && advanced[next].first == d) {
+        Tensor t = advanced[next++].second;
+        if (t.dtype() == DType::Bool && t.dim() == 0) {  // x[True]: a new dim of size 1 or 0
+          plan.view = unsqueeze(plan.view, d);
+          t = t.item<bool>() ? zeros({1}, DType::Int64) : zeros({0}, DType::Int64);
+        }
+        plan.indices.push_back(t);
+        d += t.dtype() == DType::Bool ? t.dim() : 1;
+      } else {
+        plan.indices.push_back(Tensor());
+        ++d;
       }
-      plan.indices[d] = t;
     }
   }
   return plan;

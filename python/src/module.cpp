@@ -43,10 +43,13 @@ void assign_result(Tensor& self, const Tensor& result, const char* op) {
 }
 
 py::object max_tuple(std::pair<Tensor, Tensor> vi, const char* name) {
-  static py::object types = py::module_::import("collections").attr("namedtuple");
-  static py::object max_t = types("max", py::make_tuple("values", "indices"));
-  static py::object min_t = types("min", py::make_tuple("values", "indices"));
-  return (std::string(name) == "max" ? max_t : min_t)(vi.first, vi.second);
+  // Leaked on purpose: a static py::object would be destroyed after the
+  // interpreter has finalized.
+  static py::object* max_t = new py::object(
+      py::module_::import("collections").attr("namedtuple")("max", py::make_tuple("values", "indices")));
+  static py::object* min_t = new py::object(
+      py::module_::import("collections").attr("namedtuple")("min", py::make_tuple("values", "indices")));
+  return (std::string(name) == "max" ? *max_t : *min_t)(vi.first, vi.second);
 }
 
 std::optional<int64_t> opt_dim(py::handle dim) {
@@ -401,8 +404,9 @@ void bind_dtypes(py::module_& m) {
     auto dt = static_cast<DType>(i);
     d.value(std::string(dtype_name(dt)).c_str(), dt);
   }
-  d.def("__repr__", [](DType x) { return fmt::format("kiln.{}", dtype_name(x)); })
-      .def("__str__", [](DType x) { return fmt::format("kiln.{}", dtype_name(x)); })
+  // __repr__ is set in kiln/__init__.py: pybind11's enum already defines one,
+  // and a second .def would only add an overload behind it.
+  d.def_property_readonly("_repr", [](DType x) { return fmt::format("kiln.{}", dtype_name(x)); })
       .def_property_readonly("itemsize", [](DType x) { return itemsize(x); })
       .def_property_readonly("is_floating_point", [](DType x) { return is_floating(x); });
   m.def("promote_types", &promote_types);

@@ -1,0 +1,539 @@
+// Indexing: index_select, gather, scatter_add, masked_fill, one_hot, nonzero
+// and NumPy advanced indexing (index, index_put_).
+//
+// Every indexed read or write runs on one kernel over three operands of the
+// same shape: a "plain" side (the output of a read, the values of a write), a
+// strided "base" view of the indexed tensor whose indexed dims have stride 0,
+// and an index operand whose value, times a byte stride, is added to the
+// base address. Expressing the index ops as strided views this way lets the
+// loop engine coalesce dims and split the work across threads unchanged.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#include "eager/loops.h"
+#include "eager/ops.h"
+
+namespace kiln {
+
+namespace {
+
+template <class F>
+decltype(auto) dispatch_index(DType dtype, const char* op, F&& fn) {
+  switch (dtype) {
+    KILN_DISPATCH_CASE(Int32, int32_t)
+    KILN_DISPATCH_CASE(Int64, int64_t)
+    default: break;
+  }
+  fail<DTypeError>("{}: expected an int64 or int32 index tensor, got {}", op, dtype_name(dtype));
+}
+
+// Moving elements needs only their size, so reads and writes are compiled
+// once per width rather than once per dtype.
+template <class F>
+decltype(auto) dispatch_width(size_t itemsize, F&& fn) {
+  switch (itemsize) {
+    case 1: return fn.template operator()<uint8_t>();
+    case 2: return fn.template operator()<uint16_t>();
+    case 4: return fn.template operator()<uint32_t>();
+    default: return fn.template operator()<uint64_t>();
+  }
+}
+
+// How an index value becomes a byte offset into the base.
+struct IndexRule {
+  int64_t stride = 1;  // bytes per index step
+  int64_t size = -1;   // valid indices are [0, size); -1: already validated
+  bool wrap = false;   // negative indices count from the end (advanced indexing)
+  const char* op = "";
+  int64_t dim = 0;
+
+  int64_t offset(int64_t v) const {
+    if (size < 0) return v * stride;
+    const int64_t i = wrap && v < 0 ? v + size : v;
+    if (i < 0 || i >= size) [[unlikely]]
+      fail<IndexError>("{}: index {} is out of bounds for dimension {} with size {}", op, v, dim,
+                       size);
+    return i * stride;
+  }
+};
+
+// The element operations: `plain` and `based` point at one element each;
+// apply_n handles a run where both sides are contiguous.
+template <class E>
+struct Take {
+  using elem = E;
+  static void apply(char* plain, const char* based) { std::memcpy(plain, based, sizeof(E)); }
+  static void apply_n(char* plain, const char* based, int64_t n) {
+    std::memcpy(plain, based, n * sizeof(E));
+  }
+};
+template <class E>
+struct Put {
+  using elem = E;
+  static void apply(const char* plain, char* based) { std::memcpy(based, plain, sizeof(E)); }
+  static void apply_n(const char* plain, char* based, int64_t n) {
+    std::memcpy(based, plain, n * sizeof(E));
+  }
+};
+template <class T>
+struct AddTo {
+  using elem = T;
+  static void apply(const char* plain, char* based) {
+    T& d = *reinterpret_cast<T*>(based);
+    const T s = *reinterpret_cast<const T*>(plain);
+    if constexpr (std::is_same_v<T, bool>) d = d || s;
+    else d = T(static_cast<compute_t<T>>(static_cast<compute_t<T>>(d) + static_cast<compute_t<T>>(s)));
+  }
+  static void apply_n(const char* plain, char* based, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) apply(plain + i * sizeof(T), based + i * sizeof(T));
+  }
+};
+
+// Runs Op over (plain, base, index), all of one shape. Writes that may hit one
+// element twice (scatter, index_put_ with repeated indices) pass
+// parallel=false so the last write wins deterministically.
+template <class Op, class I>
+void run_indexed(const Tensor& plain, const Tensor& base, const Tensor& index, const IndexRule& rule,
+                 bool parallel) {
+  constexpr int64_t w = sizeof(typename Op::elem);
+  auto plan = plan_loop<3>(plain.shape(), {&plain, &base, &index});
+  auto inner = [&rule](const std::array<char*, 3>& p, const std::array<int64_t, 3>& s, int64_t n) {
+    // A local copy: stores through char* could alias the captured rule and
+    // would force it to be reloaded every element.
+    const IndexRule r = rule;
+    auto index_at = [&](int64_t i) {
+      return static_cast<int64_t>(*reinterpret_cast<const I*>(p[2] + i * s[2]));
+    };
+    if (s[2] == 0) {  // one index for the whole run: a row copy
+      char* b = p[1] + r.offset(index_at(0));
+      if (s[0] == w && s[1] == w) {
+        Op::apply_n(p[0], b, n);
+      } else {
+        for (int64_t i = 0; i < n; ++i) Op::apply(p[0] + i * s[0], b + i * s[1]);
+      }
+    } else if (s[0] == w && s[1] == 0 && s[2] == static_cast<int64_t>(sizeof(I))) {
+      // gather along the innermost dim, index_select/index of single elements
+      for (int64_t i = 0; i < n; ++i) Op::apply(p[0] + i * w, p[1] + r.offset(index_at(i)));
+    } else {
+      for (int64_t i = 0; i < n; ++i) Op::apply(p[0] + i * s[0], p[1] + i * s[1] + r.offset(index_at(i)));
+    }
+  };
+  run_loop(plan, inner, parallel ? kElementwiseGrain : std::numeric_limits<int64_t>::max());
+}
+
+// Reads through an index: out = base[index] with a width-generic copy.
+void take(const Tensor& out, const Tensor& base, const Tensor& index, const IndexRule& rule) {
+  dispatch_index(index.dtype(), rule.op, [&]<class I>() {
+    dispatch_width(out.itemsize(), [&]<class E>() {
+      run_indexed<Take<E>, I>(out, base, index, rule, /*parallel=*/true);
+    });
+  });
+}
+
+// gather and scatter_add accept a 0-d tensor as a 1-element 1-D one.
+Tensor as_1d(const Tensor& t) { return t.dim() == 0 ? t.reshape({1}) : t; }
+
+// gather/scatter_add's rule: index.size(d) fits x.size(d) in every dim but
+// `dim` (and src's size in every dim).
+void check_scatter_shapes(const char* op, const Tensor& x, int64_t dim, const Tensor& index,
+                          const Tensor* src) {
+  KILN_CHECK(index.dim() == x.dim(), ShapeError,
+             "{}: index has {} dims (shape {}) but the input has {} (shape {})", op, index.dim(),
+             shape_str(index.shape()), x.dim(), shape_str(x.shape()));
+  if (src)
+    KILN_CHECK(src->dim() == x.dim(), ShapeError,
+               "{}: src has {} dims (shape {}) but the input has {} (shape {})", op, src->dim(),
+               shape_str(src->shape()), x.dim(), shape_str(x.shape()));
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    KILN_CHECK(d == dim || index.shape()[d] <= x.shape()[d], ShapeError,
+               "{}: index shape {} is larger than the input shape {} in dim {} (only dim {} may "
+               "be)",
+               op, shape_str(index.shape()), shape_str(x.shape()), d, dim);
+    if (src)
+      KILN_CHECK(index.shape()[d] <= src->shape()[d], ShapeError,
+                 "{}: index shape {} is larger than the src shape {} in dim {}", op,
+                 shape_str(index.shape()), shape_str(src->shape()), d);
+  }
+}
+
+// `t` viewed over `shape`, with its own dims' strides at dims [at, at + t.dim()).
+Tensor place(const Tensor& t, const Shape& shape, size_t at) {
+  Strides strides(shape.size(), 0);
+  for (size_t k = 0; k < t.shape().size(); ++k) strides[at + k] = t.strides()[k];
+  return t.as_strided(shape, std::move(strides), t.offset());
+}
+
+// ---- advanced indexing ----
+
+struct AdvancedPlan {
+  bool any = false;  // false: no index tensors, the whole of x is selected
+  Shape shape;       // the indexed result's shape
+  Tensor base;       // x over `shape`, stride 0 in the broadcast index dims
+  Tensor index;      // over `shape`: raw indices (checked by `rule`) or byte offsets
+  IndexRule rule;
+  bool unique = true;  // no element is indexed twice, so writes may run in parallel
+};
+
+AdvancedPlan plan_advanced(const Tensor& x, const std::vector<Tensor>& indices, const char* op,
+                           bool writes_x) {
+  struct Entry {
+    int64_t dim;  // the x dim indexed; -1 for a 0-d bool, which indexes none
+    Tensor idx;
+  };
+  const int64_t nd = x.dim();
+  std::vector<Entry> adv;
+  std::vector<bool> consumed(nd, false);
+  int64_t d = 0, first = -1, int_indices = 0, masks = 0;
+  bool adjacent = true, slice_since_adv = false;
+  auto check_room = [&](int64_t need) {
+    KILN_CHECK(d + need <= nd, IndexError, "{}: too many indices for a tensor of {} dims (shape {})",
+               op, nd, shape_str(x.shape()));
+  };
+  for (const Tensor& t : indices) {
+    if (!t.defined()) {
+      check_room(1);
+      ++d;
+      slice_since_adv = first >= 0;
+      continue;
+    }
+    if (slice_since_adv) adjacent = false;
+    if (first < 0) first = d;
+    if (t.dtype() == DType::Bool) {
+      // A k-dim mask selects over k dims: its nonzero() coordinates index them.
+      const int64_t k = t.dim();
+      check_room(k);
+      for (int64_t j = 0; j < k; ++j)
+        KILN_CHECK(t.shape()[j] == x.shape()[d + j], IndexError,
+                   "{}: the shape of the mask {} at index {} does not match the shape of the "
+                   "indexed tensor {} at index {}",
+                   op, shape_str(t.shape()), j, shape_str(x.shape()), d + j);
+      if (k == 0) {
+        // NumPy: a 0-d True adds a dim of size 1, a 0-d False one of size 0.
+        adv.push_back({-1, zeros({t.item<bool>() ? 1 : 0}, DType::Int64)});
+      } else {
+        Tensor nz = nonzero(t);
+        ++masks;
+        for (int64_t j = 0; j < k; ++j) adv.push_back({d + j, nz.select(1, j)});
+      }
+      for (int64_t j = 0; j < k; ++j) consumed[d + j] = true;
+      d += k;
+    } else if (t.dtype() == DType::Int64 || t.dtype() == DType::Int32) {
+      check_room(1);
+      // index_put_ reads the indices while writing x: they must not change under it.
+      adv.push_back({d, writes_x && t.storage() == x.storage() ? t.clone() : t});
+      consumed[d++] = true;
+      ++int_indices;
+    } else {
+      fail<IndexError>("{}: tensors used as indices must be int64, int32 or bool, got {}", op,
+                       dtype_name(t.dtype()));
+    }
+  }
+
+  AdvancedPlan plan;
+  if (adv.empty()) return plan;
+  // Mask coordinates are distinct; int indices may repeat.
+  plan.unique = int_indices == 0 && masks <= 1;
+  plan.any = true;
+
+  Shape bshape;
+  try {
+    for (const Entry& e : adv) bshape = broadcast_shapes(bshape, e.idx.shape(), op);
+  } catch (const ShapeError&) {
+    std::string shapes;
+    for (const Entry& e : adv) shapes += (shapes.empty() ? "" : ", ") + shape_str(e.idx.shape());
+    fail<IndexError>("{}: shape mismatch: index tensors could not be broadcast together with "
+                     "shapes {}",
+                     op, shapes);
+  }
+
+  // NumPy's rule: adjacent index tensors put their broadcast dims where they
+  // stood; separated ones put them first.
+  const int64_t bpos = adjacent ? first : 0;
+  Strides base_strides;
+  auto push_x_dim = [&](int64_t xd) {
+    plan.shape.push_back(x.shape()[xd]);
+    base_strides.push_back(x.strides()[xd]);
+  };
+  auto push_bdims = [&] {
+    plan.shape.insert(plan.shape.end(), bshape.begin(), bshape.end());
+    base_strides.insert(base_strides.end(), bshape.size(), 0);
+  };
+  if (!adjacent) push_bdims();
+  for (int64_t xd = 0; xd < nd; ++xd) {
+    if (adjacent && xd == bpos) push_bdims();
+    if (!consumed[xd]) push_x_dim(xd);
+  }
+  if (adjacent && bpos == nd) push_bdims();  // a trailing 0-d bool
+  plan.base = x.as_strided(plan.shape, std::move(base_strides), x.offset());
+  const size_t at = adjacent ? static_cast<size_t>(
+                                   std::count_if(consumed.begin(), consumed.begin() + bpos,
+                                                 [](bool c) { return !c; }))
+                             : 0;
+  const int64_t width = static_cast<int64_t>(x.itemsize());
+
+  if (adv.size() == 1 && adv[0].dim >= 0) {
+    // One index tensor: read it in place and check it on the fly.
+    const Entry& e = adv[0];
+    plan.index = place(e.idx, plan.shape, at);
+    plan.rule = {x.strides()[e.dim] * width, x.shape()[e.dim], true, op, e.dim};
+    return plan;
+  }
+  // Several: fold them into one tensor of byte offsets first.
+  Tensor off = zeros(bshape, DType::Int64);
+  for (const Entry& e : adv) {
+    if (e.dim < 0) continue;
+    Tensor idx = expand(e.idx, bshape);
+    const IndexRule rule{x.strides()[e.dim] * width, x.shape()[e.dim], true, op, e.dim};
+    auto loop = plan_loop<2>(bshape, {&off, &idx});
+    dispatch_index(idx.dtype(), op, [&]<class I>() {
+      run_loop(loop, [&rule](const std::array<char*, 2>& p, const std::array<int64_t, 2>& s, int64_t n) {
+        const IndexRule r = rule;
+        for (int64_t i = 0; i < n; ++i)
+          *reinterpret_cast<int64_t*>(p[0] + i * s[0]) +=
+              r.offset(static_cast<int64_t>(*reinterpret_cast<const I*>(p[1] + i * s[1])));
+      });
+    });
+  }
+  plan.index = place(off, plan.shape, at);
+  plan.rule = {1, -1, false, op, 0};
+  return plan;
+}
+
+}  // namespace
+
+Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index) {
+  KILN_CHECK(index.dim() <= 1, ShapeError, "index_select: index must be 0-d or 1-D, got shape {}",
+             shape_str(index.shape()));
+  const Tensor x = as_1d(x_in);
+  dim = wrap_dim(dim, x.dim(), "index_select");
+  Shape shape = x.shape();
+  shape[dim] = index.numel();
+  Strides base_strides = x.strides();
+  base_strides[dim] = 0;
+  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
+  Tensor base = x.as_strided(shape, std::move(base_strides), x.offset());
+  Tensor idx = place(as_1d(index), shape, dim);
+  take(out, base, idx,
+       {x.strides()[dim] * static_cast<int64_t>(x.itemsize()), x.shape()[dim], false,
+        "index_select", dim});
+  return x_in.dim() == 0 ? out.reshape(index.shape()) : out;
+}
+
+Tensor gather(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
+  const Tensor x = as_1d(x_in), index = as_1d(index_in);
+  dim = wrap_dim(dim, x.dim(), "gather");
+  check_scatter_shapes("gather", x, dim, index, nullptr);
+  Strides base_strides = x.strides();
+  base_strides[dim] = 0;
+  Tensor out = Tensor::empty(index.shape(), x.dtype(), x.device());
+  Tensor base = x.as_strided(index.shape(), std::move(base_strides), x.offset());
+  take(out, base, index,
+       {x.strides()[dim] * static_cast<int64_t>(x.itemsize()), x.shape()[dim], false, "gather",
+        dim});
+  return index_in.dim() == 0 ? out.reshape({}) : out;
+}
+
+Tensor scatter_add(const Tensor& x_in, int64_t dim, const Tensor& index_in, const Tensor& src_in) {
+  KILN_CHECK(src_in.dtype() == x_in.dtype(), DTypeError,
+             "scatter_add: src ({}) must have the input's dtype ({})", dtype_name(src_in.dtype()),
+             dtype_name(x_in.dtype()));
+  const Tensor x = as_1d(x_in), index = as_1d(index_in), src = as_1d(src_in);
+  dim = wrap_dim(dim, x.dim(), "scatter_add");
+  check_scatter_shapes("scatter_add", x, dim, index, &src);
+  Tensor out = x.clone();
+  Strides base_strides = out.strides();
+  base_strides[dim] = 0;
+  Tensor base = out.as_strided(index.shape(), std::move(base_strides), out.offset());
+  Tensor plain = src.as_strided(index.shape(), src.strides(), src.offset());
+  const IndexRule rule{out.strides()[dim] * static_cast<int64_t>(out.itemsize()), out.shape()[dim],
+                       false, "scatter_add", dim};
+  // Positions that differ in a dim other than `dim` add into different
+  // elements, so blocks along the largest such dim can run in parallel.
+  int64_t axis = -1;
+  for (int64_t d = 0; d < index.dim(); ++d)
+    if (d != dim && (axis < 0 || index.shape()[d] > index.shape()[axis])) axis = d;
+  const int64_t rows = axis < 0 ? 1 : index.shape()[axis];
+  const int64_t per_row = rows == 0 ? 0 : index.numel() / rows;
+  dispatch_index(index.dtype(), "scatter_add", [&]<class I>() {
+    dispatch_all(out.dtype(), "scatter_add", [&]<class T>() {
+      if (axis < 0) return run_indexed<AddTo<T>, I>(plain, base, index, rule, false);
+      parallel_for(0, rows, std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(per_row, 1)),
+                   [&](int64_t b, int64_t e) {
+                     run_indexed<AddTo<T>, I>(plain.narrow(axis, b, e - b), base.narrow(axis, b, e - b),
+                                              index.narrow(axis, b, e - b), rule, false);
+                   });
+    });
+  });
+  return x_in.dim() == 0 ? out.reshape({}) : out;
+}
+
+namespace {
+// dst = mask ? v : src over dst's shape (src may be dst itself).
+void masked_store(const Tensor& dst, const Tensor& src, const Tensor& mask, Scalar value,
+                  const char* op) {
+  auto plan = plan_loop<3>(dst.shape(), {&dst, &src, &mask});
+  dispatch_all(dst.dtype(), op, [&]<class T>() {
+    const T v = value.to<T>();
+    run_loop(plan, [v](const std::array<char*, 3>& p, const std::array<int64_t, 3>& s, int64_t n) {
+      if (s[0] == sizeof(T) && s[1] == sizeof(T) && s[2] == 1) {  // vectorizable select
+        T* o = reinterpret_cast<T*>(p[0]);
+        const T* a = reinterpret_cast<const T*>(p[1]);
+        const uint8_t* m = reinterpret_cast<const uint8_t*>(p[2]);
+        for (int64_t i = 0; i < n; ++i) o[i] = m[i] ? v : a[i];
+        return;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const T a = *reinterpret_cast<const T*>(p[1] + i * s[1]);
+        *reinterpret_cast<T*>(p[0] + i * s[0]) = *reinterpret_cast<const uint8_t*>(p[2] + i * s[2]) ? v : a;
+      }
+    });
+  });
+}
+
+// x[mask] = scalar (`x[x > 0] = 0`) as a masked store, without building the
+// mask's coordinates. False when the general path must handle (or reject) it.
+bool try_masked_put(const Tensor& x, const std::vector<Tensor>& indices, const Tensor& values) {
+  if (values.numel() != 1 || values.dim() > 1) return false;
+  const Tensor* mask = nullptr;
+  int64_t at = 0, slices = 0;
+  for (const Tensor& t : indices) {
+    if (!t.defined()) {
+      ++slices;
+      continue;
+    }
+    if (mask || t.dtype() != DType::Bool || t.dim() == 0) return false;
+    mask = &t;
+    at = slices;
+  }
+  if (!mask || slices + mask->dim() > x.dim()) return false;
+  Strides strides(x.dim(), 0);
+  for (int64_t j = 0; j < mask->dim(); ++j) {
+    if (mask->shape()[j] != x.shape()[at + j]) return false;
+    strides[at + j] = mask->strides()[j];
+  }
+  const Scalar value = values.item();  // read before x is written: it may be part of x
+  masked_store(x, x, mask->as_strided(x.shape(), std::move(strides), mask->offset()), value,
+               "index_put_");
+  return true;
+}
+}  // namespace
+
+Tensor masked_fill(const Tensor& x, const Tensor& mask, Scalar value) {
+  KILN_CHECK(mask.dtype() == DType::Bool, DTypeError, "masked_fill: the mask must be bool, got {}",
+             dtype_name(mask.dtype()));
+  // torch: the result takes the broadcast shape of x and mask.
+  Shape shape = broadcast_shapes(x.shape(), mask.shape(), "masked_fill");
+  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
+  masked_store(out, expand(x, shape), expand(mask, shape), value, "masked_fill");
+  return out;
+}
+
+Tensor one_hot(const Tensor& index, int64_t num_classes) {
+  KILN_CHECK(num_classes >= -1, ValueError, "one_hot: num_classes must be -1 or non-negative, got {}",
+             num_classes);
+  KILN_CHECK(index.dtype() == DType::Int64 || index.dtype() == DType::Int32, DTypeError,
+             "one_hot: expected an int64 or int32 index tensor, got {}", dtype_name(index.dtype()));
+  Tensor idx = index.to(DType::Int64).contiguous();
+  const int64_t* v = idx.data<int64_t>();
+  const int64_t n = idx.numel();
+  for (int64_t i = 0; i < n; ++i)
+    KILN_CHECK(v[i] >= 0, IndexError, "one_hot: class values must be non-negative, got {}", v[i]);
+  if (num_classes == -1) {
+    KILN_CHECK(n > 0, ValueError,
+               "one_hot: cannot infer the number of classes from an empty tensor; pass "
+               "num_classes");
+    num_classes = *std::max_element(v, v + n) + 1;
+  }
+  for (int64_t i = 0; i < n; ++i)
+    KILN_CHECK(v[i] < num_classes, IndexError,
+               "one_hot: class value {} is out of range for num_classes={}", v[i], num_classes);
+  Shape shape = index.shape();
+  shape.push_back(num_classes);
+  Tensor out = zeros(std::move(shape), DType::Int64);
+  int64_t* o = out.data<int64_t>();
+  for (int64_t i = 0; i < n; ++i) o[i * num_classes + v[i]] = 1;
+  return out;
+}
+
+Tensor nonzero(const Tensor& x_in) {
+  const Tensor x = x_in.contiguous();
+  const int64_t n = x.numel(), nd = x.dim();
+  // Count per block, then each block writes its coordinates from its prefix
+  // offset, so both passes run in parallel and the output stays row-major.
+  constexpr int64_t kBlock = 1 << 16;
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  std::vector<int64_t> starts(nblocks + 1, 0);
+  Tensor out;
+  dispatch_all(x.dtype(), "nonzero", [&]<class T>() {
+    const T* v = x.data<T>();
+    parallel_for(0, nblocks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t blk = b; blk < e; ++blk) {
+        const int64_t lo = blk * kBlock, hi = std::min(n, lo + kBlock);
+        int64_t count = 0;
+        for (int64_t i = lo; i < hi; ++i) count += convert<bool>(v[i]);
+        starts[blk + 1] = count;
+      }
+    });
+    std::partial_sum(starts.begin(), starts.end(), starts.begin());
+    out = Tensor::empty({starts[nblocks], nd}, DType::Int64, x.device());
+    if (nd == 0) return;
+    int64_t* o = out.data<int64_t>();
+    const Shape& shape = x.shape();
+    parallel_for(0, nblocks, 1, [&](int64_t b, int64_t e) {
+      std::vector<int64_t> idx(nd);
+      for (int64_t blk = b; blk < e; ++blk) {
+        const int64_t lo = blk * kBlock, hi = std::min(n, lo + kBlock);
+        for (int64_t d = nd - 1, rem = lo; d >= 0; --d) {
+          idx[d] = rem % shape[d];
+          rem /= shape[d];
+        }
+        int64_t* w = o + starts[blk] * nd;
+        for (int64_t i = lo; i < hi; ++i) {
+          if (convert<bool>(v[i])) {
+            std::copy(idx.begin(), idx.end(), w);
+            w += nd;
+          }
+          for (int64_t d = nd - 1; d >= 0 && ++idx[d] == shape[d]; --d) idx[d] = 0;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+Tensor index(const Tensor& x, const std::vector<Tensor>& indices) {
+  AdvancedPlan plan = plan_advanced(x, indices, "index", /*writes_x=*/false);
+  if (!plan.any) return clone(x);
+  Tensor out = Tensor::empty(plan.shape, x.dtype(), x.device());
+  take(out, plan.base, plan.index, plan.rule);
+  return out;
+}
+
+void index_put_(const Tensor& x, const std::vector<Tensor>& indices, const Tensor& values) {
+  if (try_masked_put(x, indices, values)) {
+    x.bump_version();
+    return;
+  }
+  AdvancedPlan plan = plan_advanced(x, indices, "index_put_", /*writes_x=*/true);
+  if (!plan.any) {
+    copy_into(x, values);
+    return;
+  }
+  KILN_CHECK(broadcast_shapes(plan.shape, values.shape(), "index_put_") == plan.shape, ShapeError,
+             "index_put_: values of shape {} cannot be broadcast to the indexed shape {}",
+             shape_str(values.shape()), shape_str(plan.shape));
+  Tensor v = values.to(x.dtype());
+  // Values read from x itself must be read before x is written.
+  if (v.storage() == x.storage()) v = v.clone();
+  v = expand(v, plan.shape);
+  dispatch_index(plan.index.dtype(), "index_put_", [&]<class I>() {
+    dispatch_width(x.itemsize(), [&]<class E>() {
+      run_indexed<Put<E>, I>(v, plan.base, plan.index, plan.rule, plan.unique);
+    });
+  });
+  x.bump_version();
+}
+
+}  // namespace kiln

@@ -1,0 +1,252 @@
+// matmul with NumPy/PyTorch semantics: 1-D operands are promoted to a row
+// (left) or column (right) and the added dim removed afterwards; leading
+// dims are batch dims and broadcast. float32/float64 go to OpenBLAS, reading
+// transposed operands in place through its transpose flags; 16-bit floats
+// compute in float32; integers use a plain loop.
+#include <cblas.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "eager/loops.h"
+#include "eager/ops.h"
+#include "runtime/parallel.h"
+
+namespace kiln {
+namespace {
+
+// How BLAS can read a strided [rows, cols] matrix without copying: row-major
+// with leading dimension ld, or the transpose of a row-major [cols, rows].
+// A size-1 dim's stride is irrelevant, so it never forces a copy.
+struct BlasMat {
+  bool trans = false;
+  int64_t ld = 1;
+};
+
+std::optional<BlasMat> blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
+  if (cs == 1 || cols == 1) {
+    int64_t ld = rows == 1 ? std::max<int64_t>(cols, 1) : rs;
+    if (ld >= std::max<int64_t>(cols, 1)) return BlasMat{false, ld};
+  }
+  if (rs == 1 || rows == 1) {
+    int64_t ld = cols == 1 ? std::max<int64_t>(rows, 1) : cs;
+    if (ld >= std::max<int64_t>(rows, 1)) return BlasMat{true, ld};
+  }
+  return std::nullopt;
+}
+
+// An operand broadcast to batch + [rows, cols] and how BLAS reads each of its
+// matrices. Layouts BLAS cannot read are copied once, before broadcasting.
+struct Operand3 {
+  Tensor t;
+  BlasMat mat;
+};
+
+Operand3 blas_operand(const Tensor& x, const Shape& full_shape) {
+  auto layout = [&](const Tensor& t) {
+    const int64_t nd = t.dim();
+    return blas_layout(t.shape()[nd - 2], t.shape()[nd - 1], t.strides()[nd - 2], t.strides()[nd - 1]);
+  };
+  Tensor t = x;
+  auto mat = layout(t);
+  if (!mat) {
+    t = contiguous(x);
+    mat = layout(t);
+  }
+  return {expand(t, full_shape), *mat};
+}
+
+// ---- BLAS calls; a product with one row or one column is a gemv (or a dot),
+// which OpenBLAS 0.3.21 does not pick by itself ----
+
+template <class T>
+void blas_gemm(bool ta, bool tb, int m, int n, int k, const T* a, int lda, const T* b, int ldb, T* c,
+               int ldc) {
+  const auto TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
+  const int inca = ta ? lda : 1;        // stride along k in a row of op(a)
+  const int incb = tb ? 1 : ldb;        // stride along k in a column of op(b)
+  if constexpr (std::is_same_v<T, float>) {
+    if (m == 1 && n == 1) {
+      c[0] = cblas_sdot(k, a, inca, b, incb);
+    } else if (n == 1) {
+      cblas_sgemv(CblasRowMajor, TA, ta ? k : m, ta ? m : k, 1.0f, a, lda, b, incb, 0.0f, c, ldc);
+    } else if (m == 1) {
+      cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? n : k, tb ? k : n, 1.0f, b, ldb,
+                  a, inca, 0.0f, c, 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, TA, TB, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+    }
+  } else {
+    if (m == 1 && n == 1) {
+      c[0] = cblas_ddot(k, a, inca, b, incb);
+    } else if (n == 1) {
+      cblas_dgemv(CblasRowMajor, TA, ta ? k : m, ta ? m : k, 1.0, a, lda, b, incb, 0.0, c, ldc);
+    } else if (m == 1) {
+      cblas_dgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? n : k, tb ? k : n, 1.0, b, ldb,
+                  a, inca, 0.0, c, 1);
+    } else {
+      cblas_dgemm(CblasRowMajor, TA, TB, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc);
+    }
+  }
+}
+
+// Batch offsets (in elements) of each operand for batch index i.
+struct BatchIndexer {
+  Shape batch;
+  Strides sa, sb;
+  BatchIndexer(const Shape& batch, const Tensor& a, const Tensor& b) : batch(batch) {
+    for (size_t d = 0; d < batch.size(); ++d) {
+      sa.push_back(a.strides()[d]);
+      sb.push_back(b.strides()[d]);
+    }
+  }
+  std::pair<int64_t, int64_t> operator()(int64_t i) const {
+    int64_t oa = 0, ob = 0;
+    for (size_t d = batch.size(); d-- > 0;) {
+      int64_t idx = i % batch[d];
+      i /= batch[d];
+      oa += idx * sa[d];
+      ob += idx * sb[d];
+    }
+    return {oa, ob};
+  }
+};
+
+// When b is the same matrix for every batch and a's batch and row dims
+// merge into one strided dim, the batch is one tall GEMM (x @ W in a linear
+// layer): fewer, larger BLAS calls.
+bool folds_into_rows(const Tensor& a, const BlasMat& ma, const Tensor& b, size_t nbatch) {
+  if (ma.trans) return false;
+  for (size_t d = 0; d < nbatch; ++d)
+    if (b.strides()[d] != 0 && b.shape()[d] != 1) return false;
+  int64_t expected = ma.ld;  // stride of one row
+  for (size_t d = nbatch + 1; d-- > 0;) {
+    const int64_t size = a.shape()[d];
+    if (size != 1 && a.strides()[d] != expected) return false;
+    expected *= size;
+  }
+  return true;
+}
+
+template <class T>
+void blas_matmul(const Tensor& a_in, const Tensor& b_in, Tensor& out, const Shape& batch, int64_t m,
+                 int64_t n, int64_t k) {
+  Shape sa = batch, sb = batch;
+  sa.insert(sa.end(), {m, k});
+  sb.insert(sb.end(), {k, n});
+  auto [a, ma] = blas_operand(a_in, sa);
+  auto [b, mb] = blas_operand(b_in, sb);
+  for (int64_t v : {m, n, k, ma.ld, mb.ld})
+    KILN_CHECK(v <= INT_MAX, ValueError, "matmul: dimension {} exceeds what BLAS can index", v);
+  const T* pa = a.data<T>();
+  const T* pb = b.data<T>();
+  T* pc = out.data<T>();
+  const int64_t nbatch = numel(batch);
+  if (folds_into_rows(a, ma, b, batch.size())) {
+    KILN_CHECK(nbatch * m <= INT_MAX, ValueError, "matmul: {} rows exceed what BLAS can index", nbatch * m);
+    blas_gemm<T>(false, mb.trans, static_cast<int>(nbatch * m), n, k, pa, ma.ld, pb, mb.ld, pc, n);
+    return;
+  }
+  BatchIndexer index(batch, a, b);
+  auto one = [&](int64_t i) {
+    auto [oa, ob] = index(i);
+    blas_gemm<T>(ma.trans, mb.trans, m, n, k, pa + oa, ma.ld, pb + ob, mb.ld, pc + i * m * n, n);
+  };
+  // OpenBLAS runs products below 4 * 65536 multiply-adds on the calling
+  // thread only, so small batched products are spread over our pool instead;
+  // larger ones go one at a time and OpenBLAS threads each.
+  if (static_cast<double>(m) * n * k <= 262144.0) {
+    parallel_for(0, nbatch, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, m * n * k)),
+                 [&](int64_t ib, int64_t ie) {
+                   for (int64_t i = ib; i < ie; ++i) one(i);
+                 });
+  } else {
+    for (int64_t i = 0; i < nbatch; ++i) one(i);
+  }
+}
+
+// Integer products wrap around on overflow like PyTorch's; computed in the
+// unsigned type so the wrap is defined behaviour.
+template <class T>
+void integer_matmul(const Tensor& a_in, const Tensor& b_in, Tensor& out, const Shape& batch, int64_t m,
+                    int64_t n, int64_t k) {
+  Shape sa = batch, sb = batch;
+  sa.insert(sa.end(), {m, k});
+  sb.insert(sb.end(), {k, n});
+  Tensor a = contiguous(expand(a_in, sa)), b = contiguous(expand(b_in, sb));
+  using U = std::make_unsigned_t<std::conditional_t<std::is_same_v<T, bool>, uint8_t, T>>;
+  const T* pa = a.data<T>();
+  const T* pb = b.data<T>();
+  T* pc = out.data<T>();
+  parallel_for(0, numel(batch) * m, std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, n * k)),
+               [&](int64_t rb, int64_t re) {
+                 std::vector<U> acc(n);
+                 for (int64_t row = rb; row < re; ++row) {
+                   const int64_t i = row / m;
+                   const T* arow = pa + row * k;
+                   const T* bmat = pb + i * k * n;
+                   std::fill(acc.begin(), acc.end(), U(0));
+                   for (int64_t p = 0; p < k; ++p) {
+                     const U av = static_cast<U>(arow[p]);
+                     const T* brow = bmat + p * n;
+                     for (int64_t j = 0; j < n; ++j) acc[j] += av * static_cast<U>(brow[j]);
+                   }
+                   for (int64_t j = 0; j < n; ++j) pc[row * n + j] = static_cast<T>(acc[j]);
+                 }
+               });
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+  KILN_CHECK(a_in.dim() >= 1 && b_in.dim() >= 1, ShapeError,
+             "matmul: both arguments need at least 1 dim, got shapes {} and {}", shape_str(a_in.shape()),
+             shape_str(b_in.shape()));
+  KILN_CHECK(a_in.device().is_cpu() && b_in.device().is_cpu(), DeviceError,
+             "matmul: expected cpu tensors, got {} and {}", a_in.device().str(), b_in.device().str());
+  const DType dtype = result_type({{&a_in, {}}, {&b_in, {}}});
+  KILN_CHECK(dtype != DType::Bool, DTypeError, "matmul: not supported for bool tensors (shapes {} and {})",
+             shape_str(a_in.shape()), shape_str(b_in.shape()));
+  const DType compute = dtype == DType::Float16 || dtype == DType::BFloat16 ? DType::Float32 : dtype;
+  const bool a_vec = a_in.dim() == 1, b_vec = b_in.dim() == 1;
+  Tensor a = to_dtype(a_vec ? unsqueeze(a_in, 0) : a_in, compute);
+  Tensor b = to_dtype(b_vec ? unsqueeze(b_in, 1) : b_in, compute);
+
+  const int64_t m = a.shape()[a.dim() - 2], k = a.shape()[a.dim() - 1];
+  const int64_t kb = b.shape()[b.dim() - 2], n = b.shape()[b.dim() - 1];
+  KILN_CHECK(k == kb, ShapeError,
+             "matmul: shapes {} and {} are not aligned: {} (last dim of the first) != {} ({} dim of "
+             "the second)", shape_str(a_in.shape()), shape_str(b_in.shape()), k, kb,
+             b_vec ? "only" : "second-to-last");
+  Shape batch;
+  try {
+    batch = broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
+                             Shape(b.shape().begin(), b.shape().end() - 2), "matmul");
+  } catch (const ShapeError&) {
+    fail<ShapeError>("matmul: the batch dims of shapes {} and {} cannot be broadcast together",
+                     shape_str(a_in.shape()), shape_str(b_in.shape()));
+  }
+
+  Shape out_shape = batch;
+  out_shape.insert(out_shape.end(), {m, n});
+  Tensor out = Tensor::empty(out_shape, compute);
+  if (out.numel() > 0) {
+    if (k == 0) {
+      fill(out, 0);
+    } else {
+      dispatch_numeric(compute, "matmul", [&]<class T>() {
+        if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>)
+          blas_matmul<T>(a, b, out, batch, m, n, k);
+        else if constexpr (!is_floating_v<T>)
+          integer_matmul<T>(a, b, out, batch, m, n, k);
+      });
+    }
+  }
+  if (compute != dtype) out = to_dtype(out, dtype);
+  Shape result_shape = batch;
+  if (!a_vec) result_shape.push_back(m);
+  if (!b_vec) result_shape.push_back(n);
+  return view(out, result_shape);
+}
+
+}  // namespace kiln

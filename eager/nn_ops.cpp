@@ -1,0 +1,206 @@
+// Fused eager kernels for softmax, log_softmax and layer_norm: each row is
+// read a few times while it is still in cache, instead of going through the
+// temporaries their decompositions into primitives would allocate. Rows run
+// in parallel; loops keep 16 independent lanes so they vectorize.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+
+#include "eager/loops.h"
+#include "eager/ops.h"
+#include "eager/scalar_math.h"
+#include "runtime/parallel.h"
+
+namespace kiln {
+namespace {
+
+constexpr int64_t kGrain = 32768;  // elements per task
+constexpr int64_t kTile = 256;  // columns per task when the softmax dim is not innermost
+
+// Independent lanes per row loop: 256 bytes, eight AVX2 registers, enough
+// chains to hide add latency. (gcc fully unrolls a 16-lane loop before
+// vectorizing and then fails on selects.)
+template <class Acc>
+constexpr int64_t kLanes = std::clamp<int64_t>(256 / sizeof(Acc), 8, 64);
+
+// Sums f(i) over [0, n) in `Acc` with independent lanes (a scalar running
+// sum would not vectorize without -ffast-math).
+template <class Acc, class F>
+Acc lane_sum(int64_t n, const F& f) {
+  constexpr int64_t L = kLanes<Acc>;
+  Acc acc[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int64_t j = 0; j < L; ++j) acc[j] += f(i + j);
+  Acc total = 0;
+  for (; i < n; ++i) total += f(i);
+  for (int64_t j = 0; j < L; ++j) total += acc[j];
+  return total;
+}
+
+// Branch-free NaN-propagating max (`|`, not `||`, so it stays a blend).
+template <class C>
+inline C nan_max(C a, C b) {
+  return ((b > a) | (b != b)) ? b : a;
+}
+
+template <class C, class T>
+C row_max(const T* p, int64_t n) {
+  constexpr int64_t L = kLanes<C>;
+  C acc[L];
+  std::fill(acc, acc + L, -std::numeric_limits<C>::infinity());
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int64_t j = 0; j < L; ++j) acc[j] = nan_max(acc[j], C(p[i + j]));
+  C m = -std::numeric_limits<C>::infinity();
+  for (; i < n; ++i) m = nan_max(m, C(p[i]));
+  for (int64_t j = 0; j < L; ++j) m = nan_max(m, acc[j]);
+  return m;
+}
+
+// float sums add in double: rows can be long and rtol 1e-5 must hold.
+template <class C>
+using acc_t = std::conditional_t<std::is_same_v<C, float>, double, C>;
+
+// ---- softmax ----
+
+// One row of n elements. A row of all -inf gives NaN (exp(-inf - -inf)), as
+// in PyTorch.
+template <class T, bool kLog>
+void softmax_row(const T* p, T* o, int64_t n) {
+  using C = compute_t<T>;
+  const C m = row_max<C>(p, n);
+  if constexpr (kLog) {
+    const C lse = C(std::log(lane_sum<acc_t<C>>(n, [&](int64_t i) { return acc_t<C>(kexp(C(p[i]) - m)); })));
+    for (int64_t i = 0; i < n; ++i) o[i] = T(C(p[i]) - m - lse);
+  } else if constexpr (std::is_same_v<T, C>) {
+    // Store the exponentials and rescale them: one exp per element.
+    const C inv = C(1) / C(lane_sum<acc_t<C>>(n, [&](int64_t i) {
+      C e = kexp(p[i] - m);
+      o[i] = e;
+      return acc_t<C>(e);
+    }));
+    for (int64_t i = 0; i < n; ++i) o[i] *= inv;
+  } else {
+    // 16-bit outputs would round the stored exponentials: recompute them.
+    const C inv = C(1) / C(lane_sum<acc_t<C>>(n, [&](int64_t i) { return acc_t<C>(kexp(C(p[i]) - m)); }));
+    for (int64_t i = 0; i < n; ++i) o[i] = T(kexp(C(p[i]) - m) * inv);
+  }
+}
+
+// Columns [b0, b0 + bw) of an [R, B] slab: the softmax runs down each
+// column, vectorized across columns.
+template <class T, bool kLog>
+void softmax_cols(const T* x, T* o, int64_t R, int64_t B, int64_t bw) {
+  using C = compute_t<T>;
+  C m[kTile], s[kTile];
+  std::fill(m, m + bw, -std::numeric_limits<C>::infinity());
+  std::fill(s, s + bw, C(0));
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < bw; ++j) {
+      C v = C(x[r * B + j]);
+      m[j] = nan_max(m[j], v);
+    }
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < bw; ++j) s[j] += kexp(C(x[r * B + j]) - m[j]);
+  for (int64_t j = 0; j < bw; ++j) s[j] = kLog ? C(std::log(s[j])) : C(1) / s[j];
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < bw; ++j) {
+      C v = C(x[r * B + j]) - m[j];
+      o[r * B + j] = T(kLog ? v - s[j] : kexp(v) * s[j]);
+    }
+}
+
+template <bool kLog>
+Tensor softmax_impl(const Tensor& x, int64_t dim, const char* name) {
+  KILN_CHECK(x.device().is_cpu(), DeviceError, "{}: expected a cpu tensor, got {}", name, x.device().str());
+  KILN_CHECK(is_floating(x.dtype()), DTypeError,
+             "{}: expected a floating point tensor, got {} (convert it with .to(float32) first)", name,
+             dtype_name(x.dtype()));
+  const int64_t d = wrap_dim(dim, x.dim(), name);
+  int64_t A = 1, R = 1, B = 1;
+  for (int64_t i = 0; i < x.dim(); ++i) (i < d ? A : i == d ? R : B) *= x.shape()[i];
+  Tensor out = Tensor::empty(x.shape(), x.dtype());
+  if (out.numel() == 0) return out;
+  Tensor in = contiguous(x);
+  dispatch_floating(x.dtype(), name, [&]<class T>() {
+    const T* px = in.data<T>();
+    T* po = out.data<T>();
+    if (B == 1) {
+      parallel_for(0, A, std::max<int64_t>(1, kGrain / R), [&](int64_t ab, int64_t ae) {
+        for (int64_t a = ab; a < ae; ++a) softmax_row<T, kLog>(px + a * R, po + a * R, R);
+      });
+      return;
+    }
+    const int64_t tile = std::min(B, kTile), ntiles = (B + tile - 1) / tile;
+    parallel_for(0, A * ntiles, std::max<int64_t>(1, kGrain / (R * tile)), [&](int64_t ub, int64_t ue) {
+      for (int64_t u = ub; u < ue; ++u) {
+        const int64_t a = u / ntiles, b0 = (u % ntiles) * tile;
+        const int64_t off = a * R * B + b0;
+        softmax_cols<T, kLog>(px + off, po + off, R, B, std::min(tile, B - b0));
+      }
+    });
+  });
+  return out;
+}
+
+// ---- layer_norm ----
+
+// A [N] parameter as a contiguous C array; `fallback` when undefined.
+template <class C>
+Tensor param(const Tensor& p, const Shape& shape, double fallback, const char* what) {
+  if (!p.defined()) return full(shape, fallback, dtype_v<C>);
+  KILN_CHECK(p.shape() == shape, ShapeError, "layer_norm: {} of shape {} does not match normalized_shape {}",
+             what, shape_str(p.shape()), shape_str(shape));
+  return contiguous(to_dtype(p, dtype_v<C>));
+}
+
+}  // namespace
+
+Tensor softmax(const Tensor& x, int64_t dim) { return softmax_impl<false>(x, dim, "softmax"); }
+Tensor log_softmax(const Tensor& x, int64_t dim) { return softmax_impl<true>(x, dim, "log_softmax"); }
+
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                  double eps) {
+  KILN_CHECK(x.device().is_cpu(), DeviceError, "layer_norm: expected a cpu tensor, got {}", x.device().str());
+  KILN_CHECK(is_floating(x.dtype()), DTypeError, "layer_norm: expected a floating point tensor, got {}",
+             dtype_name(x.dtype()));
+  const int64_t nd = static_cast<int64_t>(normalized_shape.size());
+  KILN_CHECK(nd <= x.dim() && std::equal(normalized_shape.begin(), normalized_shape.end(), x.shape().end() - nd),
+             ShapeError, "layer_norm: normalized_shape {} does not match the trailing dims of the input of shape {}",
+             shape_str(normalized_shape), shape_str(x.shape()));
+  const int64_t N = numel(normalized_shape);
+  int64_t M = 1;
+  for (int64_t i = 0; i < x.dim() - nd; ++i) M *= x.shape()[i];
+  Tensor out = Tensor::empty(x.shape(), x.dtype());
+  dispatch_floating(x.dtype(), "layer_norm", [&]<class T>() {
+    using C = compute_t<T>;
+    Tensor w = param<C>(weight, normalized_shape, 1.0, "weight");
+    Tensor b = param<C>(bias, normalized_shape, 0.0, "bias");
+    if (out.numel() == 0) return;
+    Tensor in = contiguous(x);
+    const T* px = in.data<T>();
+    T* po = out.data<T>();
+    const C* pw = w.data<C>();
+    const C* pb = b.data<C>();
+    parallel_for(0, M, std::max<int64_t>(1, kGrain / N), [&](int64_t rb, int64_t re) {
+      for (int64_t r = rb; r < re; ++r) {
+        const T* p = px + r * N;
+        T* o = po + r * N;
+        // Two passes in double: the mean, then the mean squared deviation
+        // (no cancellation, unlike E[x^2] - E[x]^2).
+        const double mean = lane_sum<double>(N, [&](int64_t i) { return double(C(p[i])); }) / double(N);
+        const double var = lane_sum<double>(N, [&](int64_t i) {
+          double dv = double(C(p[i])) - mean;
+          return dv * dv;
+        }) / double(N);
+        const C rstd = C(1.0 / std::sqrt(var + eps)), cm = C(mean);
+        for (int64_t i = 0; i < N; ++i) o[i] = T((C(p[i]) - cm) * rstd * pw[i] + pb[i]);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace kiln

@@ -1,0 +1,773 @@
+// Reductions. One engine serves sum, prod, mean, amax/amin and any/all: the
+// input is read in memory order (no copy for permuted dense views), its dims
+// coalesce into alternating runs of kept and reduced dims, and each reduced
+// run is one [A, R, B] pass: out[a, b] = combine over r of x[a, r, b]. Passes
+// vectorize along b; a small B is widened by folding several rows into one,
+// so B == 1 becomes a reduction with 64 independent accumulator lanes. A
+// second, simpler engine finds values and indices (max/min(dim), argmax).
+// var and logsumexp reuse the engine with a per-output "center" (the mean,
+// the max), so they read the input twice instead of materializing temporaries.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <numeric>
+
+#include "eager/loops.h"
+#include "eager/ops.h"
+#include "eager/scalar_math.h"
+#include "runtime/parallel.h"
+
+namespace kiln {
+namespace {
+
+// Elements per task below which work stays on one thread.
+constexpr int64_t kGrain = 32768;
+// Rows narrower than this fold several rows into one so the inner loop has
+// enough independent lanes to vectorize and hide add latency.
+constexpr int64_t kMinWidth = 64;
+// Columns per task when B is wide: the accumulators stay in L1.
+constexpr int64_t kTileWidth = 2048;
+
+// ---------------------------------------------------------------------------
+// Reduction ops. `acc_t` is what partial results are kept in, `lift` maps an
+// input element into it, `combine` is associative, `out_t` is the result.
+
+// Sums keep integers exact in int64 and floats accurate: float32 adds in
+// double (as accurate as NumPy's pairwise sum, and memory-bound anyway);
+// 16-bit floats add in float.
+template <class T>
+using wide_t = std::conditional_t<!is_floating_v<T>, int64_t,
+                                  std::conditional_t<sizeof(T) == 2, float, double>>;
+
+template <class T>
+struct SumOp {
+  using acc_t = wide_t<T>;
+  using out_t = std::conditional_t<is_floating_v<T>, T, int64_t>;
+  static acc_t identity() { return acc_t(0); }
+  static acc_t lift(T x) { return acc_t(compute_t<T>(x)); }
+  static acc_t combine(acc_t a, acc_t b) { return a + b; }
+};
+
+template <class T>
+struct ProdOp {
+  using acc_t = wide_t<T>;
+  using out_t = std::conditional_t<is_floating_v<T>, T, int64_t>;
+  static acc_t identity() { return acc_t(1); }
+  static acc_t lift(T x) { return acc_t(compute_t<T>(x)); }
+  static acc_t combine(acc_t a, acc_t b) { return a * b; }
+};
+
+// NaN wins, as in PyTorch; written branch-free so it vectorizes to blends.
+template <class T, bool kMax>
+struct ExtremumOp {
+  using acc_t = compute_t<T>;
+  using out_t = T;
+  static acc_t identity() {
+    if constexpr (std::is_floating_point_v<acc_t>)
+      return kMax ? -std::numeric_limits<acc_t>::infinity() : std::numeric_limits<acc_t>::infinity();
+    else
+      return kMax ? std::numeric_limits<acc_t>::lowest() : std::numeric_limits<acc_t>::max();
+  }
+  static acc_t lift(T x) { return acc_t(x); }
+  static acc_t combine(acc_t a, acc_t b) {
+    bool take = kMax ? b > a : b < a;
+    if constexpr (std::is_floating_point_v<acc_t>) take = take | (b != b);  // `|`: no branch
+    return take ? b : a;
+  }
+};
+template <class T> using MaxOp = ExtremumOp<T, true>;
+template <class T> using MinOp = ExtremumOp<T, false>;
+
+// Truth values as bytes: bool arithmetic vectorizes worse.
+template <class T, bool kAny>
+struct LogicalOp {
+  using acc_t = uint8_t;
+  using out_t = bool;
+  static acc_t identity() { return kAny ? 0 : 1; }
+  static acc_t lift(T x) { return compute_t<T>(x) != compute_t<T>(0); }
+  static acc_t combine(acc_t a, acc_t b) { return kAny ? (a | b) : (a & b); }
+};
+template <class T> using AnyOp = LogicalOp<T, true>;
+template <class T> using AllOp = LogicalOp<T, false>;
+
+// ---------------------------------------------------------------------------
+// The [A, R, B] pass.
+
+// acc[j] = combine(acc[j], lift(row[j])) for `rows` rows `stride` apart. With
+// kCentered, lift also gets center[j] (the mean for var, the max for
+// logsumexp).
+template <class Op, bool kCentered, class In, class Lift>
+void accumulate_rows(const In* __restrict__ p, int64_t rows, int64_t stride, int64_t width,
+                     typename Op::acc_t* __restrict__ acc,
+                     const typename Op::acc_t* __restrict__ center, const Lift& lift) {
+  for (int64_t r = 0; r < rows; ++r, p += stride) {
+    for (int64_t j = 0; j < width; ++j) {
+      if constexpr (kCentered) acc[j] = Op::combine(acc[j], lift(p[j], center[j]));
+      else acc[j] = Op::combine(acc[j], lift(p[j]));
+    }
+  }
+}
+
+// Lanes per row reduction: 256 bytes of accumulators, i.e. eight AVX2
+// registers, enough independent chains to hide the add latency. (A 16-lane
+// loop gets fully unrolled by gcc before vectorization and then fails to
+// vectorize selects.)
+template <class Acc>
+constexpr int64_t kRowLanes = std::clamp<int64_t>(256 / sizeof(Acc), 8, 64);
+
+// The reduction of one contiguous row p[0, n).
+template <class Op, bool kCentered, class In, class Lift>
+typename Op::acc_t reduce_row(const In* __restrict__ p, int64_t n, typename Op::acc_t center,
+                              const Lift& lift) {
+  using Acc = typename Op::acc_t;
+  constexpr int64_t L = kRowLanes<Acc>;
+  auto f = [&](In v) {
+    if constexpr (kCentered) return lift(v, center);
+    else return lift(v);
+  };
+  Acc total = Op::identity();
+  int64_t i = 0;
+  if (n >= L) {
+    Acc acc[L];
+    std::fill(acc, acc + L, Op::identity());
+    for (; i + L <= n; i += L)
+      for (int64_t j = 0; j < L; ++j) acc[j] = Op::combine(acc[j], f(p[i + j]));
+    for (int64_t j = 0; j < L; ++j) total = Op::combine(total, acc[j]);
+  }
+  for (; i < n; ++i) total = Op::combine(total, f(p[i]));
+  return total;
+}
+
+// Reduces x, a contiguous [A, R, B] block, into out[A, B]. `lift` reads the
+// input (Op::lift on the first pass, the identity on later ones); `store`
+// maps a finished accumulator to Out. `centers`, with kCentered, holds one
+// value per output element.
+template <class Op, bool kCentered, class In, class Out, class Lift, class Store>
+void reduce_pass(const In* x, Out* out, int64_t A, int64_t R, int64_t B,
+                 const typename Op::acc_t* centers, const Lift& lift, const Store& store) {
+  using Acc = typename Op::acc_t;
+  const int nt = num_threads();
+  // Few outputs and long reductions: split R across threads, then combine the
+  // per-thread partials in a fixed order (results do not depend on timing).
+  const bool split = nt > 1 && A * R * B >= 2 * kGrain && R >= 4 * nt;
+  if (B == 1) {
+    auto row = [&](int64_t a, int64_t r0, int64_t r1) {
+      return reduce_row<Op, kCentered>(x + a * R + r0, r1 - r0, kCentered ? centers[a] : Acc{}, lift);
+    };
+    if (split && A < 4 * nt) {
+      std::unique_ptr<Acc[]> partial(new Acc[nt * A]);
+      parallel_for(0, nt, 1, [&](int64_t pb, int64_t pe) {
+        for (int64_t p = pb; p < pe; ++p)
+          for (int64_t a = 0; a < A; ++a) partial[p * A + a] = row(a, R * p / nt, R * (p + 1) / nt);
+      });
+      for (int64_t a = 0; a < A; ++a) {
+        Acc v = partial[a];
+        for (int64_t p = 1; p < nt; ++p) v = Op::combine(v, partial[p * A + a]);
+        out[a] = store(v, a);
+      }
+    } else {
+      parallel_for(0, A, std::max<int64_t>(1, kGrain / R), [&](int64_t ab, int64_t ae) {
+        for (int64_t a = ab; a < ae; ++a) out[a] = store(row(a, 0, R), a);
+      });
+    }
+    return;
+  }
+  // Fold k rows of a narrow [R, B] slab into one row of width W = k * B: lane
+  // j then accumulates column j % B, and the k groups combine at the end.
+  const int64_t k = B >= kMinWidth ? 1 : std::max<int64_t>(1, std::min(kMinWidth / B, R));
+  const int64_t W = k * B;
+  const int64_t tile = k > 1 ? B : std::min(B, kTileWidth);
+  const int64_t ntiles = (B + tile - 1) / tile;
+  const int64_t units = A * ntiles;  // (a, column tile) pairs, each independent
+  const int64_t bufsize = std::max(W, tile);
+
+  // Reduces rows [r0, r1) of unit u into acc[0, bw); returns (first output, bw).
+  auto run_unit = [&](int64_t u, int64_t r0, int64_t r1, Acc* acc, Acc* rep) {
+    const int64_t a = u / ntiles, b0 = (u % ntiles) * tile, bw = std::min(tile, B - b0);
+    const In* slab = x + a * R * B;
+    const Acc* center = nullptr;
+    if constexpr (kCentered) {
+      center = centers + a * B + b0;
+      if (k > 1) {  // lanes of a folded row see column j % B
+        for (int64_t j = 0; j < W; ++j) rep[j] = centers[a * B + j % B];
+        center = rep;
+      }
+    }
+    if (k == 1) {
+      std::fill(acc, acc + bw, Op::identity());
+      accumulate_rows<Op, kCentered>(slab + r0 * B + b0, r1 - r0, B, bw, acc, center, lift);
+    } else {
+      const int64_t nfold = (r1 - r0) / k;
+      std::fill(acc, acc + W, Op::identity());
+      accumulate_rows<Op, kCentered>(slab + r0 * B, nfold, W, W, acc, center, lift);
+      accumulate_rows<Op, kCentered>(slab + (r0 + nfold * k) * B, r1 - r0 - nfold * k, B, B, acc,
+                                     center, lift);
+      for (int64_t g = 1; g < k; ++g)
+        for (int64_t j = 0; j < B; ++j) acc[j] = Op::combine(acc[j], acc[g * B + j]);
+    }
+    return std::pair{a * B + b0, bw};
+  };
+
+  if (split && units < 4 * nt) {
+    const int64_t P = nt, AB = A * B;
+    std::unique_ptr<Acc[]> partial(new Acc[P * AB]);
+    parallel_for(0, P, 1, [&](int64_t pb, int64_t pe) {
+      std::unique_ptr<Acc[]> acc(new Acc[bufsize]), rep(new Acc[kCentered ? W : 1]);
+      for (int64_t p = pb; p < pe; ++p)
+        for (int64_t u = 0; u < units; ++u) {
+          auto [off, bw] = run_unit(u, R * p / P, R * (p + 1) / P, acc.get(), rep.get());
+          std::copy(acc.get(), acc.get() + bw, partial.get() + p * AB + off);
+        }
+    });
+    for (int64_t i = 0; i < AB; ++i) {
+      Acc v = partial[i];
+      for (int64_t p = 1; p < P; ++p) v = Op::combine(v, partial[p * AB + i]);
+      out[i] = store(v, i);
+    }
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, R * tile));
+  parallel_for(0, units, grain, [&](int64_t ub, int64_t ue) {
+    std::unique_ptr<Acc[]> acc(new Acc[bufsize]), rep(new Acc[kCentered ? W : 1]);
+    for (int64_t u = ub; u < ue; ++u) {
+      auto [off, bw] = run_unit(u, 0, R, acc.get(), rep.get());
+      for (int64_t j = 0; j < bw; ++j) out[off + j] = store(acc[j], off + j);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Planning: which dims, in which memory order.
+
+std::vector<bool> reduced_mask(const DimList& dims, int64_t ndim, const char* op) {
+  std::vector<bool> mask(ndim, dims.empty());
+  for (int64_t d : dims) {
+    int64_t w = wrap_dim(d, ndim, op);
+    if (ndim == 0) continue;  // a 0-d tensor accepts dim 0 / -1 and has nothing to reduce
+    KILN_CHECK(!mask[w] || dims.empty(), ValueError,
+               "{}: dim {} appears multiple times in the list of dims {}", op, w, shape_str(dims));
+    mask[w] = true;
+  }
+  return mask;
+}
+
+Shape reduced_shape(const Shape& shape, const std::vector<bool>& mask, bool keepdim) {
+  Shape out;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (!mask[d]) out.push_back(shape[d]);
+    else if (keepdim) out.push_back(1);
+  }
+  return out;
+}
+
+int64_t reduced_count(const Shape& shape, const std::vector<bool>& mask) {
+  int64_t n = 1;
+  for (size_t d = 0; d < shape.size(); ++d)
+    if (mask[d]) n *= shape[d];
+  return n;
+}
+
+void check_cpu(const Tensor& x, const char* op) {
+  KILN_CHECK(x.device().is_cpu(), DeviceError, "{}: expected a cpu tensor, got {}", op,
+             x.device().str());
+}
+
+struct Run {
+  int64_t size;
+  bool reduced;
+};
+
+struct ReducePlan {
+  Shape shape;             // the logical input's
+  Tensor input;            // dense; `runs` walk it in memory order
+  std::vector<Run> runs;   // coalesced, outermost first, no size-1 runs
+  DimList kept_dims;       // logical kept dims (size > 1) in memory order
+  bool out_in_order = true;  // kept_dims ascending: the kernel can write `out` directly
+  int reduced_runs() const {
+    return static_cast<int>(std::count_if(runs.begin(), runs.end(), [](const Run& r) { return r.reduced; }));
+  }
+};
+
+// A permuted dense view (a transpose, say) is reduced where it lies; other
+// layouts are copied to contiguous first.
+ReducePlan plan_reduction(const Tensor& x, const std::vector<bool>& mask) {
+  ReducePlan plan;
+  plan.shape = x.shape();
+  plan.input = x;
+  DimList order;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (x.shape()[d] != 1) order.push_back(d);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return x.strides()[a] > x.strides()[b]; });
+  int64_t expected = 1;
+  bool dense = true;
+  for (size_t i = order.size(); i-- > 0;) {
+    dense = dense && x.strides()[order[i]] == expected;
+    expected *= x.shape()[order[i]];
+  }
+  if (!dense) {
+    plan.input = contiguous(x);
+    std::sort(order.begin(), order.end());
+  }
+  for (int64_t d : order) {
+    if (!mask[d]) plan.kept_dims.push_back(d);
+    if (!plan.runs.empty() && plan.runs.back().reduced == mask[d]) plan.runs.back().size *= x.shape()[d];
+    else plan.runs.push_back({x.shape()[d], static_cast<bool>(mask[d])});
+  }
+  plan.out_in_order = std::is_sorted(plan.kept_dims.begin(), plan.kept_dims.end());
+  return plan;
+}
+
+// The kernel writes kept dims in memory order; this gives `out` (logical
+// order) either directly or through a temporary that is then permuted in.
+struct OutputTarget {
+  Tensor out, buffer;
+  OutputTarget(const Tensor& out, const ReducePlan& plan) : out(out), buffer(out) {
+    if (!plan.out_in_order) {
+      Shape sizes;
+      for (int64_t d : plan.kept_dims) sizes.push_back(plan.shape[d]);
+      buffer = Tensor::empty(sizes, out.dtype());
+    }
+  }
+  void finish(const ReducePlan& plan, const std::vector<bool>& mask, bool keepdim) {
+    if (buffer.is_same(out)) return;
+    Strides buf_strides = buffer.strides(), strides;
+    for (int64_t d = 0; d < static_cast<int64_t>(plan.shape.size()); ++d) {
+      if (mask[d] && !keepdim) continue;
+      auto it = std::find(plan.kept_dims.begin(), plan.kept_dims.end(), d);
+      strides.push_back(it == plan.kept_dims.end() ? 0 : buf_strides[it - plan.kept_dims.begin()]);
+    }
+    copy_into(out, buffer.as_strided(out.shape(), strides, 0));
+  }
+};
+
+// Runs every pass of `plan`, innermost data first read as T, partial results
+// kept in Op::acc_t, the last pass written through `store`.
+template <class Op, class T, class Out, class Store>
+void run_plan(const ReducePlan& plan, Out* out, const Store& store) {
+  using Acc = typename Op::acc_t;
+  const T* x = static_cast<const T*>(plan.input.data_ptr());
+  auto first_lift = [](T v) { return Op::lift(v); };
+  auto same = [](Acc v) { return v; };
+  auto keep = [](Acc v, int64_t) { return v; };
+  std::vector<Run> runs = plan.runs;
+  if (plan.reduced_runs() == 0) {  // nothing (or only size-1 dims) to reduce: a conversion
+    reduce_pass<Op, false>(x, out, 1, 1, plan.input.numel(), nullptr, first_lift, store);
+    return;
+  }
+  std::unique_ptr<Acc[]> cur;
+  for (bool first = true;; first = false) {
+    // The longest reduced run first: it shrinks the data the most.
+    size_t i = 0;
+    for (size_t j = 0; j < runs.size(); ++j)
+      if (runs[j].reduced && (!runs[i].reduced || runs[j].size > runs[i].size)) i = j;
+    int64_t A = 1, B = 1;
+    for (size_t j = 0; j < i; ++j) A *= runs[j].size;
+    for (size_t j = i + 1; j < runs.size(); ++j) B *= runs[j].size;
+    const int64_t R = runs[i].size;
+    runs.erase(runs.begin() + static_cast<int64_t>(i));
+    if (i > 0 && i < runs.size() && !runs[i - 1].reduced && !runs[i].reduced) {
+      runs[i - 1].size *= runs[i].size;
+      runs.erase(runs.begin() + static_cast<int64_t>(i));
+    }
+    const bool last = std::none_of(runs.begin(), runs.end(), [](const Run& r) { return r.reduced; });
+    if (last) {
+      if (first) reduce_pass<Op, false>(x, out, A, R, B, nullptr, first_lift, store);
+      else reduce_pass<Op, false>(cur.get(), out, A, R, B, nullptr, same, store);
+      return;
+    }
+    std::unique_ptr<Acc[]> next(new Acc[A * B]);
+    if (first) reduce_pass<Op, false>(x, next.get(), A, R, B, nullptr, first_lift, keep);
+    else reduce_pass<Op, false>(cur.get(), next.get(), A, R, B, nullptr, same, keep);
+    cur = std::move(next);
+  }
+}
+
+enum class OnEmpty { Identity, Error };
+
+// The shared driver: validates dims, handles empty reductions, plans, runs.
+// `make_store(count)` gives the final map from accumulator to output.
+template <template <class> class OpT, OnEmpty kOnEmpty, class Dispatch, class MakeStore>
+Tensor reduce(const Tensor& x, const DimList& dims, bool keepdim, const char* name,
+              Dispatch dispatch, MakeStore make_store) {
+  check_cpu(x, name);
+  auto mask = reduced_mask(dims, x.dim(), name);
+  const int64_t count = reduced_count(x.shape(), mask);
+  Tensor result;
+  dispatch(x.dtype(), name, [&]<class T>() {
+    using Op = OpT<T>;
+    using Out = typename Op::out_t;
+    auto store = make_store.template operator()<Op>(count);
+    Tensor out = Tensor::empty(reduced_shape(x.shape(), mask, keepdim), dtype_v<Out>);
+    result = out;
+    if (count == 0) {
+      KILN_CHECK(kOnEmpty != OnEmpty::Error, IndexError,
+                 "{}(): cannot reduce over a zero-size dim of a tensor of shape {} (the op has no "
+                 "identity)", name, shape_str(x.shape()));
+      std::fill_n(out.data<Out>(), out.numel(), store(Op::identity(), 0));
+      return;
+    }
+    if (out.numel() == 0) return;
+    ReducePlan plan = plan_reduction(x, mask);
+    OutputTarget target(out, plan);
+    run_plan<Op, T>(plan, target.buffer.template data<Out>(), store);
+    target.finish(plan, mask, keepdim);
+  });
+  return result;
+}
+
+// The usual final store: a conversion.
+struct ConvertStore {
+  template <class Op>
+  auto operator()(int64_t) const {
+    return [](typename Op::acc_t v, int64_t) { return convert<typename Op::out_t>(v); };
+  }
+};
+
+// mean's final store: the sum over the count.
+struct AverageStore {
+  template <class Op>
+  auto operator()(int64_t count) const {
+    using Acc = typename Op::acc_t;
+    return [n = Acc(count)](Acc v, int64_t) { return convert<typename Op::out_t>(v / n); };
+  }
+};
+
+auto any_dtype = [](DType d, const char* op, auto&& fn) { dispatch_all(d, op, fn); };
+auto floating_dtype = [](DType d, const char* op, auto&& fn) { dispatch_floating(d, op, fn); };
+
+void check_floating(const Tensor& x, const char* op) {
+  KILN_CHECK(is_floating(x.dtype()), DTypeError,
+             "{}(): could not infer output dtype. Input dtype must be a floating point dtype, "
+             "got {}", op, dtype_name(x.dtype()));
+}
+
+// ---------------------------------------------------------------------------
+// Centered reductions (var, logsumexp): a first pass computes one center per
+// output, a second reduces f(x, center). Both need the same single [A, R, B]
+// view, so several reduced runs are first gathered into one by a copy.
+
+struct Slab {
+  ReducePlan plan;
+  int64_t A = 1, R = 1, B = 1;
+};
+
+Slab single_run(const Tensor& x, const std::vector<bool>& mask) {
+  Slab s;
+  s.plan = plan_reduction(x, mask);
+  if (s.plan.reduced_runs() > 1) {
+    DimList perm;
+    for (int64_t d = 0; d < x.dim(); ++d)
+      if (!mask[d]) perm.push_back(d);
+    const int64_t nkept = static_cast<int64_t>(perm.size());
+    for (int64_t d = 0; d < x.dim(); ++d)
+      if (mask[d]) perm.push_back(d);
+    Tensor gathered = contiguous(permute(x, perm));
+    ReducePlan p = plan_reduction(gathered, std::vector<bool>(x.dim(), false));
+    // Kept dims lead in logical order, so the kernel's output is in order.
+    p.shape = x.shape();
+    p.kept_dims.clear();
+    for (int64_t i = 0; i < nkept; ++i)
+      if (x.shape()[perm[i]] != 1) p.kept_dims.push_back(perm[i]);
+    p.out_in_order = true;
+    int64_t kept = 1;
+    for (int64_t i = 0; i < nkept; ++i) kept *= x.shape()[perm[i]];
+    p.runs.clear();
+    if (kept > 1) p.runs.push_back({kept, false});
+    p.runs.push_back({x.numel() / std::max<int64_t>(kept, 1), true});
+    s.plan = std::move(p);
+  }
+  auto it = std::find_if(s.plan.runs.begin(), s.plan.runs.end(), [](const Run& r) { return r.reduced; });
+  if (it == s.plan.runs.end()) {
+    s.B = s.plan.input.numel();
+    return s;
+  }
+  for (auto j = s.plan.runs.begin(); j != it; ++j) s.A *= j->size;
+  for (auto j = it + 1; j != s.plan.runs.end(); ++j) s.B *= j->size;
+  s.R = it->size;
+  return s;
+}
+
+// Validation and empty cases shared by var/std/logsumexp; calls
+// body.template operator()<T>(slab, out_buffer_target) when there is work.
+template <class Body>
+Tensor centered(const Tensor& x, const DimList& dims, bool keepdim, const char* name, double empty_value,
+                Body body) {
+  check_cpu(x, name);
+  auto mask = reduced_mask(dims, x.dim(), name);
+  const int64_t count = reduced_count(x.shape(), mask);
+  Tensor out = Tensor::empty(reduced_shape(x.shape(), mask, keepdim), x.dtype());
+  if (out.numel() == 0) return out;
+  if (count == 0) {
+    fill(out, empty_value);
+    return out;
+  }
+  dispatch_floating(x.dtype(), name, [&]<class T>() {
+    Slab s = single_run(x, mask);
+    OutputTarget target(out, s.plan);
+    body.template operator()<T>(s, static_cast<const T*>(s.plan.input.data_ptr()),
+                                target.buffer.template data<T>(), count);
+    target.finish(s.plan, mask, keepdim);
+  });
+  return out;
+}
+
+Tensor var_impl(const Tensor& x, const DimList& dims, int64_t correction, bool keepdim, bool root,
+                const char* name) {
+  KILN_CHECK(is_floating(x.dtype()), DTypeError,
+             "{}(): only supports floating point dtypes, got {}", name, dtype_name(x.dtype()));
+  return centered(x, dims, keepdim, name, NAN,
+                  [&]<class T>(const Slab& s, const T* px, T* out, int64_t count) {
+    using Op = SumOp<T>;
+    using Acc = typename Op::acc_t;
+    std::unique_ptr<Acc[]> means(new Acc[s.A * s.B]);
+    reduce_pass<Op, false>(px, means.get(), s.A, s.R, s.B, nullptr,
+                           [](T v) { return Op::lift(v); },
+                           [n = Acc(count)](Acc v, int64_t) { return v / n; });
+    // PyTorch divides by max(n - correction, 0): inf or nan, not an error.
+    const Acc denom = Acc(std::max<int64_t>(count - correction, 0));
+    reduce_pass<Op, true>(
+        px, out, s.A, s.R, s.B, means.get(),
+        [](T v, Acc c) {
+          Acc d = Op::lift(v) - c;
+          return d * d;
+        },
+        [denom, root](Acc v, int64_t) {
+          Acc r = v / denom;
+          return convert<T>(root ? std::sqrt(r) : r);
+        });
+  });
+}
+
+}  // namespace
+
+Tensor var(const Tensor& x, DimList dims, int64_t correction, bool keepdim) {
+  return var_impl(x, dims, correction, keepdim, false, "var");
+}
+
+Tensor std(const Tensor& x, DimList dims, int64_t correction, bool keepdim) {
+  return var_impl(x, dims, correction, keepdim, true, "std");
+}
+
+Tensor logsumexp(const Tensor& x_in, DimList dims, bool keepdim) {
+  // Integers promote to the default float dtype, as in current PyTorch.
+  Tensor x = is_floating(x_in.dtype()) ? x_in : to_dtype(x_in, DType::Float32);
+  return centered(x, dims, keepdim, "logsumexp", -INFINITY,
+                  [&]<class T>(const Slab& s, const T* px, T* out, int64_t) {
+    using Op = SumOp<T>;
+    using Acc = typename Op::acc_t;
+    using C = compute_t<T>;
+    // Shift by the max so exp cannot overflow; an infinite max shifts by 0
+    // (all -inf gives log(0) = -inf, any +inf gives +inf).
+    std::unique_ptr<Acc[]> maxes(new Acc[s.A * s.B]);
+    reduce_pass<MaxOp<T>, false>(px, maxes.get(), s.A, s.R, s.B, nullptr,
+                                 [](T v) { return C(v); },
+                                 [](C m, int64_t) { return std::isinf(m) ? Acc(0) : Acc(m); });
+    const Acc* m = maxes.get();
+    reduce_pass<Op, true>(
+        px, out, s.A, s.R, s.B, m, [](T v, Acc c) { return Acc(kexp(C(v) - C(c))); },
+        [m](Acc v, int64_t i) { return convert<T>(std::log(v) + m[i]); });
+  });
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Values and indices: max/min(dim), argmax/argmin. The first extreme wins a
+// tie; NaN beats every number (the first NaN is the answer).
+
+template <class C, bool kMax>
+inline bool better(C x, C v) {
+  bool b = kMax ? x > v : x < v;
+  if constexpr (std::is_floating_point_v<C>) b = b | ((x != x) & (v == v));  // `|`, `&`: no branches
+  return b;
+}
+template <class C>
+inline bool same(C x, C v) {
+  if constexpr (std::is_floating_point_v<C>) return x == v || (x != x && v != v);
+  else return x == v;
+}
+
+// Best of p[0, n) as (value, index + base); n >= 1. 32 lanes let the
+// compare-and-blend loop vectorize (16 get unrolled first and do not); lanes
+// merge by (value, smaller index).
+template <class T, bool kMax>
+std::pair<compute_t<T>, int64_t> arg_row(const T* p, int64_t n, int64_t base) {
+  using C = compute_t<T>;
+  constexpr int64_t L = 32;
+  C bv = C(p[0]);
+  int64_t bi = 0, i = 1;
+  if (n >= 2 * L) {
+    C v[L];
+    int64_t id[L];
+    for (int64_t j = 0; j < L; ++j) {
+      v[j] = C(p[j]);
+      id[j] = j;
+    }
+    for (i = L; i + L <= n; i += L)
+      for (int64_t j = 0; j < L; ++j) {
+        C c = C(p[i + j]);
+        bool t = better<C, kMax>(c, v[j]);
+        v[j] = t ? c : v[j];
+        id[j] = t ? i + j : id[j];
+      }
+    bv = v[0];
+    bi = id[0];
+    for (int64_t j = 1; j < L; ++j)
+      if (better<C, kMax>(v[j], bv) || (same(v[j], bv) && id[j] < bi)) {
+        bv = v[j];
+        bi = id[j];
+      }
+  }
+  for (; i < n; ++i)  // the tail's indices are all larger: strict improvement only
+    if (better<C, kMax>(C(p[i]), bv)) {
+      bv = C(p[i]);
+      bi = i;
+    }
+  return {bv, bi + base};
+}
+
+// x is a contiguous [A, R, B] block with R >= 1. Writes indices, and values
+// when `values` is non-null.
+template <class T, bool kMax>
+void arg_reduce(const T* x, T* values, int64_t* indices, int64_t A, int64_t R, int64_t B) {
+  using C = compute_t<T>;
+  auto put = [&](int64_t o, C v, int64_t i) {
+    indices[o] = i;
+    if (values) values[o] = convert<T>(v);
+  };
+  if (B == 1) {
+    const int nt = num_threads();
+    if (nt > 1 && A < nt && R >= 2 * kGrain) {
+      // Long rows, few of them: split each row, then merge in order.
+      for (int64_t a = 0; a < A; ++a) {
+        std::vector<std::pair<C, int64_t>> part(nt);
+        parallel_for(0, nt, 1, [&](int64_t pb, int64_t pe) {
+          for (int64_t p = pb; p < pe; ++p) {
+            int64_t r0 = R * p / nt, r1 = R * (p + 1) / nt;
+            part[p] = arg_row<T, kMax>(x + a * R + r0, r1 - r0, r0);
+          }
+        });
+        auto best = part[0];
+        for (int p = 1; p < nt; ++p)
+          if (better<C, kMax>(part[p].first, best.first)) best = part[p];
+        put(a, best.first, best.second);
+      }
+      return;
+    }
+    parallel_for(0, A, std::max<int64_t>(1, kGrain / R), [&](int64_t ab, int64_t ae) {
+      for (int64_t a = ab; a < ae; ++a) {
+        auto [v, i] = arg_row<T, kMax>(x + a * R, R, 0);
+        put(a, v, i);
+      }
+    });
+    return;
+  }
+  const int64_t tile = std::min<int64_t>(B, 256), ntiles = (B + tile - 1) / tile;
+  parallel_for(0, A * ntiles, std::max<int64_t>(1, kGrain / (R * tile)), [&](int64_t ub, int64_t ue) {
+    C v[256];
+    int64_t id[256];
+    for (int64_t u = ub; u < ue; ++u) {
+      const int64_t a = u / ntiles, b0 = (u % ntiles) * tile, bw = std::min(tile, B - b0);
+      const T* slab = x + a * R * B + b0;
+      for (int64_t j = 0; j < bw; ++j) {
+        v[j] = C(slab[j]);
+        id[j] = 0;
+      }
+      for (int64_t r = 1; r < R; ++r) {
+        const T* row = slab + r * B;
+        for (int64_t j = 0; j < bw; ++j) {
+          C c = C(row[j]);
+          bool t = better<C, kMax>(c, v[j]);
+          v[j] = t ? c : v[j];
+          id[j] = t ? r : id[j];
+        }
+      }
+      for (int64_t j = 0; j < bw; ++j) put(a * B + b0 + j, v[j], id[j]);
+    }
+  });
+}
+
+// dim nullopt: over the flattened input (a 0-d result, or all-ones with
+// keepdim). Returns (values or undefined, indices).
+template <bool kMax>
+std::pair<Tensor, Tensor> arg_extreme(const Tensor& x, std::optional<int64_t> dim, bool keepdim,
+                                      bool want_values, const char* name) {
+  check_cpu(x, name);
+  int64_t A = 1, R = x.numel(), B = 1;
+  Shape out_shape = keepdim ? Shape(x.dim(), 1) : Shape{};
+  if (dim) {
+    const int64_t d = wrap_dim(*dim, x.dim(), name);
+    out_shape = x.shape();
+    R = x.dim() == 0 ? 1 : x.shape()[d];
+    if (x.dim() > 0) {
+      for (int64_t i = 0; i < d; ++i) A *= x.shape()[i];
+      for (int64_t i = d + 1; i < x.dim(); ++i) B *= x.shape()[i];
+      if (keepdim) out_shape[d] = 1;
+      else out_shape.erase(out_shape.begin() + d);
+    }
+  }
+  KILN_CHECK(R > 0, IndexError,
+             "{}(): cannot reduce over a zero-size dim (input of shape {}{}); the op has no identity",
+             name, shape_str(x.shape()), dim ? fmt::format(", dim {}", *dim) : std::string(", all dims"));
+  Tensor indices = Tensor::empty(out_shape, DType::Int64);
+  Tensor values = want_values ? Tensor::empty(out_shape, x.dtype()) : Tensor();
+  if (indices.numel() == 0) return {values, indices};
+  Tensor in = contiguous(x);
+  dispatch_all(x.dtype(), name, [&]<class T>() {
+    arg_reduce<T, kMax>(in.data<T>(), want_values ? values.data<T>() : nullptr, indices.data<int64_t>(),
+                        A, R, B);
+  });
+  return {values, indices};
+}
+
+}  // namespace
+
+std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
+  return arg_extreme<true>(x, dim, keepdim, true, "max");
+}
+std::pair<Tensor, Tensor> min(const Tensor& x, int64_t dim, bool keepdim) {
+  return arg_extreme<false>(x, dim, keepdim, true, "min");
+}
+Tensor argmax(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
+  return arg_extreme<true>(x, dim, keepdim, false, "argmax").second;
+}
+Tensor argmin(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
+  return arg_extreme<false>(x, dim, keepdim, false, "argmin").second;
+}
+
+// ---- public ops ----
+
+Tensor sum(const Tensor& x, DimList dims, bool keepdim, std::optional<DType> dtype) {
+  Tensor in = dtype && *dtype != x.dtype() ? to_dtype(x, *dtype) : x;
+  Tensor out = reduce<SumOp, OnEmpty::Identity>(in, dims, keepdim, "sum", any_dtype, ConvertStore{});
+  return dtype ? to_dtype(out, *dtype) : out;
+}
+
+Tensor mean(const Tensor& x, DimList dims, bool keepdim) {
+  check_floating(x, "mean");
+  return reduce<SumOp, OnEmpty::Identity>(x, dims, keepdim, "mean", floating_dtype, AverageStore{});
+}
+
+Tensor prod(const Tensor& x, DimList dims, bool keepdim) {
+  return reduce<ProdOp, OnEmpty::Identity>(x, dims, keepdim, "prod", any_dtype, ConvertStore{});
+}
+
+Tensor amax(const Tensor& x, DimList dims, bool keepdim) {
+  return reduce<MaxOp, OnEmpty::Error>(x, dims, keepdim, "amax", any_dtype, ConvertStore{});
+}
+
+Tensor amin(const Tensor& x, DimList dims, bool keepdim) {
+  return reduce<MinOp, OnEmpty::Error>(x, dims, keepdim, "amin", any_dtype, ConvertStore{});
+}
+
+Tensor any(const Tensor& x, DimList dims, bool keepdim) {
+  return reduce<AnyOp, OnEmpty::Identity>(x, dims, keepdim, "any", any_dtype, ConvertStore{});
+}
+
+Tensor all(const Tensor& x, DimList dims, bool keepdim) {
+  return reduce<AllOp, OnEmpty::Identity>(x, dims, keepdim, "all", any_dtype, ConvertStore{});
+}
+
+}  // namespace kiln
