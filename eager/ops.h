@@ -101,8 +101,9 @@ Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tens
 Tensor masked_fill(const Tensor& x, const Tensor& mask, Scalar value);
 Tensor one_hot(const Tensor& index, int64_t num_classes = -1);
 Tensor nonzero(const Tensor& x);  // (n, ndim) int64
-// NumPy advanced indexing: `indices[d]` (int64 or bool tensor, or undefined
-// for a full slice) indexes dim d; index tensors broadcast together.
+// NumPy advanced indexing, read like a Python index tuple: each entry is an
+// integer tensor (one dim), a k-dim bool mask (k dims) or undefined (a full
+// slice of one dim); index tensors broadcast together.
 Tensor index(const Tensor& x, const std::vector<Tensor>& indices);
 // x[indices] = values, in place (values broadcast to the indexed shape).
 void index_put_(const Tensor& x, const std::vector<Tensor>& indices, const Tensor& values);

@@ -42,6 +42,10 @@ using wide_t = std::conditional_t<!is_floating_v<T>, int64_t,
 
 template <class T>
 struct SumOp {
+  // Float rows add in float lanes for short blocks (kFlushRows adds per
+  // lane, so errors stay at NumPy's pairwise level), flushed into double:
+  // widening every element would make cached inputs compute-bound.
+  static constexpr bool kFloatBlocks = std::is_same_v<T, float>;
   using acc_t = wide_t<T>;
   using out_t = std::conditional_t<is_floating_v<T>, T, int64_t>;
   static acc_t identity() { return acc_t(0); }
@@ -94,13 +98,36 @@ template <class T> using AllOp = LogicalOp<T, false>;
 // ---------------------------------------------------------------------------
 // The [A, R, B] pass.
 
+template <class Op>
+constexpr bool has_float_blocks() {
+  if constexpr (requires { Op::kFloatBlocks; }) return Op::kFloatBlocks;
+  else return false;
+}
+// Adds per float lane before a flush into double.
+constexpr int64_t kFlushRows = 16;
+
+// Sums of float input read as plain float (first pass, not centered) may
+// add in float blocks; see SumOp.
+template <class Op, bool kCentered, class In>
+constexpr bool float_blocks_v = has_float_blocks<Op>() && !kCentered && std::is_same_v<In, float>;
+
 // acc[j] = combine(acc[j], lift(row[j])) for `rows` rows `stride` apart. With
 // kCentered, lift also gets center[j] (the mean for var, the max for
 // logsumexp).
 template <class Op, bool kCentered, class In, class Lift>
 void accumulate_rows(const In* __restrict__ p, int64_t rows, int64_t stride, int64_t width,
                      typename Op::acc_t* __restrict__ acc,
-                     const typename Op::acc_t* __restrict__ center, const Lift& lift) {
+                     const typename Op::acc_t* __restrict__ center, const Lift& lift,
+                     float* __restrict__ scratch) {
+  if constexpr (float_blocks_v<Op, kCentered, In>) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kFlushRows) {
+      std::fill(scratch, scratch + width, 0.0f);
+      for (int64_t r = r0; r < std::min(rows, r0 + kFlushRows); ++r)
+        for (int64_t j = 0; j < width; ++j) scratch[j] += p[r * stride + j];
+      for (int64_t j = 0; j < width; ++j) acc[j] += scratch[j];
+    }
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r, p += stride) {
     for (int64_t j = 0; j < width; ++j) {
       if constexpr (kCentered) acc[j] = Op::combine(acc[j], lift(p[j], center[j]));
@@ -121,19 +148,34 @@ template <class Op, bool kCentered, class In, class Lift>
 typename Op::acc_t reduce_row(const In* __restrict__ p, int64_t n, typename Op::acc_t center,
                               const Lift& lift) {
   using Acc = typename Op::acc_t;
-  constexpr int64_t L = kRowLanes<Acc>;
   auto f = [&](In v) {
     if constexpr (kCentered) return lift(v, center);
     else return lift(v);
   };
   Acc total = Op::identity();
   int64_t i = 0;
-  if (n >= L) {
-    Acc acc[L];
-    std::fill(acc, acc + L, Op::identity());
-    for (; i + L <= n; i += L)
-      for (int64_t j = 0; j < L; ++j) acc[j] = Op::combine(acc[j], f(p[i + j]));
-    for (int64_t j = 0; j < L; ++j) total = Op::combine(total, acc[j]);
+  if constexpr (float_blocks_v<Op, kCentered, In>) {
+    constexpr int64_t L = kRowLanes<float>;
+    if (n >= L) {
+      Acc wide[L] = {};
+      while (i + L <= n) {
+        float acc[L] = {};
+        const int64_t end = std::min(n - L, i + L * (kFlushRows - 1));
+        for (; i <= end; i += L)
+          for (int64_t j = 0; j < L; ++j) acc[j] += p[i + j];
+        for (int64_t j = 0; j < L; ++j) wide[j] += acc[j];
+      }
+      for (int64_t j = 0; j < L; ++j) total += wide[j];
+    }
+  } else {
+    constexpr int64_t L = kRowLanes<Acc>;
+    if (n >= L) {
+      Acc acc[L];
+      std::fill(acc, acc + L, Op::identity());
+      for (; i + L <= n; i += L)
+        for (int64_t j = 0; j < L; ++j) acc[j] = Op::combine(acc[j], f(p[i + j]));
+      for (int64_t j = 0; j < L; ++j) total = Op::combine(total, acc[j]);
+    }
   }
   for (; i < n; ++i) total = Op::combine(total, f(p[i]));
   return total;
@@ -181,9 +223,16 @@ void reduce_pass(const In* x, Out* out, int64_t A, int64_t R, int64_t B,
   const int64_t ntiles = (B + tile - 1) / tile;
   const int64_t units = A * ntiles;  // (a, column tile) pairs, each independent
   const int64_t bufsize = std::max(W, tile);
+  // Per-task buffers: accumulators, replicated centers, float block lanes.
+  struct Scratch {
+    std::unique_ptr<Acc[]> acc, rep;
+    std::unique_ptr<float[]> lanes;
+    Scratch(int64_t n, int64_t nrep)
+        : acc(new Acc[n]), rep(new Acc[nrep]), lanes(new float[float_blocks_v<Op, kCentered, In> ? n : 1]) {}
+  };
 
   // Reduces rows [r0, r1) of unit u into acc[0, bw); returns (first output, bw).
-  auto run_unit = [&](int64_t u, int64_t r0, int64_t r1, Acc* acc, Acc* rep) {
+  auto run_unit = [&](int64_t u, int64_t r0, int64_t r1, Acc* acc, Acc* rep, float* scratch) {
     const int64_t a = u / ntiles, b0 = (u % ntiles) * tile, bw = std::min(tile, B - b0);
     const In* slab = x + a * R * B;
     const Acc* center = nullptr;
@@ -196,13 +245,13 @@ void reduce_pass(const In* x, Out* out, int64_t A, int64_t R, int64_t B,
     }
     if (k == 1) {
       std::fill(acc, acc + bw, Op::identity());
-      accumulate_rows<Op, kCentered>(slab + r0 * B + b0, r1 - r0, B, bw, acc, center, lift);
+      accumulate_rows<Op, kCentered>(slab + r0 * B + b0, r1 - r0, B, bw, acc, center, lift, scratch);
     } else {
       const int64_t nfold = (r1 - r0) / k;
       std::fill(acc, acc + W, Op::identity());
-      accumulate_rows<Op, kCentered>(slab + r0 * B, nfold, W, W, acc, center, lift);
+      accumulate_rows<Op, kCentered>(slab + r0 * B, nfold, W, W, acc, center, lift, scratch);
       accumulate_rows<Op, kCentered>(slab + (r0 + nfold * k) * B, r1 - r0 - nfold * k, B, B, acc,
-                                     center, lift);
+                                     center, lift, scratch);
       for (int64_t g = 1; g < k; ++g)
         for (int64_t j = 0; j < B; ++j) acc[j] = Op::combine(acc[j], acc[g * B + j]);
     }
@@ -213,11 +262,11 @@ void reduce_pass(const In* x, Out* out, int64_t A, int64_t R, int64_t B,
     const int64_t P = nt, AB = A * B;
     std::unique_ptr<Acc[]> partial(new Acc[P * AB]);
     parallel_for(0, P, 1, [&](int64_t pb, int64_t pe) {
-      std::unique_ptr<Acc[]> acc(new Acc[bufsize]), rep(new Acc[kCentered ? W : 1]);
+      Scratch buf(bufsize, kCentered ? W : 1);
       for (int64_t p = pb; p < pe; ++p)
         for (int64_t u = 0; u < units; ++u) {
-          auto [off, bw] = run_unit(u, R * p / P, R * (p + 1) / P, acc.get(), rep.get());
-          std::copy(acc.get(), acc.get() + bw, partial.get() + p * AB + off);
+          auto [off, bw] = run_unit(u, R * p / P, R * (p + 1) / P, buf.acc.get(), buf.rep.get(), buf.lanes.get());
+          std::copy(buf.acc.get(), buf.acc.get() + bw, partial.get() + p * AB + off);
         }
     });
     for (int64_t i = 0; i < AB; ++i) {
@@ -229,10 +278,10 @@ void reduce_pass(const In* x, Out* out, int64_t A, int64_t R, int64_t B,
   }
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, R * tile));
   parallel_for(0, units, grain, [&](int64_t ub, int64_t ue) {
-    std::unique_ptr<Acc[]> acc(new Acc[bufsize]), rep(new Acc[kCentered ? W : 1]);
+    Scratch buf(bufsize, kCentered ? W : 1);
     for (int64_t u = ub; u < ue; ++u) {
-      auto [off, bw] = run_unit(u, 0, R, acc.get(), rep.get());
-      for (int64_t j = 0; j < bw; ++j) out[off + j] = store(acc[j], off + j);
+      auto [off, bw] = run_unit(u, 0, R, buf.acc.get(), buf.rep.get(), buf.lanes.get());
+      for (int64_t j = 0; j < bw; ++j) out[off + j] = store(buf.acc[j], off + j);
     }
   });
 }

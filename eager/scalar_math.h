@@ -71,6 +71,28 @@ KILN_INLINE float ktanh(float x) {
 }
 KILN_INLINE double ktanh(double x) { return std::tanh(x); }
 
+// glibc's libmvec has 8-wide AVX2 versions of these float functions.
+// Declaring the scalar symbol as a SIMD function lets gcc call them from
+// vectorized loops, as it does under -ffast-math (which kiln avoids: it
+// would break NaN and inf handling). Accuracy is within 4 ulp.
+#define KILN_VECTOR_LIBM(NAME)                                                       \
+  extern "C" __attribute__((simd("notinbranch"), const, nothrow)) float kiln_vec_##NAME(float) \
+      __asm__(#NAME "f");                                                            \
+  KILN_INLINE float k##NAME(float x) { return kiln_vec_##NAME(x); }                 \
+  KILN_INLINE double k##NAME(double x) { return std::NAME(x); }
+KILN_VECTOR_LIBM(log)
+KILN_VECTOR_LIBM(log1p)
+KILN_VECTOR_LIBM(expm1)
+KILN_VECTOR_LIBM(sin)
+KILN_VECTOR_LIBM(cos)
+KILN_VECTOR_LIBM(erf)
+#undef KILN_VECTOR_LIBM
+
+extern "C" __attribute__((simd("notinbranch"), const, nothrow)) float kiln_vec_atan2(float, float)
+    __asm__("atan2f");
+KILN_INLINE float katan2(float a, float b) { return kiln_vec_atan2(a, b); }
+KILN_INLINE double katan2(double a, double b) { return std::atan2(a, b); }
+
 template <class C>
 KILN_INLINE C kabs(C x) {
   if constexpr (std::is_unsigned_v<C>) return x;
@@ -136,9 +158,14 @@ KILN_INLINE C kremainder(C a, C b) {
   }
 }
 
+extern "C" __attribute__((simd("notinbranch"), const, nothrow)) float kiln_vec_pow(float, float)
+    __asm__("powf");
+
 template <class C>
 KILN_INLINE C kpow(C a, C b) {
-  if constexpr (std::is_floating_point_v<C>) {
+  if constexpr (std::is_same_v<C, float>) {
+    return kiln_vec_pow(a, b);
+  } else if constexpr (std::is_floating_point_v<C>) {
     return std::pow(a, b);
   } else if constexpr (std::is_same_v<C, bool>) {
     return a || !b;

@@ -159,6 +159,14 @@ Tensor Tensor::logsumexp(DimList d, bool k) const { return kiln::logsumexp(*this
 Tensor Tensor::any(DimList d, bool k) const { return kiln::any(*this, std::move(d), k); }
 Tensor Tensor::all(DimList d, bool k) const { return kiln::all(*this, std::move(d), k); }
 Tensor Tensor::matmul(const Tensor& b) const { return kiln::matmul(*this, b); }
+Tensor Tensor::index_select(int64_t d, const Tensor& i) const { return kiln::index_select(*this, d, i); }
+Tensor Tensor::gather(int64_t d, const Tensor& i) const { return kiln::gather(*this, d, i); }
+Tensor Tensor::scatter_add(int64_t d, const Tensor& i, const Tensor& src) const {
+  return kiln::scatter_add(*this, d, i, src);
+}
+Tensor Tensor::masked_fill(const Tensor& mask, Scalar v) const { return kiln::masked_fill(*this, mask, v); }
+std::vector<Tensor> Tensor::split(int64_t size, int64_t d) const { return kiln::split(*this, size, d); }
+std::vector<Tensor> Tensor::chunk(int64_t n, int64_t d) const { return kiln::chunk(*this, n, d); }
 Tensor Tensor::softmax(int64_t d) const { return kiln::softmax(*this, d); }
 Tensor Tensor::log_softmax(int64_t d) const { return kiln::log_softmax(*this, d); }
 

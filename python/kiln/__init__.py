@@ -189,7 +189,8 @@ def tensor(data, dtype=None, device=None):
         # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
         return from_numpy(_np.array(array, dtype=_np.float32, copy=True, order="C")).to(bfloat16)
     if dtype is not None:
-        array = array.astype(_NUMPY_OF[dtype])
+        with _np.errstate(over="ignore"):  # out-of-range floats become inf, silently as in torch
+            array = array.astype(_NUMPY_OF[dtype])
     return from_numpy(_np.array(array, copy=True, order="C"))
 
 

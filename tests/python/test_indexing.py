@@ -46,11 +46,6 @@ GETITEM = {
 }
 
 XFAIL_GETITEM = {
-    "bool_2d": "kiln bug (python/src/convert.cpp plan_index): a k-dim bool mask with k >= 2 gives "
-               "IndexError 'too many indices': the plan keeps one slot per dim, so the mask's dims are "
-               "counted twice by kiln::index",
-    "bool_3d": "same bug: x[mask] with a 3-D mask raises IndexError",
-    "bool_2d_after_slice": "same bug: x[:, mask2d] raises IndexError",
     "python_true": "kiln bug (python/src/convert.cpp): a Python bool index (x[True], x[None, False]) "
                    "raises IndexError; NumPy and torch add a dim of size 1 / 0 (kiln.tensor(True) works)",
     "python_false": "same bug: x[None, False] raises IndexError",
