@@ -44,7 +44,9 @@ Tensor arange(Scalar start, Scalar end, Scalar step, std::optional<DType> dtype_
   KILN_CHECK((st > 0 && e >= s) || (st < 0 && e <= s), ValueError,
              "arange: upper bound and larger bound inconsistent with step sign (start {}, end {}, step {})",
              s, e, st);
-  int64_t n = any_float ? static_cast<int64_t>(std::ceil((e - s) / st))
+  double count = std::ceil((e - s) / st);
+  KILN_CHECK(count < 9.2e18, ValueError, "arange: ({} - {}) / {} = {} elements is too many", e, s, st, count);
+  int64_t n = any_float ? static_cast<int64_t>(count)
                         : (end.to_int() - start.to_int() + step.to_int() - (step.to_int() > 0 ? 1 : -1)) /
                               step.to_int();
   Tensor out = Tensor::empty({std::max<int64_t>(n, 0)}, dtype);
@@ -67,7 +69,7 @@ Tensor linspace(double start, double end, int64_t steps, DType dtype) {
     // Fill from both ends, as PyTorch does, so the last value is exactly `end`.
     int64_t half = steps / 2;
     for (int64_t i = 0; i < steps; ++i) {
-      double v = i < half ? start + step * static_cast<double>(i)
+      double v = (i < half || steps == 1) ? start + step * static_cast<double>(i)
                           : end - step * static_cast<double>(steps - 1 - i);
       o[i] = T(static_cast<compute_t<T>>(v));
     }

@@ -57,6 +57,7 @@ namespace {
 // Several elements sharing one memory location (an expanded tensor) make an
 // in-place write ambiguous; PyTorch refuses it too.
 void check_writable(const Tensor& dst, const char* op) {
+  if (dst.numel() == 0) return;
   for (int64_t d = 0; d < dst.dim(); ++d)
     KILN_CHECK(dst.strides()[d] != 0 || dst.shape()[d] <= 1, ValueError,
                "{}: more than one element of the written-to tensor (shape {}, strides {}) refers to a "

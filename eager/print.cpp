@@ -1,4 +1,6 @@
-// PyTorch-style printing: tensor([[ 1.0000, -2.5000], ...], dtype=kiln.float64)
+// Printing that matches PyTorch's repr: the same number formats (integer
+// mode "1.", fixed "1.0000", scientific "1.0000e+00"), widths, summarizing
+// with "..." above 1000 elements and wrapping rows at 80 columns.
 #include <cmath>
 
 #include "eager/ops.h"
@@ -8,27 +10,24 @@ namespace {
 
 constexpr int64_t kSummarizeAbove = 1000;
 constexpr int64_t kEdgeItems = 3;
+constexpr size_t kLineWidth = 80;
 
 struct Formatter {
-  DType dtype;
-  enum { Int, Bool, FloatInt, Fixed, Sci } mode = Int;
+  enum Mode { Int, Bool, FloatInt, Fixed, Sci } mode = Int;
   size_t width = 1;
 
   std::string format(double v) const {
-    switch (mode) {
-      case Bool: return v != 0 ? "True" : "False";
-      case Int: return fmt::format("{}", static_cast<int64_t>(v));
-      case FloatInt:
-        if (!std::isfinite(v)) break;
-        return fmt::format("{:.0f}.", v);
-      case Fixed:
-        if (!std::isfinite(v)) break;
-        return fmt::format("{:.4f}", v);
-      case Sci:
-        if (!std::isfinite(v)) break;
-        return fmt::format("{:.4e}", v);
-    }
-    return std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf");
+    if (mode == Bool) return v != 0 ? "True" : "False";
+    if (mode == Int) return fmt::format("{}", static_cast<int64_t>(v));
+    if (std::isnan(v)) return "nan";
+    if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+    if (mode == FloatInt) return fmt::format("{:.0f}.", v);
+    if (mode == Fixed) return fmt::format("{:.4f}", v);
+    return fmt::format("{:.4e}", v);
+  }
+  std::string padded(double v) const {
+    std::string s = format(v);
+    return std::string(width - std::min(width, s.size()), ' ') + s;
   }
 };
 
@@ -45,45 +44,68 @@ void collect(const Tensor& x, bool summarize, std::vector<double>& out) {
   }
 }
 
+// PyTorch's _Formatter: for floats, the mode and the width come from the
+// finite nonzero values.
 Formatter make_formatter(const Tensor& x, bool summarize) {
-  Formatter f{x.dtype()};
+  Formatter f;
   std::vector<double> values;
   collect(x, summarize, values);
-  if (x.dtype() == DType::Bool) f.mode = Formatter::Bool;
-  else if (!is_floating(x.dtype())) f.mode = Formatter::Int;
-  else {
-    bool all_int = true;
+  if (x.dtype() == DType::Bool) {
+    f.mode = Formatter::Bool;
+  } else if (!is_floating(x.dtype())) {
+    f.mode = Formatter::Int;
+  } else {
+    bool all_int = true, any = false;
     double max_abs = 0, min_abs = INFINITY;
     for (double v : values) {
       if (!std::isfinite(v)) continue;
-      all_int = all_int && v == std::nearbyint(v);
-      double a = std::fabs(v);
-      max_abs = std::max(max_abs, a);
-      if (a > 0) min_abs = std::min(min_abs, a);
+      all_int = all_int && v == std::ceil(v);
+      if (v == 0) continue;
+      any = true;
+      max_abs = std::max(max_abs, std::fabs(v));
+      min_abs = std::min(min_abs, std::fabs(v));
     }
-    if (all_int) f.mode = max_abs >= 1e8 ? Formatter::Sci : Formatter::FloatInt;
-    else if (max_abs >= 1e8 || (min_abs < 1e-4) || (min_abs < INFINITY && max_abs / min_abs > 1000))
-      f.mode = Formatter::Sci;
-    else f.mode = Formatter::Fixed;
+    bool wide = any && (max_abs / min_abs > 1000 || max_abs > 1e8);
+    if (all_int) f.mode = wide ? Formatter::Sci : Formatter::FloatInt;
+    else f.mode = (wide || (any && min_abs < 1e-4)) ? Formatter::Sci : Formatter::Fixed;
   }
-  for (double v : values) f.width = std::max(f.width, f.format(v).size());
+  // Like PyTorch, float widths come from the finite nonzero values only.
+  for (double v : values)
+    if (!is_floating(x.dtype()) || (std::isfinite(v) && v != 0)) f.width = std::max(f.width, f.format(v).size());
   return f;
 }
 
 void print_rec(const Tensor& x, const Formatter& f, bool summarize, size_t indent, std::string& out) {
   if (x.dim() == 0) {
-    std::string s = f.format(x.item<double>());
-    out += std::string(f.width - std::min(f.width, s.size()), ' ') + s;
+    out += f.padded(x.item<double>());
     return;
   }
+  const int64_t n = x.shape()[0];
+  auto skipped = [&](int64_t i) { return summarize && n > 2 * kEdgeItems && i == kEdgeItems; };
+  if (x.dim() == 1) {
+    std::vector<std::string> items;
+    for (int64_t i = 0; i < n; ++i) {
+      if (skipped(i)) {
+        items.push_back(" ...");
+        i = n - kEdgeItems;
+      }
+      items.push_back(f.padded(select(x, 0, i).item<double>()));
+    }
+    size_t per_line = std::max<size_t>(1, (kLineWidth - std::min(kLineWidth, indent)) / (f.width + 2));
+    out += '[';
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (i > 0) out += i % per_line == 0 ? ",\n" + std::string(indent + 1, ' ') : ", ";
+      out += items[i];
+    }
+    out += ']';
+    return;
+  }
+  std::string sep = "," + std::string(x.dim() - 1, '\n') + std::string(indent + 1, ' ');
   out += '[';
-  int64_t n = x.shape()[0];
-  std::string sep = x.dim() == 1 ? ", " : "," + std::string(x.dim() - 1, '\n') + std::string(indent + 1, ' ');
   for (int64_t i = 0; i < n; ++i) {
     if (i > 0) out += sep;
-    if (summarize && n > 2 * kEdgeItems && i == kEdgeItems) {
-      out += "...";
-      out += sep;
+    if (skipped(i)) {
+      out += "..." + sep;
       i = n - kEdgeItems;
     }
     print_rec(select(x, 0, i), f, summarize, indent + 1, out);
@@ -97,18 +119,15 @@ std::string Tensor::str() const {
   if (!defined()) return "tensor(<undefined>)";
   std::string body;
   std::vector<std::string> suffix;
-  if (numel() == 0 && dim() != 1) {
+  if (numel() == 0) {
     body = "[]";
-    suffix.push_back("size=" + shape_str(shape()));
-  } else if (numel() == 0) {
-    body = "[]";
+    if (dim() != 1) suffix.push_back("size=" + shape_str(shape()));
   } else {
     bool summarize = numel() > kSummarizeAbove;
-    Formatter f = make_formatter(*this, summarize);
-    print_rec(*this, f, summarize, 7, body);  // 7 = strlen("tensor(")
+    print_rec(*this, make_formatter(*this, summarize), summarize, 7, body);  // 7 = strlen("tensor(")
   }
-  if (dtype() != DType::Float32 && dtype() != DType::Int64 && dtype() != DType::Bool)
-    suffix.push_back(fmt::format("dtype=kiln.{}", dtype_name(dtype())));
+  bool default_dtype = dtype() == DType::Float32 || (numel() > 0 && (dtype() == DType::Int64 || dtype() == DType::Bool));
+  if (!default_dtype) suffix.push_back(fmt::format("dtype=kiln.{}", dtype_name(dtype())));
   if (!device().is_cpu()) suffix.push_back(fmt::format("device='{}'", device().str()));
   std::string out = "tensor(" + body;
   for (auto& s : suffix) out += ", " + s;

@@ -40,60 +40,100 @@ template <class T>
 using wide_t = std::conditional_t<!is_floating_v<T>, int64_t,
                                   std::conditional_t<sizeof(T) == 2, float, double>>;
 
+// Combine-only ops on accumulators. Passes after the first run on these, so
+// every input dtype with the same accumulator shares their kernels.
+template <class Acc>
+struct Add {
+  using acc_t = Acc;
+  static Acc identity() { return Acc(0); }
+  static Acc combine(Acc a, Acc b) { return a + b; }
+};
+template <class Acc>
+struct Mul {
+  using acc_t = Acc;
+  static Acc identity() { return Acc(1); }
+  static Acc combine(Acc a, Acc b) { return a * b; }
+};
+// NaN wins, as in PyTorch; branch-free (`|`, not `||`) so it vectorizes to
+// blends.
+template <class Acc, bool kMax>
+struct Extremum {
+  using acc_t = Acc;
+  static Acc identity() {
+    if constexpr (std::is_floating_point_v<Acc>)
+      return kMax ? -std::numeric_limits<Acc>::infinity() : std::numeric_limits<Acc>::infinity();
+    else
+      return kMax ? std::numeric_limits<Acc>::lowest() : std::numeric_limits<Acc>::max();
+  }
+  static Acc combine(Acc a, Acc b) {
+    bool take = kMax ? b > a : b < a;
+    if constexpr (std::is_floating_point_v<Acc>) take = take | (b != b);
+    return take ? b : a;
+  }
+};
+// Truth values as bytes: bool arithmetic vectorizes worse.
+template <bool kAny>
+struct Logical {
+  using acc_t = uint8_t;
+  static uint8_t identity() { return kAny ? 0 : 1; }
+  static uint8_t combine(uint8_t a, uint8_t b) { return kAny ? (a | b) : (a & b); }
+};
+
+// A reduction of T: `Combine` plus how an input element enters it.
+template <class T, class Combine, class Out>
+struct Reduction : Combine {
+  using partial = Combine;
+  using out_t = Out;
+  using acc_t = typename Combine::acc_t;
+  static acc_t lift(T x) { return acc_t(compute_t<T>(x)); }
+};
+
+// Sums keep integers exact in int64 and floats accurate: float32 adds in
+// double, 16-bit floats in float.
 template <class T>
-struct SumOp {
+using wide_t = std::conditional_t<!is_floating_v<T>, int64_t,
+                                  std::conditional_t<sizeof(T) == 2, float, double>>;
+template <class T>
+using sum_out_t = std::conditional_t<is_floating_v<T>, T, int64_t>;
+
+template <class T>
+struct SumOp : Reduction<T, Add<wide_t<T>>, sum_out_t<T>> {
   // Float rows add in float lanes for short blocks (kFlushRows adds per
   // lane, so errors stay at NumPy's pairwise level), flushed into double:
   // widening every element would make cached inputs compute-bound.
   static constexpr bool kFloatBlocks = std::is_same_v<T, float>;
-  using acc_t = wide_t<T>;
-  using out_t = std::conditional_t<is_floating_v<T>, T, int64_t>;
-  static acc_t identity() { return acc_t(0); }
-  static acc_t lift(T x) { return acc_t(compute_t<T>(x)); }
-  static acc_t combine(acc_t a, acc_t b) { return a + b; }
 };
+template <class T> using ProdOp = Reduction<T, Mul<wide_t<T>>, sum_out_t<T>>;
+template <class T> using MaxOp = Reduction<T, Extremum<compute_t<T>, true>, T>;
+template <class T> using MinOp = Reduction<T, Extremum<compute_t<T>, false>, T>;
+// any/all reduce bool tensors only (other dtypes are compared with 0 first).
+template <class T> using AnyOp = Reduction<T, Logical<true>, bool>;
+template <class T> using AllOp = Reduction<T, Logical<false>, bool>;
 
-template <class T>
-struct ProdOp {
-  using acc_t = wide_t<T>;
-  using out_t = std::conditional_t<is_floating_v<T>, T, int64_t>;
-  static acc_t identity() { return acc_t(1); }
-  static acc_t lift(T x) { return acc_t(compute_t<T>(x)); }
-  static acc_t combine(acc_t a, acc_t b) { return a * b; }
+// Named functors rather than lambdas, so kernels instantiated with them are
+// shared across ops: lift, identity, final stores.
+template <class Op>
+struct LiftWith {
+  template <class T>
+  auto operator()(T v) const { return Op::lift(v); }
 };
-
-// NaN wins, as in PyTorch; written branch-free so it vectorizes to blends.
-template <class T, bool kMax>
-struct ExtremumOp {
-  using acc_t = compute_t<T>;
-  using out_t = T;
-  static acc_t identity() {
-    if constexpr (std::is_floating_point_v<acc_t>)
-      return kMax ? -std::numeric_limits<acc_t>::infinity() : std::numeric_limits<acc_t>::infinity();
-    else
-      return kMax ? std::numeric_limits<acc_t>::lowest() : std::numeric_limits<acc_t>::max();
-  }
-  static acc_t lift(T x) { return acc_t(x); }
-  static acc_t combine(acc_t a, acc_t b) {
-    bool take = kMax ? b > a : b < a;
-    if constexpr (std::is_floating_point_v<acc_t>) take = take | (b != b);  // `|`: no branch
-    return take ? b : a;
-  }
+struct Same {
+  template <class V>
+  V operator()(V v) const { return v; }
 };
-template <class T> using MaxOp = ExtremumOp<T, true>;
-template <class T> using MinOp = ExtremumOp<T, false>;
-
-// Truth values as bytes: bool arithmetic vectorizes worse.
-template <class T, bool kAny>
-struct LogicalOp {
-  using acc_t = uint8_t;
-  using out_t = bool;
-  static acc_t identity() { return kAny ? 0 : 1; }
-  static acc_t lift(T x) { return compute_t<T>(x) != compute_t<T>(0); }
-  static acc_t combine(acc_t a, acc_t b) { return kAny ? (a | b) : (a & b); }
+struct Keep {
+  template <class V>
+  V operator()(V v, int64_t) const { return v; }
 };
-template <class T> using AnyOp = LogicalOp<T, true>;
-template <class T> using AllOp = LogicalOp<T, false>;
+template <class Acc, class Out>
+struct ConvertTo {
+  Out operator()(Acc v, int64_t) const { return convert<Out>(v); }
+};
+template <class Acc, class Out>
+struct AverageTo {
+  Acc n;
+  Out operator()(Acc v, int64_t) const { return convert<Out>(v / n); }
+};
 
 // ---------------------------------------------------------------------------
 // The [A, R, B] pass.
@@ -114,8 +154,10 @@ constexpr bool float_blocks_v = has_float_blocks<Op>() && !kCentered && std::is_
 // acc[j] = combine(acc[j], lift(row[j])) for `rows` rows `stride` apart. With
 // kCentered, lift also gets center[j] (the mean for var, the max for
 // logsumexp).
+// noinline: one vectorized copy per kernel, shared by every pass and call
+// site that uses it (inlining multiplied compile time for nothing).
 template <class Op, bool kCentered, class In, class Lift>
-void accumulate_rows(const In* __restrict__ p, int64_t rows, int64_t stride, int64_t width,
+[[gnu::noinline]] void accumulate_rows(const In* __restrict__ p, int64_t rows, int64_t stride, int64_t width,
                      typename Op::acc_t* __restrict__ acc,
                      const typename Op::acc_t* __restrict__ center, const Lift& lift,
                      float* __restrict__ scratch) {
@@ -145,7 +187,7 @@ constexpr int64_t kRowLanes = std::clamp<int64_t>(256 / sizeof(Acc), 8, 64);
 
 // The reduction of one contiguous row p[0, n).
 template <class Op, bool kCentered, class In, class Lift>
-typename Op::acc_t reduce_row(const In* __restrict__ p, int64_t n, typename Op::acc_t center,
+[[gnu::noinline]] typename Op::acc_t reduce_row(const In* __restrict__ p, int64_t n, typename Op::acc_t center,
                               const Lift& lift) {
   using Acc = typename Op::acc_t;
   auto f = [&](In v) {
@@ -391,20 +433,15 @@ struct OutputTarget {
   }
 };
 
-// Runs every pass of `plan`, innermost data first read as T, partial results
-// kept in Op::acc_t, the last pass written through `store`.
+// Runs every pass of `plan` (at least one reduced run): the first reads T
+// through Op::lift, partial results stay in Op::acc_t, the last pass is
+// written through `store`.
 template <class Op, class T, class Out, class Store>
 void run_plan(const ReducePlan& plan, Out* out, const Store& store) {
   using Acc = typename Op::acc_t;
+  using Partial = typename Op::partial;
   const T* x = static_cast<const T*>(plan.input.data_ptr());
-  auto first_lift = [](T v) { return Op::lift(v); };
-  auto same = [](Acc v) { return v; };
-  auto keep = [](Acc v, int64_t) { return v; };
   std::vector<Run> runs = plan.runs;
-  if (plan.reduced_runs() == 0) {  // nothing (or only size-1 dims) to reduce: a conversion
-    reduce_pass<Op, false>(x, out, 1, 1, plan.input.numel(), nullptr, first_lift, store);
-    return;
-  }
   std::unique_ptr<Acc[]> cur;
   for (bool first = true;; first = false) {
     // The longest reduced run first: it shrinks the data the most.
@@ -422,13 +459,13 @@ void run_plan(const ReducePlan& plan, Out* out, const Store& store) {
     }
     const bool last = std::none_of(runs.begin(), runs.end(), [](const Run& r) { return r.reduced; });
     if (last) {
-      if (first) reduce_pass<Op, false>(x, out, A, R, B, nullptr, first_lift, store);
-      else reduce_pass<Op, false>(cur.get(), out, A, R, B, nullptr, same, store);
+      if (first) reduce_pass<Op, false>(x, out, A, R, B, nullptr, LiftWith<Op>{}, store);
+      else reduce_pass<Partial, false>(cur.get(), out, A, R, B, nullptr, Same{}, store);
       return;
     }
     std::unique_ptr<Acc[]> next(new Acc[A * B]);
-    if (first) reduce_pass<Op, false>(x, next.get(), A, R, B, nullptr, first_lift, keep);
-    else reduce_pass<Op, false>(cur.get(), next.get(), A, R, B, nullptr, same, keep);
+    if (first) reduce_pass<Op, false>(x, next.get(), A, R, B, nullptr, LiftWith<Op>{}, Keep{});
+    else reduce_pass<Partial, false>(cur.get(), next.get(), A, R, B, nullptr, Same{}, Keep{});
     cur = std::move(next);
   }
 }
@@ -459,6 +496,10 @@ Tensor reduce(const Tensor& x, const DimList& dims, bool keepdim, const char* na
     }
     if (out.numel() == 0) return;
     ReducePlan plan = plan_reduction(x, mask);
+    if (plan.reduced_runs() == 0) {  // only size-1 dims reduced: a conversion (mean divides by 1)
+      copy_into(out, x.reshape(out.shape()));
+      return;
+    }
     OutputTarget target(out, plan);
     run_plan<Op, T>(plan, target.buffer.template data<Out>(), store);
     target.finish(plan, mask, keepdim);
@@ -466,25 +507,21 @@ Tensor reduce(const Tensor& x, const DimList& dims, bool keepdim, const char* na
   return result;
 }
 
-// The usual final store: a conversion.
+// Final stores: a conversion, or mean's division by the count.
 struct ConvertStore {
   template <class Op>
-  auto operator()(int64_t) const {
-    return [](typename Op::acc_t v, int64_t) { return convert<typename Op::out_t>(v); };
-  }
+  auto operator()(int64_t) const { return ConvertTo<typename Op::acc_t, typename Op::out_t>{}; }
 };
-
-// mean's final store: the sum over the count.
 struct AverageStore {
   template <class Op>
   auto operator()(int64_t count) const {
-    using Acc = typename Op::acc_t;
-    return [n = Acc(count)](Acc v, int64_t) { return convert<typename Op::out_t>(v / n); };
+    return AverageTo<typename Op::acc_t, typename Op::out_t>{typename Op::acc_t(count)};
   }
 };
 
 auto any_dtype = [](DType d, const char* op, auto&& fn) { dispatch_all(d, op, fn); };
 auto floating_dtype = [](DType d, const char* op, auto&& fn) { dispatch_floating(d, op, fn); };
+auto bool_dtype = [](DType, const char*, auto&& fn) { fn.template operator()<bool>(); };
 
 void check_floating(const Tensor& x, const char* op) {
   KILN_CHECK(is_floating(x.dtype()), DTypeError,
@@ -571,9 +608,8 @@ Tensor var_impl(const Tensor& x, const DimList& dims, int64_t correction, bool k
     using Op = SumOp<T>;
     using Acc = typename Op::acc_t;
     std::unique_ptr<Acc[]> means(new Acc[s.A * s.B]);
-    reduce_pass<Op, false>(px, means.get(), s.A, s.R, s.B, nullptr,
-                           [](T v) { return Op::lift(v); },
-                           [n = Acc(count)](Acc v, int64_t) { return v / n; });
+    reduce_pass<Op, false>(px, means.get(), s.A, s.R, s.B, nullptr, LiftWith<Op>{},
+                           AverageTo<Acc, Acc>{Acc(count)});
     // PyTorch divides by max(n - correction, 0): inf or nan, not an error.
     const Acc denom = Acc(std::max<int64_t>(count - correction, 0));
     reduce_pass<Op, true>(
@@ -642,7 +678,7 @@ inline bool same(C x, C v) {
 // compare-and-blend loop vectorize (16 get unrolled first and do not); lanes
 // merge by (value, smaller index).
 template <class T, bool kMax>
-std::pair<compute_t<T>, int64_t> arg_row(const T* p, int64_t n, int64_t base) {
+[[gnu::noinline]] std::pair<compute_t<T>, int64_t> arg_row(const T* p, int64_t n, int64_t base) {
   using C = compute_t<T>;
   constexpr int64_t L = 32;
   C bv = C(p[0]);
@@ -811,12 +847,16 @@ Tensor amin(const Tensor& x, DimList dims, bool keepdim) {
   return reduce<MinOp, OnEmpty::Error>(x, dims, keepdim, "amin", any_dtype, ConvertStore{});
 }
 
+// Other dtypes compare with zero first (NaN is true): one kernel instead of
+// nine, and these are memory-bound anyway.
 Tensor any(const Tensor& x, DimList dims, bool keepdim) {
-  return reduce<AnyOp, OnEmpty::Identity>(x, dims, keepdim, "any", any_dtype, ConvertStore{});
+  Tensor b = x.dtype() == DType::Bool ? x : ne(x, Scalar(0));
+  return reduce<AnyOp, OnEmpty::Identity>(b, dims, keepdim, "any", bool_dtype, ConvertStore{});
 }
 
 Tensor all(const Tensor& x, DimList dims, bool keepdim) {
-  return reduce<AllOp, OnEmpty::Identity>(x, dims, keepdim, "all", any_dtype, ConvertStore{});
+  Tensor b = x.dtype() == DType::Bool ? x : ne(x, Scalar(0));
+  return reduce<AllOp, OnEmpty::Identity>(b, dims, keepdim, "all", bool_dtype, ConvertStore{});
 }
 
 }  // namespace kiln

@@ -31,10 +31,14 @@ KILN_INLINE float kexp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   float y = (p * r * r + r + 1.0f);
-  int32_t scale_bits = (ti + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &scale_bits, 4);
-  y *= scale;
+  // Scale by 2^n in two halves: n reaches 128 (2^128 is inf as a float)
+  // while e^x itself still fits.
+  int32_t half_n = ti >> 1;
+  int32_t scale_bits1 = (half_n + 127) << 23, scale_bits2 = (ti - half_n + 127) << 23;
+  float scale1, scale2;
+  std::memcpy(&scale1, &scale_bits1, 4);
+  std::memcpy(&scale2, &scale_bits2, 4);
+  y = y * scale1 * scale2;
   // Saturate and keep NaN with integer masks: gcc will not if-convert
   // float selects on computed values here, and the loop must vectorize.
   uint32_t xb, yb;
@@ -122,7 +126,16 @@ KILN_INLINE C kminimum(C a, C b) {
 template <class C>
 KILN_INLINE C kfloordiv(C a, C b) {
   if constexpr (std::is_floating_point_v<C>) {
-    return std::floor(a / b);
+    // PyTorch's div_floor: exact for a/b near integers, unlike floor(a / b)
+    // (1.0 // 0.1 is 9, not 10).
+    if (b == 0) return a / b;
+    C mod = std::fmod(a, b);
+    C div = (a - mod) / b;
+    if (mod != 0 && ((b < 0) != (mod < 0))) div -= 1;
+    if (div == 0) return std::copysign(C(0), a / b);
+    C floordiv = std::floor(div);
+    if (div - floordiv > C(0.5)) floordiv += 1;
+    return floordiv;
   } else if constexpr (std::is_same_v<C, bool>) {
     return b ? a : false;
   } else {

@@ -7,8 +7,12 @@ namespace kiln {
 Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   for (int64_t d : shape)
     KILN_CHECK(d >= 0, ShapeError, "empty: negative dimension {} in shape {}", d, shape_str(shape));
+  int64_t nbytes;
+  if (__builtin_mul_overflow(kiln::numel(shape), static_cast<int64_t>(kiln::itemsize(dtype)), &nbytes))
+    fail<ShapeError>("empty: a {} tensor of shape {} would need more than 2^63 bytes", dtype_name(dtype),
+                     shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = Storage::allocate(static_cast<size_t>(kiln::numel(shape)) * kiln::itemsize(dtype), device);
+  impl->storage = Storage::allocate(static_cast<size_t>(nbytes), device);
   impl->strides = contiguous_strides(shape);
   impl->shape = std::move(shape);
   impl->dtype = dtype;
@@ -18,6 +22,7 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
 int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size")]; }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;
   int64_t expected = 1;
   const auto& sh = shape();
   const auto& st = strides();

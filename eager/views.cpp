@@ -179,6 +179,7 @@ Tensor expand(const Tensor& x, Shape shape) {
       strides[i] = 0;
     }
   }
+  numel(shape);  // throws if the expanded element count overflows
   return x.as_strided(std::move(shape), std::move(strides), x.offset());
 }
 

@@ -8,7 +8,9 @@ namespace kiln {
 
 int64_t numel(const Shape& shape) {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(n, d, &n))
+      fail<ShapeError>("shape {} has more elements than fit in int64", shape_str(shape));
   return n;
 }
 

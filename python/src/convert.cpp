@@ -188,14 +188,14 @@ IndexPlan plan_index(const Tensor& x, py::handle index) {
   int64_t consumed = 0;
   int ellipses = 0;
   for (py::handle item : items) {
-    if (item.is_none()) continue;
+    if (item.is_none() || PyBool_Check(item.ptr())) continue;  // these add a dim
     if (item.ptr() == Py_Ellipsis) {
       ++ellipses;
       continue;
     }
     if (py::isinstance<Tensor>(item)) {
       Tensor t = item.cast<Tensor>();
-      consumed += t.dtype() == DType::Bool ? std::max<int64_t>(t.dim(), 1) : 1;
+      consumed += t.dtype() == DType::Bool ? t.dim() : 1;
     } else {
       ++consumed;
     }
@@ -223,6 +223,8 @@ IndexPlan plan_index(const Tensor& x, py::handle index) {
       auto* sl = reinterpret_cast<PySliceObject*>(item.ptr());
       auto step = bound(sl->step);
       plan.view = slice(plan.view, dim++, bound(sl->start), bound(sl->stop), step.value_or(1));
+    } else if (PyBool_Check(item.ptr())) {  // x[True]: like a 0-d bool mask
+      advanced.emplace_back(dim, scalar_tensor(item.ptr() == Py_True));
     } else if (auto s = to_scalar(item); s && s->category() == DTypeCategory::Integral) {
       plan.view = select(plan.view, dim, s->to_int());
     } else if (is_index_tensor(item)) {
@@ -230,7 +232,7 @@ IndexPlan plan_index(const Tensor& x, py::handle index) {
       KILN_CHECK(t.dtype() == DType::Bool || is_integral(t.dtype()), IndexError,
                  "tensors used as indices must be integer or bool, got {}", dtype_name(t.dtype()));
       advanced.emplace_back(dim, t);
-      dim += t.dtype() == DType::Bool ? std::max<int64_t>(t.dim(), 1) : 1;
+      dim += t.dtype() == DType::Bool ? t.dim() : 1;
     } else {
       fail<IndexError>(
           "only integers, slices (':'), ellipsis ('...'), None and integer or bool tensors are "
@@ -242,16 +244,19 @@ IndexPlan plan_index(const Tensor& x, py::handle index) {
     // One slot per index: a k-dim bool mask covers k dims of the view.
     plan.advanced = true;
     size_t next = 0;
-    for (int64_t d = 0; d < plan.view.dim();) {
-      if (next < advanced.size() && advanced[next].first == d) {
+    int64_t inserted = 0;  // dims added by 0-d bool indices so far
+    for (int64_t d = 0; d < plan.view.dim() || next < advanced.size();) {
+      if (next < advanced.size() && advanced[next].first + inserted == d) {
         Tensor t = advanced[next++].second;
         if (t.dtype() == DType::Bool && t.dim() == 0) {  // x[True]: a new dim of size 1 or 0
           plan.view = unsqueeze(plan.view, d);
           t = t.item<bool>() ? zeros({1}, DType::Int64) : zeros({0}, DType::Int64);
+          ++inserted;
         }
         plan.indices.push_back(t);
         d += t.dtype() == DType::Bool ? t.dim() : 1;
       } else {
+        KILN_CHECK(d < plan.view.dim(), IndexError, "too many indices for a tensor of dimension {}", x.dim());
         plan.indices.push_back(Tensor());
         ++d;
       }

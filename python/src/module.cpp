@@ -136,7 +136,12 @@ void bind_tensor(py::module_& m) {
       .def("clone", &Tensor::clone)
       .def("copy_", [](Tensor& x, py::handle src) -> Tensor& { return x.copy_(to_tensor(src, "copy_")); },
            py::return_value_policy::reference_internal)
-      .def("fill_", [](Tensor& x, Scalar v) -> Tensor& { return x.fill_(v); }, py::return_value_policy::reference_internal)
+      .def("fill_", [](Tensor& x, py::handle v) -> Tensor& {
+        auto s = to_scalar(v);
+        if (!s && py::isinstance<Tensor>(v)) s = v.cast<Tensor>().item();
+        KILN_CHECK(s, DTypeError, "fill_: value must be a number or a 1-element tensor");
+        return x.fill_(*s);
+      }, py::return_value_policy::reference_internal)
       .def("zero_", &Tensor::zero_, py::return_value_policy::reference_internal)
       .def("_to", [](const Tensor& x, py::object dtype, py::object device, bool copy) {
         check_device(device, "to");

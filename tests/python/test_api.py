@@ -118,3 +118,21 @@ def test_allocator_stats_are_sane():
     assert kiln._C._allocator_stats()["allocated_bytes"] >= x.numel() * 4
     del x
     kiln._C._empty_cache()
+
+
+def test_zero_dim_edge_cases_match_torch():
+    s, ts = kiln.tensor(5.0), torch.tensor(5.0)
+    pairs = [
+        (s.softmax(0), ts.softmax(0)), (s.logsumexp(0), ts.logsumexp(0)), (s.argmax(0), ts.argmax(0)),
+        (s.max(0).values, ts.max(0).values), (s.max(0).indices, ts.max(0).indices), (s.sum(0), ts.sum(0)),
+        (s.unsqueeze(0), ts.unsqueeze(0)), (s.flatten(), ts.flatten()), (s.reshape(1, 1), ts.reshape(1, 1)),
+        (s.expand(3), ts.expand(3)), (kiln.stack([s, s]), torch.stack([ts, ts])), (s.T, ts.T), (s * s, ts * ts),
+        (kiln.one_hot(kiln.tensor(3), 5), torch.nn.functional.one_hot(torch.tensor(3), 5)),
+        (kiln.tensor([1, 2, 3]).masked_fill(kiln.tensor([True, False, True]), 2.5),
+         torch.tensor([1, 2, 3]).masked_fill(torch.tensor([True, False, True]), 2.5)),
+    ]
+    for k, t in pairs:
+        assert tuple(k.shape) == tuple(t.shape)
+        assert str(k.dtype).replace("kiln.", "") == str(t.dtype).replace("torch.", "")
+        assert k.tolist() == t.tolist()
+    assert np.isnan(s.var().item()) and np.isnan(ts.var().item())

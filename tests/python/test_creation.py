@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kiln
-from conftest import ALL_DTYPES, FLOAT_DTYPES, INT_DTYPES, assert_close, is_float, kdt, tdt
+from conftest import ALL_DTYPES, FLOAT_DTYPES, INT_DTYPES, kdt, tdt
 
 
 def same_as_torch(k, t, msg=""):
@@ -83,11 +83,7 @@ def test_arange_errors():
         kiln.arange(0, "5")
 
 
-LINSPACE_BUG = pytest.mark.xfail(reason="kiln bug (eager/creation.cpp linspace): with steps=1 it returns "
-                                        "[end]; torch and NumPy return [start]", strict=True)
-
-
-@pytest.mark.parametrize("args", [(0, 1, 5), (-2, 2, 7), (3, -1, 4), pytest.param((0, 1, 1), marks=LINSPACE_BUG),
+@pytest.mark.parametrize("args", [(0, 1, 5), (-2, 2, 7), (3, -1, 4), (0, 1, 1),
                                   (0, 1, 0), (0.5, 0.5, 3), (0, 10, 101), (-1, 1, 2)], ids=str)
 def test_linspace(args):
     for dtype in [None, "float64", "float16"]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kiln
-from conftest import ALL_DTYPES, FLOAT_DTYPES, INT_DTYPES, assert_close, dname, is_float, kdt, tdt
+from conftest import ALL_DTYPES, INT_DTYPES, assert_close, dname, is_float, kdt, tdt
 
 # kiln has no int16: uint8 with int8 promotes to int32 where torch gives int16.
 KILN_FOR_TORCH = {"int16": "int32"}

@@ -130,22 +130,15 @@ def test_unary_special_values(op, dtype):
     else:
         expected = tfn(inputs).numpy()
     got = getattr(kiln, op)(kiln.tensor(SPECIAL, dtype=kdt(dtype)))
-    if op == "relu":
-        expected = np.where(np.isnan(expected), 0.0, expected)  # see test_relu_propagates_nan
     assert_close(got, expected, dtype, msg=f"{op} on {SPECIAL}")
 
 
-@pytest.mark.xfail(reason="kiln bug: relu(nan) returns 0 (x > 0 ? x : 0); torch.relu and "
-                          "np.maximum(x, 0) return nan", strict=True)
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 def test_relu_propagates_nan(dtype):
     got = kiln.relu(kiln.tensor([math.nan, 1.0], dtype=kdt(dtype)))
     assert math.isnan(got[0].item())
 
 
-@pytest.mark.xfail(reason="kiln bug: float32 exp overflows to inf for x in ~[88.38, 88.72] "
-                          "(Cody-Waite n = 128 makes the 2^n scale inf) though exp(x) < FLT_MAX",
-                   strict=True)
 def test_exp_float32_near_overflow_is_finite():
     x = np.array([88.4, 88.5, 88.7], dtype=np.float32)
     got = kiln.exp(kiln.from_numpy(x))
@@ -300,14 +293,10 @@ def test_binary(op, dtype, rng):
 
 
 BINARY_SPECIAL = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1.0, -1.0, 2.5, -2.5, 1e30, -1e30, 1e-30, 3.0, 0.5]
-FLOOR_DIVIDE_BUG = ("kiln bug (eager/scalar_math.h kfloordiv): float floor_divide is floor(a / b), so inf // 1 "
-                    "gives inf where NumPy, torch and Python give nan, and 1.0 // 0.1 gives 10.0 instead of 9.0 "
-                    "(see test_float_floor_divide_is_consistent_with_remainder)")
 
 
 @pytest.mark.parametrize("op,dtype", [
-    pytest.param(op, dt, marks=[pytest.mark.xfail(reason=FLOOR_DIVIDE_BUG, strict=True)]
-                 if op == "floor_divide" else [])
+    (op, dt)
     for op in BINARY if BINARY[op][1] != "bitwise" for dt in ["float16", "float32", "float64"]])
 def test_binary_special_values(op, dtype):
     """Every pair of NaN, +-inf, +-0, tiny, huge and ordinary values, against NumPy in the same dtype."""
@@ -481,9 +470,6 @@ def test_floor_divide_and_remainder_python_semantics():
         assert (a % b).tolist() == [1, 1, -1, -1]
 
 
-@pytest.mark.xfail(reason="kiln bug: float floor_divide is floor(a / b) with a rounded quotient: "
-                          "1.0 // 0.1 gives 10 (Python, NumPy and torch give 9.0), so "
-                          "(a // b) * b + a % b != a", strict=True)
 def test_float_floor_divide_is_consistent_with_remainder():
     a = kiln.tensor([1.0, 1.0], dtype=kiln.float64)
     b = kiln.tensor([0.1, 0.1], dtype=kiln.float64)

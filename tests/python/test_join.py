@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import kiln
-from conftest import ALL_DTYPES, assert_close, dname, kiln_from_values, make_input, tdt
+from conftest import ALL_DTYPES, assert_close, dname, make_input, tdt
 
 CAT_CASES = [
     ([(2, 3), (4, 3)], 0), ([(2, 3), (2, 5)], 1), ([(2, 3), (2, 5)], -1), ([(3,), (0,), (4,)], 0),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kiln
-from conftest import TOLERANCES, assert_close, is_float, layout_tensor, make_input, random_values
+from conftest import TOLERANCES, assert_close, is_float, make_input
 
 F = torch.nn.functional
 

@@ -67,11 +67,6 @@ def test_from_numpy_zero_d_and_empty():
     assert kiln.from_numpy(np.zeros((3, 0), np.float32)).sum(0).tolist() == []
 
 
-@pytest.mark.xfail(reason="kiln bug (eager/elementwise.cpp check_writable): an empty tensor whose strides "
-                          "are 0 (NumPy gives np.zeros((3, 0)) strides (0, 0)) refuses in-place writes: "
-                          "kiln.from_numpy(np.zeros((3, 0), np.float32)).add_(1) raises ValueError 'more than "
-                          "one element ... refers to a single memory location'; torch accepts it (no elements "
-                          "are written)", strict=True)
 def test_inplace_on_empty_numpy_tensor():
     t = kiln.from_numpy(np.zeros((3, 0), np.float32))
     t.add_(1)
