@@ -217,6 +217,19 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def cpu_busy_seconds():
+    """(CPU-seconds all processes were busy, CPU-seconds this process and its children used)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        busy = float("nan")
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system
+
+
 def kiln_copy(np_array):
     """A kiln tensor in kiln's own (64-byte aligned, caching) memory."""
     return kiln.from_numpy(np_array).clone()
@@ -266,6 +279,7 @@ def main():
     reps = 7 if args.quick else 41
     load_start = os.getloadavg()[0]
     t_start = time.time()
+    busy_start, own_start = cpu_busy_seconds()
 
     rng = np.random.default_rng(0)
     n = 16 * MB  # 16M float32 = 64 MiB per tensor
@@ -425,6 +439,9 @@ def main():
 
     elapsed = time.time() - t_start
     load_end = os.getloadavg()[0]
+    busy_end, own_end = cpu_busy_seconds()
+    # Share of the machine's CPU time that other processes took during the run.
+    others = max(0.0, (busy_end - busy_start) - (own_end - own_start)) / (elapsed * (os.cpu_count() or 1))
 
     # ---- report ----
     now = datetime.datetime.now()
@@ -433,7 +450,9 @@ def main():
         f"# kiln eager benchmark — {now:%Y-%m-%d %H:%M} on `{host}`",
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; load average {load_start:.2f} at start, "
-        f"{load_end:.2f} at end; run took {elapsed:.0f} s.",
+        f"{load_end:.2f} at end; run took {elapsed:.0f} s; other processes used {100 * others:.0f}% of "
+        "the CPU time meanwhile"
+        + (" — **the machine was busy: treat these numbers as noisy and rerun**." if others > 0.10 else "."),
         f"- kiln {kiln.__version__} (git {git_rev()}), NumPy {np.__version__}, PyTorch {torch.__version__} "
         f"(Debian, CPU), Python {platform.python_version()} (`{sys.executable}`).",
         f"- Threads: kiln {threads['kiln']}, torch {threads['torch']} (`torch.set_num_threads(2)`), "

@@ -66,6 +66,30 @@ void check_writable(const Tensor& dst, const char* op) {
 }
 }  // namespace
 
+// The tensor an elementwise op writes: a fresh one, or `into` (an in-place
+// op's self) when the result can go there directly. finish_output() copies
+// a fresh result into `into` when it could not.
+Tensor make_output(const Shape& shape, DType dtype, Device device, const Tensor* into,
+                   std::initializer_list<const Tensor*> inputs, const char* name) {
+  if (!into) return Tensor::empty(shape, dtype, device);
+  KILN_CHECK(into->shape() == shape, ShapeError, "{}_: output with shape {} doesn't match the broadcast shape {}",
+             name, shape_str(into->shape()), shape_str(shape));
+  KILN_CHECK(can_cast(dtype, into->dtype()), DTypeError,
+             "{}_: result type {} can't be cast to the desired output type {}", name, dtype_name(dtype),
+             dtype_name(into->dtype()));
+  check_writable(*into, name);
+  bool direct = into->dtype() == dtype;
+  for (const Tensor* in : inputs)
+    direct = direct && (!overlaps(*into, *in) || (in->offset() == into->offset() && in->strides() == into->strides()));
+  return direct ? *into : Tensor::empty(shape, dtype, device);
+}
+
+void finish_output(const Tensor& out, const Tensor* into) {
+  if (!into) return;
+  if (out.is_same(*into)) into->bump_version();
+  else copy_into(*into, out);
+}
+
 void copy_into(const Tensor& dst, const Tensor& src_in) {
   check_writable(dst, "copy_");
   KILN_CHECK(dst.device() == src_in.device(), DeviceError,
@@ -126,16 +150,17 @@ namespace {
 enum class UnaryKind { Float, Numeric, Rounding };
 
 template <UnaryKind kind, class Fn>
-Tensor unary_op(const Tensor& x, const char* name) {
+Tensor unary_op(const Tensor& x, const char* name, const Tensor* into = nullptr) {
   Tensor in = x;
   if (kind == UnaryKind::Rounding && !is_floating(x.dtype())) {
     KILN_CHECK(x.dtype() != DType::Bool, DTypeError, "{}: not supported for bool tensors", name);
+    if (into) return *into;  // the identity, in place
     return clone(x);
   }
   if (kind == UnaryKind::Float && !is_floating(x.dtype())) in = to_dtype(x, DType::Float32);
   KILN_CHECK(kind != UnaryKind::Numeric || x.dtype() != DType::Bool, DTypeError,
              "{}: not supported for bool tensors (convert with .to(kiln.int64) first)", name);
-  Tensor out = Tensor::empty(x.shape(), in.dtype(), x.device());
+  Tensor out = make_output(x.shape(), in.dtype(), x.device(), into, {&in}, name);
   auto plan = plan_loop<2>(x.shape(), {&out, &in});
   auto kernel = [&]<class T>() {
     run_loop(plan, [](const std::array<char*, 2>& p, const std::array<int64_t, 2>& s, int64_t n) {
@@ -144,7 +169,8 @@ Tensor unary_op(const Tensor& x, const char* name) {
   };
   if constexpr (kind == UnaryKind::Numeric) dispatch_numeric(in.dtype(), name, kernel);
   else dispatch_floating(in.dtype(), name, kernel);
-  return out;
+  finish_output(out, into);
+  return into ? *into : out;
 }
 }  // namespace
 
@@ -157,7 +183,11 @@ Tensor unary_op(const Tensor& x, const char* name) {
     }                                                                      \
   };                                                                       \
   }                                                                        \
-  Tensor NAME(const Tensor& x) { return unary_op<UnaryKind::KIND, NAME##_fn>(x, #NAME); }
+  Tensor NAME(const Tensor& x) { return unary_op<UnaryKind::KIND, NAME##_fn>(x, #NAME); } \
+  Tensor& NAME##_(Tensor& self) {                                          \
+    unary_op<UnaryKind::KIND, NAME##_fn>(self, #NAME, &self);              \
+    return self;                                                           \
+  }
 #include "eager/unary_ops.def"
 #undef KILN_UNARY
 
@@ -178,7 +208,7 @@ Tensor as_tensor(const Operand& op, DType dtype) {
 }
 
 template <BinaryKind kind, class Fn>
-Tensor binary_op(const Operand& a, const Operand& b, const char* name) {
+Tensor binary_op(const Operand& a, const Operand& b, const char* name, const Tensor* into = nullptr) {
   DType common = result_type({a, b});
   DType compute = common;
   if (kind == BinaryKind::Float && !is_floating(common)) compute = DType::Float32;
@@ -192,7 +222,7 @@ Tensor binary_op(const Operand& a, const Operand& b, const char* name) {
                a.tensor->device().str(), b.tensor->device().str());
   Tensor ta = as_tensor(a, compute), tb = as_tensor(b, compute);
   Shape shape = broadcast_shapes(ta.shape(), tb.shape(), name);
-  Tensor out = Tensor::empty(shape, out_dtype, ta.device());
+  Tensor out = make_output(shape, out_dtype, ta.device(), into, {&ta, &tb}, name);
   Tensor ea = expand(ta, shape), eb = expand(tb, shape);
   auto plan = plan_loop<3>(shape, {&out, &ea, &eb});
   auto kernel = [&]<class T>() {
@@ -206,7 +236,8 @@ Tensor binary_op(const Operand& a, const Operand& b, const char* name) {
   if constexpr (kind == BinaryKind::Float) dispatch_floating(compute, name, kernel);
   else if constexpr (kind == BinaryKind::Bitwise) dispatch_integral(compute, name, kernel);
   else dispatch_all(compute, name, kernel);
-  return out;
+  finish_output(out, into);
+  return into ? *into : out;
 }
 }  // namespace
 
@@ -227,6 +258,14 @@ Tensor binary_op(const Operand& a, const Operand& b, const char* name) {
   }                                                                                     \
   Tensor NAME(Scalar a, const Tensor& b) {                                              \
     return binary_op<BinaryKind::KIND, NAME##_fn>({nullptr, a}, {&b, {}}, #NAME);       \
+  }                                                                                     \
+  Tensor& NAME##_(Tensor& self, const Tensor& b) {                                      \
+    binary_op<BinaryKind::KIND, NAME##_fn>({&self, {}}, {&b, {}}, #NAME, &self);        \
+    return self;                                                                        \
+  }                                                                                     \
+  Tensor& NAME##_(Tensor& self, Scalar b) {                                             \
+    binary_op<BinaryKind::KIND, NAME##_fn>({&self, {}}, {nullptr, b}, #NAME, &self);    \
+    return self;                                                                        \
   }
 #include "eager/binary_ops.def"
 #undef KILN_BINARY

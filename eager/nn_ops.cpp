@@ -24,19 +24,44 @@ constexpr int64_t kTile = 256;  // columns per task when the softmax dim is not 
 template <class Acc>
 constexpr int64_t kLanes = std::clamp<int64_t>(256 / sizeof(Acc), 8, 64);
 
-// Sums f(i) over [0, n) in `Acc` with independent lanes (a scalar running
-// sum would not vectorize without -ffast-math).
+// Combines L lanes pairwise: log depth, not one long dependency chain.
+template <int64_t L, class Acc, class Combine>
+Acc fold_lanes(Acc* acc, const Combine& combine) {
+  for (int64_t w = L / 2; w >= 1; w /= 2)
+    for (int64_t j = 0; j < w; ++j) acc[j] = combine(acc[j], acc[j + w]);
+  return acc[0];
+}
+
+// Reduces f(i) over [0, n) with independent lanes (a scalar running
+// reduction would not vectorize without -ffast-math): scalars for rows
+// shorter than a vector, one vector of lanes below kLanes, kLanes above; each
+// then ends in a tail shorter than a vector. (The same helper as in
+// reduce.cpp; a shared private header would hold one copy.)
+template <class Acc, class F, class Combine>
+Acc lane_reduce(int64_t n, Acc init, const F& f, const Combine& combine) {
+  constexpr int64_t L = kLanes<Acc>, V = std::max<int64_t>(1, 32 / sizeof(Acc));
+  if (n < V) {
+    for (int64_t i = 0; i < n; ++i) init = combine(init, f(i));
+    return init;
+  }
+  auto lanes = [&]<int64_t W>() {
+    Acc acc[W];
+    std::fill(acc, acc + W, init);
+    int64_t i = 0;
+    for (; i + W <= n; i += W)
+      for (int64_t j = 0; j < W; ++j) acc[j] = combine(acc[j], f(i + j));
+    if constexpr (W > V)
+      for (; i + V <= n; i += V)
+        for (int64_t j = 0; j < V; ++j) acc[j] = combine(acc[j], f(i + j));
+    for (; i < n; ++i) acc[0] = combine(acc[0], f(i));
+    return fold_lanes<W>(acc, combine);
+  };
+  return n >= L ? lanes.template operator()<L>() : lanes.template operator()<V>();
+}
+
 template <class Acc, class F>
 Acc lane_sum(int64_t n, const F& f) {
-  constexpr int64_t L = kLanes<Acc>;
-  Acc acc[L] = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L)
-    for (int64_t j = 0; j < L; ++j) acc[j] += f(i + j);
-  Acc total = 0;
-  for (; i < n; ++i) total += f(i);
-  for (int64_t j = 0; j < L; ++j) total += acc[j];
-  return total;
+  return lane_reduce<Acc>(n, Acc(0), f, [](Acc a, Acc b) { return a + b; });
 }
 
 // Branch-free NaN-propagating max (`|`, not `||`, so it stays a blend).
@@ -47,16 +72,9 @@ inline C nan_max(C a, C b) {
 
 template <class C, class T>
 C row_max(const T* p, int64_t n) {
-  constexpr int64_t L = kLanes<C>;
-  C acc[L];
-  std::fill(acc, acc + L, -std::numeric_limits<C>::infinity());
-  int64_t i = 0;
-  for (; i + L <= n; i += L)
-    for (int64_t j = 0; j < L; ++j) acc[j] = nan_max(acc[j], C(p[i + j]));
-  C m = -std::numeric_limits<C>::infinity();
-  for (; i < n; ++i) m = nan_max(m, C(p[i]));
-  for (int64_t j = 0; j < L; ++j) m = nan_max(m, acc[j]);
-  return m;
+  // A lambda, not &nan_max<C>: a function pointer would not be inlined.
+  return lane_reduce<C>(n, -std::numeric_limits<C>::infinity(), [&](int64_t i) { return C(p[i]); },
+                        [](C a, C b) { return nan_max(a, b); });
 }
 
 // float sums add in double: rows can be long and rtol 1e-5 must hold.

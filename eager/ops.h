@@ -11,13 +11,19 @@
 namespace kiln {
 
 // ---- elementwise ----
-#define KILN_UNARY(NAME, KIND, EXPR) Tensor NAME(const Tensor& x);
+// NAME_(self, ...) are the in-place forms: the result is written into self,
+// whose shape and dtype category must hold it.
+#define KILN_UNARY(NAME, KIND, EXPR) \
+  Tensor NAME(const Tensor& x);      \
+  Tensor& NAME##_(Tensor& self);
 #include "eager/unary_ops.def"
 #undef KILN_UNARY
 #define KILN_BINARY(NAME, KIND, EXPR)             \
   Tensor NAME(const Tensor& a, const Tensor& b);  \
   Tensor NAME(const Tensor& a, Scalar b);         \
-  Tensor NAME(Scalar a, const Tensor& b);
+  Tensor NAME(Scalar a, const Tensor& b);        \
+  Tensor& NAME##_(Tensor& self, const Tensor& b); \
+  Tensor& NAME##_(Tensor& self, Scalar b);
 #include "eager/binary_ops.def"
 #undef KILN_BINARY
 

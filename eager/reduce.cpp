@@ -185,41 +185,64 @@ template <class Op, bool kCentered, class In, class Lift>
 template <class Acc>
 constexpr int64_t kRowLanes = std::clamp<int64_t>(256 / sizeof(Acc), 8, 64);
 
-// The reduction of one contiguous row p[0, n).
-template <class Op, bool kCentered, class In, class Lift>
-[[gnu::noinline]] typename Op::acc_t reduce_row(const In* __restrict__ p, int64_t n, typename Op::acc_t center,
-                              const Lift& lift) {
-  using Acc = typename Op::acc_t;
-  auto f = [&](In v) {
-    if constexpr (kCentered) return lift(v, center);
-    else return lift(v);
-  };
-  Acc total = Op::identity();
-  int64_t i = 0;
-  if constexpr (float_blocks_v<Op, kCentered, In>) {
-    constexpr int64_t L = kRowLanes<float>;
-    if (n >= L) {
-      Acc wide[L] = {};
-      while (i + L <= n) {
-        float acc[L] = {};
-        const int64_t end = std::min(n - L, i + L * (kFlushRows - 1));
-        for (; i <= end; i += L)
-          for (int64_t j = 0; j < L; ++j) acc[j] += p[i + j];
-        for (int64_t j = 0; j < L; ++j) wide[j] += acc[j];
-      }
-      for (int64_t j = 0; j < L; ++j) total += wide[j];
-    }
-  } else {
-    constexpr int64_t L = kRowLanes<Acc>;
-    if (n >= L) {
-      Acc acc[L];
-      std::fill(acc, acc + L, Op::identity());
-      for (; i + L <= n; i += L)
-        for (int64_t j = 0; j < L; ++j) acc[j] = Op::combine(acc[j], f(p[i + j]));
-      for (int64_t j = 0; j < L; ++j) total = Op::combine(total, acc[j]);
-    }
+// Combines L lanes pairwise (log depth) rather than in one dependency chain,
+// which would cost more than a short row itself.
+template <int64_t L, class Lane, class Combine>
+Lane fold_lanes(Lane* acc, const Combine& combine) {
+  for (int64_t w = L / 2; w >= 1; w /= 2)
+    for (int64_t j = 0; j < w; ++j) acc[j] = combine(acc[j], acc[j + w]);
+  return acc[0];
+}
+
+// Reduces f(i) over [0, n) with independent lanes: scalars for rows shorter
+// than a vector, one vector of lanes below kRowLanes, kRowLanes above; each
+// then ends in a tail shorter than a vector.
+template <class Lane, class F, class Combine>
+Lane lane_reduce(int64_t n, Lane init, const F& f, const Combine& combine) {
+  constexpr int64_t L = kRowLanes<Lane>, V = std::max<int64_t>(1, 32 / sizeof(Lane));
+  if (n < V) {
+    for (int64_t i = 0; i < n; ++i) init = combine(init, f(i));
+    return init;
   }
-  for (; i < n; ++i) total = Op::combine(total, f(p[i]));
+  auto lanes = [&]<int64_t W>() {
+    Lane acc[W];
+    std::fill(acc, acc + W, init);
+    int64_t i = 0;
+    for (; i + W <= n; i += W)
+      for (int64_t j = 0; j < W; ++j) acc[j] = combine(acc[j], f(i + j));
+    if constexpr (W > V)
+      for (; i + V <= n; i += V)
+        for (int64_t j = 0; j < V; ++j) acc[j] = combine(acc[j], f(i + j));
+    for (; i < n; ++i) acc[0] = combine(acc[0], f(i));
+    return fold_lanes<W>(acc, combine);
+  };
+  return n >= L ? lanes.template operator()<L>() : lanes.template operator()<V>();
+}
+
+// The reduction of one contiguous row p[0, n). Float sums work in float
+// blocks (see SumOp), each folded into the double total.
+template <class Op, bool kCentered, class In, class Lift>
+[[gnu::noinline]] typename Op::acc_t reduce_row(const In* __restrict__ p, int64_t n,
+                                                typename Op::acc_t center, const Lift& lift) {
+  using Acc = typename Op::acc_t;
+  constexpr bool kBlocks = float_blocks_v<Op, kCentered, In>;
+  using Lane = std::conditional_t<kBlocks, float, Acc>;
+  auto combine = [](Lane a, Lane b) -> Lane {
+    if constexpr (kBlocks) return a + b;
+    else return Op::combine(a, b);
+  };
+  const Lane identity = kBlocks ? Lane(0) : Lane(Op::identity());
+  const int64_t block = kBlocks ? kRowLanes<float> * kFlushRows : std::max<int64_t>(n, 1);
+  Acc total = Op::identity();
+  for (int64_t i = 0; i < n; i += block) {
+    const In* q = p + i;
+    auto f = [&](int64_t j) -> Lane {
+      if constexpr (kBlocks) return q[j];
+      else if constexpr (kCentered) return lift(q[j], center);
+      else return lift(q[j]);
+    };
+    total = Op::combine(total, Acc(lane_reduce<Lane>(std::min(block, n - i), identity, f, combine)));
+  }
   return total;
 }
 

@@ -66,9 +66,9 @@ KILN_INLINE float ktanh(float x) {
   std::memcpy(&xb, &x, 4);
   std::memcpy(&lb, &large, 4);
   std::memcpy(&sb, &small, 4);
-  lb |= xb & 0x80000000u;  // tanh is odd
   uint32_t use_small = -static_cast<uint32_t>(ax < 0.625f);
   uint32_t rb = (sb & use_small) | (lb & ~use_small);
+  rb = (rb & 0x7fffffffu) | (xb & 0x80000000u);  // keeps tanh(-0) = -0
   float r;
   std::memcpy(&r, &rb, 4);
   return r;

@@ -86,24 +86,15 @@ void inplace_result(Tensor& self, const Tensor& result, const char* op) {
 // ---- method forwarders: the ops live in eager/ops.h ----
 #define KILN_UNARY(NAME, KIND, EXPR)          \
   Tensor Tensor::NAME() const { return kiln::NAME(*this); } \
-  Tensor& Tensor::NAME##_() {                 \
-    inplace_result(*this, kiln::NAME(*this), #NAME "_"); \
-    return *this;                             \
-  }
+  Tensor& Tensor::NAME##_() { return kiln::NAME##_(*this); }
 #include "eager/unary_ops.def"
 #undef KILN_UNARY
 
 #define KILN_BINARY(NAME, KIND, EXPR)                                            \
   Tensor Tensor::NAME(const Tensor& b) const { return kiln::NAME(*this, b); }   \
   Tensor Tensor::NAME(Scalar b) const { return kiln::NAME(*this, b); }          \
-  Tensor& Tensor::NAME##_(const Tensor& b) {                                     \
-    inplace_result(*this, kiln::NAME(*this, b), #NAME "_");                      \
-    return *this;                                                                \
-  }                                                                              \
-  Tensor& Tensor::NAME##_(Scalar b) {                                            \
-    inplace_result(*this, kiln::NAME(*this, b), #NAME "_");                      \
-    return *this;                                                                \
-  }
+  Tensor& Tensor::NAME##_(const Tensor& b) { return kiln::NAME##_(*this, b); }  \
+  Tensor& Tensor::NAME##_(Scalar b) { return kiln::NAME##_(*this, b); }
 #include "eager/binary_ops.def"
 #undef KILN_BINARY
 

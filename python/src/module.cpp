@@ -27,20 +27,13 @@ py::object binary(const Tensor& a, py::handle b, TensorFn tf, ScalarFn sf, bool 
 #define KILN_BINARY_LAMBDAS(NAME)                                                   \
   [](const Tensor& x, const Tensor& y) { return kiln::NAME(x, y); },                \
       [](const Tensor& x, Scalar y) { return kiln::NAME(x, y); }
+// In-place: the result goes into x's storage (a copy of the handle shares it).
+#define KILN_INPLACE_LAMBDAS(NAME)                                                  \
+  [](const Tensor& x, const Tensor& y) { Tensor s = x; kiln::NAME##_(s, y); return s; }, \
+      [](const Tensor& x, Scalar y) { Tensor s = x; kiln::NAME##_(s, y); return s; }
 #define KILN_RBINARY_LAMBDAS(NAME)                                                  \
   [](const Tensor& x, const Tensor& y) { return kiln::NAME(x, y); },                \
       [](const Tensor& x, Scalar y) { return kiln::NAME(y, x); }
-
-// In-place: compute, check the result fits, write back into the same storage.
-void assign_result(Tensor& self, const Tensor& result, const char* op) {
-  KILN_CHECK(result.shape() == self.shape(), ShapeError,
-             "{}: output with shape {} doesn't match the broadcast shape {}", op,
-             shape_str(self.shape()), shape_str(result.shape()));
-  KILN_CHECK(can_cast(result.dtype(), self.dtype()), DTypeError,
-             "{}: result type {} can't be cast to the desired output type {}", op,
-             dtype_name(result.dtype()), dtype_name(self.dtype()));
-  copy_into(self, result);
-}
 
 py::object max_tuple(std::pair<Tensor, Tensor> vi, const char* name) {
   // Leaked on purpose: a static py::object would be destroyed after the
@@ -174,16 +167,18 @@ void bind_tensor(py::module_& m) {
   // Elementwise methods, generated from the op tables.
 #define KILN_UNARY(NAME, KIND, EXPR)                                   \
   t.def(#NAME, [](const Tensor& x) { return kiln::NAME(x); });          \
-  t.def(#NAME "_", [](Tensor& x) -> Tensor& { return x.NAME##_(); },   \
-        py::return_value_policy::reference_internal);
+  t.def(#NAME "_", [](py::object self) {                                 \
+    self.cast<Tensor&>().NAME##_();                                     \
+    return self;                                                        \
+  });
 #include "eager/unary_ops.def"
 #undef KILN_UNARY
 #define KILN_BINARY(NAME, KIND, EXPR)                                                      \
   t.def(#NAME, [](const Tensor& x, py::handle y) { return binary(x, y, KILN_BINARY_LAMBDAS(NAME)); }); \
-  t.def(#NAME "_", [](Tensor& x, py::handle y) -> Tensor& {                                \
-    assign_result(x, binary(x, y, KILN_BINARY_LAMBDAS(NAME)).cast<Tensor>(), #NAME "_");   \
-    return x;                                                                              \
-  }, py::return_value_policy::reference_internal);
+  t.def(#NAME "_", [](py::object self, py::handle y) -> py::object {                       \
+    py::object r = binary(self.cast<const Tensor&>(), y, KILN_INPLACE_LAMBDAS(NAME));      \
+    return r.is(py::reinterpret_borrow<py::object>(Py_NotImplemented)) ? r : self;         \
+  });
 #include "eager/binary_ops.def"
 #undef KILN_BINARY
 
@@ -195,11 +190,13 @@ void bind_tensor(py::module_& m) {
     const char* idunder;
     py::object (*fn)(const Tensor&, py::handle);
     py::object (*rfn)(const Tensor&, py::handle);
+    py::object (*ifn)(const Tensor&, py::handle);
   };
 #define KILN_OP_ROW(DUNDER, NAME)                                                            \
   OperatorRow{"__" DUNDER "__", "__r" DUNDER "__", "__i" DUNDER "__",                         \
               [](const Tensor& x, py::handle y) { return binary(x, y, KILN_BINARY_LAMBDAS(NAME)); }, \
-              [](const Tensor& x, py::handle y) { return binary(x, y, KILN_RBINARY_LAMBDAS(NAME), true); }}
+              [](const Tensor& x, py::handle y) { return binary(x, y, KILN_RBINARY_LAMBDAS(NAME), true); }, \
+              [](const Tensor& x, py::handle y) { return binary(x, y, KILN_INPLACE_LAMBDAS(NAME)); }}
   const OperatorRow rows[] = {
       KILN_OP_ROW("add", add),          KILN_OP_ROW("sub", sub),
       KILN_OP_ROW("mul", mul),          KILN_OP_ROW("truediv", div),
@@ -210,15 +207,11 @@ void bind_tensor(py::module_& m) {
   for (const OperatorRow& row : rows) {
     t.def(row.dunder, row.fn, py::is_operator());
     t.def(row.rdunder, row.rfn, py::is_operator());
-    auto fn = row.fn;
-    std::string name = row.idunder;
+    auto ifn = row.ifn;
     // Returns the same Python object, so `x += 1` keeps x's identity.
-    t.def(row.idunder, [fn, name](py::object self, py::handle y) -> py::object {
-      Tensor& x = self.cast<Tensor&>();
-      py::object r = fn(x, y);
-      if (r.is(py::reinterpret_borrow<py::object>(Py_NotImplemented))) return r;
-      assign_result(x, r.cast<Tensor>(), name.c_str());
-      return self;
+    t.def(row.idunder, [ifn](py::object self, py::handle y) -> py::object {
+      py::object r = ifn(self.cast<const Tensor&>(), y);
+      return r.is(py::reinterpret_borrow<py::object>(Py_NotImplemented)) ? r : self;
     }, py::is_operator());
   }
 #define KILN_CMP(DUNDER, NAME) \

@@ -111,6 +111,21 @@ TEST_CASE("elementwise ops broadcast over strided views", "[core]") {
   CHECK_THROWS_AS(ones({1}).add_(ones({3})), ShapeError);
 }
 
+TEST_CASE("in-place ops write into self, reading overlapping inputs first", "[core]") {
+  Tensor x = arange(0, 5).to(DType::Float32);
+  void* data = x.data_ptr();
+  x.mul_(2).add_(1).neg_().abs_();
+  CHECK(x.data_ptr() == data);
+  CHECK(values(x) == std::vector<float>{1, 3, 5, 7, 9});
+  Tensor tail = x.slice(0, 1, std::nullopt), head = x.slice(0, 0, 4);
+  tail.add_(head);  // x[1:] += x[:-1] reads the old values
+  CHECK(values(x) == std::vector<float>{1, 4, 8, 12, 16});
+  Tensor h = ones({3}, DType::Float16);
+  h.add_(ones({3}, DType::Float32));  // float32 result converted into float16
+  CHECK(values(h) == std::vector<float>{2, 2, 2});
+  CHECK_THROWS_AS(ones({1}).expand({3}).add_(1), ValueError);
+}
+
 TEST_CASE("fast float exp and tanh are accurate", "[core]") {
   Tensor x = linspace(-20, 20, 4001, DType::Float64);
   auto ex = values(exp(x.to(DType::Float32)));

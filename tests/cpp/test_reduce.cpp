@@ -180,7 +180,7 @@ TEST_CASE("threaded paths agree with one thread", "[reduce]") {
       set_num_threads(1);
       auto s1 = values(sum(x, dims)), m1 = values(amax(x, dims)), v1 = values(var(x, dims));
       set_num_threads(2);
-      check_close(values(sum(x, dims)), s1, 1e-9, 1e-9);
+      check_close(values(sum(x, dims)), s1, 1e-5, 1e-4);  // float32 results: splits may round differently
       CHECK(values(amax(x, dims)) == m1);
       check_close(values(var(x, dims)), v1, 1e-6, 1e-9);
     }

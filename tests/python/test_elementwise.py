@@ -152,8 +152,6 @@ def test_exp_float32_range_limits():
     assert_close(kiln.exp(kiln.from_numpy(x)), expected, "float32")
 
 
-@pytest.mark.xfail(reason="kiln bug: float32 tanh(-0.0) returns +0.0 (the odd polynomial loses the "
-                          "sign of zero); numpy/torch give -0.0", strict=True)
 def test_tanh_keeps_sign_of_zero():
     got = kiln.tanh(kiln.tensor([-0.0], dtype=kiln.float32)).item()
     assert math.copysign(1.0, got) == -1.0
