@@ -6,6 +6,7 @@
 // (vectorizable) or a scalar-broadcast fast path.
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 
 #include "eager/tensor.h"
 #include "runtime/parallel.h"
@@ -136,5 +137,13 @@ void binary_inner(const std::array<char*, 3>& p, const std::array<int64_t, 3>& s
           f(CT(*reinterpret_cast<const T*>(p[1] + i * s[1])), CT(*reinterpret_cast<const T*>(p[2] + i * s[2]))));
   }
 }
+
+// The tensor an elementwise op writes: a fresh one, or `into` (an in-place
+// op's self) when the result can go there directly (same dtype, no partial
+// overlap with an input). finish_output() copies a fresh result into `into`
+// when it could not, and bumps the version counter either way.
+Tensor make_output(const Shape& shape, DType dtype, Device device, const Tensor* into,
+                   std::initializer_list<const Tensor*> inputs, const char* name);
+void finish_output(const Tensor& out, const Tensor* into);
 
 }  // namespace kiln

@@ -1,0 +1,133 @@
+// Elementwise binary ops (the rows of binary_ops.def), where and clamp.
+#include "eager/loops.h"
+#include "eager/ops.h"
+#include "eager/scalar_math.h"
+
+namespace kiln {
+
+namespace {
+enum class BinaryKind { Arith, Float, Compare, Logical, Bitwise };
+
+Tensor as_tensor(const Operand& op, DType dtype) {
+  if (op.tensor) return to_dtype(*op.tensor, dtype);
+  return scalar_tensor(*op.scalar, dtype);
+}
+
+template <BinaryKind kind, class Fn>
+Tensor binary_op(const Operand& a, const Operand& b, const char* name, const Tensor* into = nullptr) {
+  DType common = result_type({a, b});
+  DType compute = common;
+  if (kind == BinaryKind::Float && !is_floating(common)) compute = DType::Float32;
+  KILN_CHECK(kind != BinaryKind::Bitwise || !is_floating(common), DTypeError,
+             "{}: not supported for {} (only integer and bool tensors)", name, dtype_name(common));
+  DType out_dtype =
+      (kind == BinaryKind::Compare || kind == BinaryKind::Logical) ? DType::Bool : compute;
+  if (a.tensor && b.tensor)
+    KILN_CHECK(a.tensor->device() == b.tensor->device(), DeviceError,
+               "{}: expected both tensors on the same device, got {} and {}", name,
+               a.tensor->device().str(), b.tensor->device().str());
+  Tensor ta = as_tensor(a, compute), tb = as_tensor(b, compute);
+  Shape shape = broadcast_shapes(ta.shape(), tb.shape(), name);
+  Tensor out = make_output(shape, out_dtype, ta.device(), into, {&ta, &tb}, name);
+  Tensor ea = expand(ta, shape), eb = expand(tb, shape);
+  auto plan = plan_loop<3>(shape, {&out, &ea, &eb});
+  auto kernel = [&]<class T>() {
+    run_loop(plan, [](const std::array<char*, 3>& p, const std::array<int64_t, 3>& s, int64_t n) {
+      if constexpr (std::is_same_v<decltype(Fn{}(compute_t<T>{}, compute_t<T>{})), bool>)
+        binary_inner<bool, T>(p, s, n, Fn{});
+      else
+        binary_inner<T, T>(p, s, n, Fn{});
+    });
+  };
+  if constexpr (kind == BinaryKind::Float) dispatch_floating(compute, name, kernel);
+  else if constexpr (kind == BinaryKind::Bitwise) dispatch_integral(compute, name, kernel);
+  else dispatch_all(compute, name, kernel);
+  finish_output(out, into);
+  return into ? *into : out;
+}
+}  // namespace
+
+#define KILN_BINARY(NAME, KIND, EXPR)                                                   \
+  namespace {                                                                           \
+  struct NAME##_fn {                                                                    \
+    template <class C>                                                                  \
+    KILN_INLINE auto operator()(C a, C b) const {                                       \
+      return EXPR;                                                                      \
+    }                                                                                   \
+  };                                                                                    \
+  }                                                                                     \
+  Tensor NAME(const Tensor& a, const Tensor& b) {                                       \
+    return binary_op<BinaryKind::KIND, NAME##_fn>({&a, {}}, {&b, {}}, #NAME);           \
+  }                                                                                     \
+  Tensor NAME(const Tensor& a, Scalar b) {                                              \
+    return binary_op<BinaryKind::KIND, NAME##_fn>({&a, {}}, {nullptr, b}, #NAME);       \
+  }                                                                                     \
+  Tensor NAME(Scalar a, const Tensor& b) {                                              \
+    return binary_op<BinaryKind::KIND, NAME##_fn>({nullptr, a}, {&b, {}}, #NAME);       \
+  }                                                                                     \
+  Tensor& NAME##_(Tensor& self, const Tensor& b) {                                      \
+    binary_op<BinaryKind::KIND, NAME##_fn>({&self, {}}, {&b, {}}, #NAME, &self);        \
+    return self;                                                                        \
+  }                                                                                     \
+  Tensor& NAME##_(Tensor& self, Scalar b) {                                             \
+    binary_op<BinaryKind::KIND, NAME##_fn>({&self, {}}, {nullptr, b}, #NAME, &self);    \
+    return self;                                                                        \
+  }
+#include "eager/binary_ops.def"
+#undef KILN_BINARY
+
+Tensor logical_not(const Tensor& x) { return eq(x, Scalar(false)).to(DType::Bool); }
+
+Tensor bitwise_not(const Tensor& x) {
+  if (x.dtype() == DType::Bool) return logical_not(x);
+  KILN_CHECK(!is_floating(x.dtype()), DTypeError,
+             "bitwise_not: not supported for {} (only integer and bool tensors)", dtype_name(x.dtype()));
+  return bitwise_xor(x, Scalar(-1));
+}
+
+Tensor clamp(const Tensor& x, std::optional<Scalar> lo, std::optional<Scalar> hi) {
+  KILN_CHECK(lo || hi, ValueError, "clamp: at least one of min and max must be given");
+  Tensor out = x;
+  if (lo) out = maximum(out, *lo);
+  if (hi) out = minimum(out, *hi);
+  return lo || hi ? out : clone(x);
+}
+
+// ---- where ----
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  KILN_CHECK(cond.dtype() == DType::Bool, DTypeError,
+             "where: condition must be a bool tensor, got {}", dtype_name(cond.dtype()));
+  DType dtype = result_type({{&a, {}}, {&b, {}}});
+  Tensor ta = to_dtype(a, dtype), tb = to_dtype(b, dtype);
+  Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), ta.shape(), "where"), tb.shape(), "where");
+  Tensor out = Tensor::empty(shape, dtype, a.device());
+  Tensor ec = expand(cond, shape), ea = expand(ta, shape), eb = expand(tb, shape);
+  auto plan = plan_loop<4>(shape, {&out, &ec, &ea, &eb});
+  dispatch_all(dtype, "where", [&]<class T>() {
+    run_loop(plan, [](const std::array<char*, 4>& p, const std::array<int64_t, 4>& s, int64_t n) {
+      for (int64_t i = 0; i < n; ++i)
+        *reinterpret_cast<T*>(p[0] + i * s[0]) = *reinterpret_cast<const bool*>(p[1] + i * s[1])
+                                                      ? *reinterpret_cast<const T*>(p[2] + i * s[2])
+                                                      : *reinterpret_cast<const T*>(p[3] + i * s[3]);
+    });
+  });
+  return out;
+}
+
+namespace {
+// A scalar branch of where() takes the other branch's dtype when the
+// category allows, like a wrapped number in a binary op.
+Tensor scalar_like(Scalar s, const Tensor& other) {
+  return scalar_tensor(s, result_type({{&other, {}}, {nullptr, s}}));
+}
+}  // namespace
+
+Tensor where(const Tensor& cond, const Tensor& a, Scalar b) { return where(cond, a, scalar_like(b, a)); }
+Tensor where(const Tensor& cond, Scalar a, const Tensor& b) { return where(cond, scalar_like(a, b), b); }
+Tensor where(const Tensor& cond, Scalar a, Scalar b) {
+  DType dtype = result_type({{nullptr, a}, {nullptr, b}});
+  return where(cond, scalar_tensor(a, dtype), scalar_tensor(b, dtype));
+}
+
+}  // namespace kiln

@@ -1,0 +1,146 @@
+// Type promotion, copies and dtype conversion, and the output rules every
+// elementwise kernel shares (in-place writes, overlap).
+#include "eager/loops.h"
+#include "eager/ops.h"
+
+namespace kiln {
+
+// ---- type promotion ----
+
+namespace {
+std::optional<DType> promote_opt(std::optional<DType> a, std::optional<DType> b) {
+  if (!a) return b;
+  if (!b) return a;
+  return promote_types(*a, *b);
+}
+// PyTorch's rule for combining a higher-priority result with a lower one:
+// the lower only matters when it is of a higher category.
+std::optional<DType> combine(std::optional<DType> higher, std::optional<DType> lower) {
+  if (higher && is_floating(*higher)) return higher;
+  if ((higher && *higher == DType::Bool) || (lower && is_floating(*lower)))
+    return promote_opt(higher, lower);
+  return higher ? higher : lower;
+}
+}  // namespace
+
+DType result_type(std::initializer_list<Operand> operands) {
+  std::optional<DType> dimensioned, zero_dim, wrapped;
+  for (const Operand& op : operands) {
+    if (op.tensor) {
+      auto& slot = op.tensor->dim() == 0 ? zero_dim : dimensioned;
+      slot = promote_opt(slot, op.tensor->dtype());
+    } else if (op.scalar) {
+      wrapped = promote_opt(wrapped, default_dtype(op.scalar->category()));
+    }
+  }
+  return combine(dimensioned, combine(zero_dim, wrapped)).value_or(DType::Float32);
+}
+
+// ---- copies and conversion ----
+
+namespace {
+bool overlaps(const Tensor& a, const Tensor& b) {
+  if (a.storage() != b.storage() || a.numel() == 0 || b.numel() == 0) return false;
+  auto extent = [](const Tensor& t) {
+    int64_t lo = t.offset(), hi = t.offset();
+    for (int64_t d = 0; d < t.dim(); ++d) hi += (t.shape()[d] - 1) * t.strides()[d];
+    return std::pair{lo * static_cast<int64_t>(t.itemsize()), (hi + 1) * static_cast<int64_t>(t.itemsize())};
+  };
+  auto [alo, ahi] = extent(a);
+  auto [blo, bhi] = extent(b);
+  return alo < bhi && blo < ahi;
+}
+}  // namespace
+
+namespace {
+// Several elements sharing one memory location (an expanded tensor) make an
+// in-place write ambiguous; PyTorch refuses it too.
+void check_writable(const Tensor& dst, const char* op) {
+  if (dst.numel() == 0) return;
+  for (int64_t d = 0; d < dst.dim(); ++d)
+    KILN_CHECK(dst.strides()[d] != 0 || dst.shape()[d] <= 1, ValueError,
+               "{}: more than one element of the written-to tensor (shape {}, strides {}) refers to a "
+               "single memory location; call .clone() before writing in place",
+               op, shape_str(dst.shape()), shape_str(dst.strides()));
+}
+}  // namespace
+
+// The tensor an elementwise op writes: a fresh one, or `into` (an in-place
+// op's self) when the result can go there directly. finish_output() copies
+// a fresh result into `into` when it could not.
+Tensor make_output(const Shape& shape, DType dtype, Device device, const Tensor* into,
+                   std::initializer_list<const Tensor*> inputs, const char* name) {
+  if (!into) return Tensor::empty(shape, dtype, device);
+  KILN_CHECK(into->shape() == shape, ShapeError, "{}_: output with shape {} doesn't match the broadcast shape {}",
+             name, shape_str(into->shape()), shape_str(shape));
+  KILN_CHECK(can_cast(dtype, into->dtype()), DTypeError,
+             "{}_: result type {} can't be cast to the desired output type {}", name, dtype_name(dtype),
+             dtype_name(into->dtype()));
+  check_writable(*into, name);
+  bool direct = into->dtype() == dtype;
+  for (const Tensor* in : inputs)
+    direct = direct && (!overlaps(*into, *in) || (in->offset() == into->offset() && in->strides() == into->strides()));
+  return direct ? *into : Tensor::empty(shape, dtype, device);
+}
+
+void finish_output(const Tensor& out, const Tensor* into) {
+  if (!into) return;
+  if (out.is_same(*into)) into->bump_version();
+  else copy_into(*into, out);
+}
+
+void copy_into(const Tensor& dst, const Tensor& src_in) {
+  check_writable(dst, "copy_");
+  KILN_CHECK(dst.device() == src_in.device(), DeviceError,
+             "copy_: cannot copy a {} tensor into a {} tensor", src_in.device().str(), dst.device().str());
+  Tensor src = src_in;
+  // Reading and writing overlapping memory in one pass would read values
+  // already overwritten; go through a temporary then.
+  if (overlaps(dst, src) && !(dst.offset() == src.offset() && dst.strides() == src.strides() &&
+                              dst.shape() == src.shape() && dst.dtype() == src.dtype()))
+    src = clone(src);
+  Tensor expanded = expand(src, dst.shape());
+  auto plan = plan_loop<2>(dst.shape(), {&dst, &expanded});
+  dispatch_all(dst.dtype(), "copy_", [&]<class R>() {
+    dispatch_all(src.dtype(), "copy_", [&]<class T>() {
+      run_loop(plan, [](const std::array<char*, 2>& p, const std::array<int64_t, 2>& s, int64_t n) {
+        unary_inner<R, T>(p, s, n, [](compute_t<T> x) { return x; });
+      });
+    });
+  });
+  dst.bump_version();
+}
+
+void fill(const Tensor& dst, Scalar value) {
+  check_writable(dst, "fill_");
+  auto plan = plan_loop<1>(dst.shape(), {&dst});
+  dispatch_all(dst.dtype(), "fill_", [&]<class T>() {
+    const T v = value.to<T>();
+    run_loop(plan, [v](const std::array<char*, 1>& p, const std::array<int64_t, 1>& s, int64_t n) {
+      if (s[0] == sizeof(T)) {
+        T* o = reinterpret_cast<T*>(p[0]);
+        for (int64_t i = 0; i < n; ++i) o[i] = v;
+      } else {
+        for (int64_t i = 0; i < n; ++i) *reinterpret_cast<T*>(p[0] + i * s[0]) = v;
+      }
+    });
+  });
+  dst.bump_version();
+}
+
+Tensor to_dtype(const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  Tensor out = Tensor::empty(x.shape(), dtype, x.device());
+  copy_into(out, x);
+  return out;
+}
+
+Tensor clone(const Tensor& x) {
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  copy_into(out, x);
+  return out;
+}
+
+Tensor contiguous(const Tensor& x) { return x.is_contiguous() ? x : clone(x); }
+
+}  // namespace kiln
