@@ -1,5 +1,6 @@
 #pragma once
 // The C++ umbrella header: tensors, every eager op, and the runtime knobs.
+#include "eager/autograd.h"
 #include "eager/ops.h"
 #include "eager/tensor.h"
 #include "runtime/allocator.h"

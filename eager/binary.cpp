@@ -1,4 +1,5 @@
 // Elementwise binary ops (the rows of binary_ops.def), where and clamp.
+#include "eager/autograd.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
 #include "eager/scalar_math.h"
@@ -47,31 +48,85 @@ Tensor binary_op(const Operand& a, const Operand& b, const char* name, const Ten
 }
 }  // namespace
 
-#define KILN_BINARY(NAME, KIND, EXPR)                                                   \
-  namespace {                                                                           \
-  struct NAME##_fn {                                                                    \
-    template <class C>                                                                  \
-    KILN_INLINE auto operator()(C a, C b) const {                                       \
-      return EXPR;                                                                      \
-    }                                                                                   \
-  };                                                                                    \
-  }                                                                                     \
-  Tensor NAME(const Tensor& a, const Tensor& b) {                                       \
-    return binary_op<BinaryKind::KIND, NAME##_fn>({&a, {}}, {&b, {}}, #NAME);           \
-  }                                                                                     \
-  Tensor NAME(const Tensor& a, Scalar b) {                                              \
-    return binary_op<BinaryKind::KIND, NAME##_fn>({&a, {}}, {nullptr, b}, #NAME);       \
-  }                                                                                     \
-  Tensor NAME(Scalar a, const Tensor& b) {                                              \
-    return binary_op<BinaryKind::KIND, NAME##_fn>({nullptr, a}, {&b, {}}, #NAME);       \
-  }                                                                                     \
-  Tensor& NAME##_(Tensor& self, const Tensor& b) {                                      \
-    binary_op<BinaryKind::KIND, NAME##_fn>({&self, {}}, {&b, {}}, #NAME, &self);        \
-    return self;                                                                        \
-  }                                                                                     \
-  Tensor& NAME##_(Tensor& self, Scalar b) {                                             \
-    binary_op<BinaryKind::KIND, NAME##_fn>({&self, {}}, {nullptr, b}, #NAME, &self);    \
-    return self;                                                                        \
+namespace {
+// Backward helpers for the GRAD columns.
+Tensor pow_grad_base(const Tensor& g, const Tensor& a, const Tensor& b) {
+  // b * a^(b-1) is 0 * inf at a = 0, b = 0; the derivative there is 0.
+  return where(eq(b, 0), 0, g * b * pow(a, b - 1));
+}
+
+Tensor pow_grad_exponent(const Tensor& g, const Tensor& a, const Tensor& b, const Tensor& y) {
+  return where(logical_and(eq(a, 0), ge(b, 0)), 0, g * y * log(a));
+}
+
+// d max(a, b) / da: 1 where a wins, 1/2 on ties (as PyTorch splits them).
+Tensor max_grad(const Tensor& g, const Tensor& a, const Tensor& b) {
+  return where(gt(a, b), g, where(eq(a, b), g * 0.5, 0));
+}
+
+// The backward rule and the forward for each operand form. A Python number
+// operand is saved as a 0-d tensor of the result's dtype, so the rules see
+// tensors only.
+template <BinaryKind kind, class Fn, class Rule>
+Tensor binary_autograd(const Operand& a, const Operand& b, const char* name, Rule rule) {
+  Tensor ta = a.tensor ? *a.tensor : Tensor(), tb = b.tensor ? *b.tensor : Tensor();
+  return autograd_op(
+      name, {ta, tb}, [&] { return binary_op<kind, Fn>(a, b, name); },
+      [&](const Tensor& y) {
+        auto saved = [&](const Operand& op) { return SavedTensor(op.tensor ? *op.tensor : scalar_tensor(*op.scalar, y.dtype())); };
+        return rule(saved(a), saved(b), y);
+      });
+}
+
+template <BinaryKind kind, class Fn, class Rule>
+Tensor& binary_inplace(Tensor& self, const Operand& b, const char* name, bool rule_reads_a, Rule rule) {
+  check_inplace(self, name);
+  Tensor tb = b.tensor ? *b.tensor : Tensor();
+  if (!should_record({self, tb})) {
+    binary_op<kind, Fn>({&self, {}}, b, name, &self);
+    return self;
+  }
+  SavedTensor sa(rule_reads_a ? clone(self) : Tensor());  // self's value before the write
+  {
+    NoGradGuard no_grad;
+    binary_op<kind, Fn>({&self, {}}, b, name, &self);
+  }
+  SavedTensor sb(b.tensor ? *b.tensor : scalar_tensor(*b.scalar, self.dtype()));
+  record(name, self, {self, tb}, rule(sa, sb, self));
+  return self;
+}
+}  // namespace
+
+#define KILN_BINARY(NAME, KIND, EXPR, GRAD_A, GRAD_B)                                               \
+  namespace {                                                                                       \
+  struct NAME##_fn {                                                                                \
+    template <class C>                                                                              \
+    KILN_INLINE auto operator()(C a, C b) const {                                                   \
+      return EXPR;                                                                                  \
+    }                                                                                               \
+  };                                                                                                \
+  BackwardFn NAME##_backward(SavedTensor a, SavedTensor b, SavedTensor y) {                         \
+    return [=](const Tensor& g, const Needs& need) -> Grads {                                       \
+      return {need[0] ? Tensor(GRAD_A) : Tensor(), need[1] ? Tensor(GRAD_B) : Tensor()};            \
+    };                                                                                              \
+  }                                                                                                 \
+  }                                                                                                 \
+  Tensor NAME(const Tensor& a, const Tensor& b) {                                                   \
+    return binary_autograd<BinaryKind::KIND, NAME##_fn>({&a, {}}, {&b, {}}, #NAME, NAME##_backward); \
+  }                                                                                                 \
+  Tensor NAME(const Tensor& a, Scalar b) {                                                          \
+    return binary_autograd<BinaryKind::KIND, NAME##_fn>({&a, {}}, {nullptr, b}, #NAME, NAME##_backward); \
+  }                                                                                                 \
+  Tensor NAME(Scalar a, const Tensor& b) {                                                          \
+    return binary_autograd<BinaryKind::KIND, NAME##_fn>({nullptr, a}, {&b, {}}, #NAME, NAME##_backward); \
+  }                                                                                                 \
+  Tensor& NAME##_(Tensor& self, const Tensor& b) {                                                  \
+    return binary_inplace<BinaryKind::KIND, NAME##_fn>(self, {&b, {}}, #NAME,                       \
+                                                       mentions(#GRAD_A #GRAD_B, 'a'), NAME##_backward); \
+  }                                                                                                 \
+  Tensor& NAME##_(Tensor& self, Scalar b) {                                                         \
+    return binary_inplace<BinaryKind::KIND, NAME##_fn>(self, {nullptr, b}, #NAME,                   \
+                                                       mentions(#GRAD_A #GRAD_B, 'a'), NAME##_backward); \
   }
 #include "eager/binary_ops.def"
 #undef KILN_BINARY
@@ -87,15 +142,30 @@ Tensor bitwise_not(const Tensor& x) {
 
 Tensor clamp(const Tensor& x, std::optional<Scalar> lo, std::optional<Scalar> hi) {
   KILN_CHECK(lo || hi, ValueError, "clamp: at least one of min and max must be given");
-  Tensor out = x;
-  if (lo) out = maximum(out, *lo);
-  if (hi) out = minimum(out, *hi);
-  return lo || hi ? out : clone(x);
+  return autograd_op(
+      "clamp", {x},
+      [&] {
+        Tensor out = x;
+        if (lo) out = maximum(out, *lo);
+        if (hi) out = minimum(out, *hi);
+        return out;
+      },
+      [&](const Tensor&) {
+        SavedTensor sx(x);
+        return BackwardFn([=](const Tensor& g, const Needs&) -> Grads {
+          // The gradient passes where x is inside [lo, hi], bounds included, as in PyTorch.
+          Tensor inside = ones_like(g, DType::Bool);
+          if (lo) inside = logical_and(inside, ge(sx, *lo));
+          if (hi) inside = logical_and(inside, le(sx, *hi));
+          return {where(inside, g, 0)};
+        });
+      });
 }
 
 // ---- where ----
 
-Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+namespace {
+Tensor where_kernel(const Tensor& cond, const Tensor& a, const Tensor& b) {
   KILN_CHECK(cond.dtype() == DType::Bool, DTypeError,
              "where: condition must be a bool tensor, got {}", dtype_name(cond.dtype()));
   DType dtype = result_type({{&a, {}}, {&b, {}}});
@@ -113,6 +183,18 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
     });
   });
   return out;
+}
+}  // namespace
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  return autograd_op(
+      "where", {a, b}, [&] { return where_kernel(cond, a, b); },
+      [&](const Tensor&) {
+        SavedTensor c(cond);
+        return BackwardFn([c](const Tensor& g, const Needs& need) -> Grads {
+          return {need[0] ? where(c, g, 0) : Tensor(), need[1] ? where(c, 0, g) : Tensor()};
+        });
+      });
 }
 
 namespace {

@@ -13,12 +13,12 @@ namespace kiln {
 // ---- elementwise ----
 // NAME_(self, ...) are the in-place forms: the result is written into self,
 // whose shape and dtype category must hold it.
-#define KILN_UNARY(NAME, KIND, EXPR) \
+#define KILN_UNARY(NAME, KIND, EXPR, ...) \
   Tensor NAME(const Tensor& x);      \
   Tensor& NAME##_(Tensor& self);
 #include "eager/unary_ops.def"
 #undef KILN_UNARY
-#define KILN_BINARY(NAME, KIND, EXPR)             \
+#define KILN_BINARY(NAME, KIND, EXPR, ...)             \
   Tensor NAME(const Tensor& a, const Tensor& b);  \
   Tensor NAME(const Tensor& a, Scalar b);         \
   Tensor NAME(Scalar a, const Tensor& b);        \

@@ -1,5 +1,6 @@
 #include "eager/tensor.h"
 
+#include "eager/autograd.h"
 #include "eager/ops.h"
 
 namespace kiln {
@@ -73,24 +74,25 @@ namespace {
 // result must not need broadcasting beyond self's shape, nor a dtype category
 // self cannot hold.
 void inplace_result(Tensor& self, const Tensor& result, const char* op) {
+  // self takes over result's history (see copy_).
   KILN_CHECK(result.shape() == self.shape(), ShapeError,
              "{}: output with shape {} doesn't match the broadcast shape {}", op,
              shape_str(self.shape()), shape_str(result.shape()));
   KILN_CHECK(can_cast(result.dtype(), self.dtype()), DTypeError,
              "{}: result type {} can't be cast to the desired output type {}", op,
              dtype_name(result.dtype()), dtype_name(self.dtype()));
-  copy_into(self, result);
+  self.copy_(result);
 }
 }  // namespace
 
 // ---- method forwarders: the ops live in eager/ops.h ----
-#define KILN_UNARY(NAME, KIND, EXPR)          \
+#define KILN_UNARY(NAME, KIND, EXPR, ...)          \
   Tensor Tensor::NAME() const { return kiln::NAME(*this); } \
   Tensor& Tensor::NAME##_() { return kiln::NAME##_(*this); }
 #include "eager/unary_ops.def"
 #undef KILN_UNARY
 
-#define KILN_BINARY(NAME, KIND, EXPR)                                            \
+#define KILN_BINARY(NAME, KIND, EXPR, ...)                                            \
   Tensor Tensor::NAME(const Tensor& b) const { return kiln::NAME(*this, b); }   \
   Tensor Tensor::NAME(Scalar b) const { return kiln::NAME(*this, b); }          \
   Tensor& Tensor::NAME##_(const Tensor& b) { return kiln::NAME##_(*this, b); }  \
@@ -104,16 +106,25 @@ Tensor Tensor::clamp(std::optional<Scalar> lo, std::optional<Scalar> hi) const {
   return kiln::clamp(*this, lo, hi);
 }
 Tensor& Tensor::clamp_(std::optional<Scalar> lo, std::optional<Scalar> hi) {
-  inplace_result(*this, kiln::clamp(*this, lo, hi), "clamp_");
+  check_inplace(*this, "clamp");
+  // The rule needs the old value, which the write below overwrites.
+  Tensor result = kiln::clamp(should_record({*this}) ? kiln::clone(*this) : *this, lo, hi);
+  inplace_result(*this, result, "clamp_");
   return *this;
 }
 Tensor& Tensor::fill_(Scalar value) {
+  check_inplace(*this, "fill");
   kiln::fill(*this, value);
+  // The old value no longer matters: its history gets no gradient.
+  if (should_record({*this})) record("fill", *this, {*this}, [](const Tensor&, const Needs&) -> Grads { return {Tensor()}; });
   return *this;
 }
 Tensor& Tensor::zero_() { return fill_(0); }
 Tensor& Tensor::copy_(const Tensor& src) {
+  check_inplace(*this, "copy");
   copy_into(*this, src);
+  if (should_record({*this, src}))
+    record("copy", *this, {*this, src}, [](const Tensor& g, const Needs&) -> Grads { return {Tensor(), g}; });
   return *this;
 }
 Tensor Tensor::to(DType dtype) const { return to_dtype(*this, dtype); }

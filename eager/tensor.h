@@ -12,12 +12,16 @@
 
 namespace kiln {
 
+struct AutogradMeta;  // eager/autograd.cpp
+struct Node;
+
 struct TensorImpl {
   std::shared_ptr<Storage> storage;
   Shape shape;
   Strides strides;  // in elements
   int64_t offset = 0;  // in elements
   DType dtype = DType::Float32;
+  std::shared_ptr<AutogradMeta> autograd;  // null until it takes part in autograd
 };
 
 using DimList = std::vector<int64_t>;
@@ -47,6 +51,7 @@ class Tensor {
   bool is_contiguous() const;
   bool is_same(const Tensor& other) const { return impl_ == other.impl_; }
   TensorImpl* impl_ptr() const { return impl_.get(); }
+  const std::shared_ptr<TensorImpl>& impl_handle() const { return impl_; }
 
   void* data_ptr() const {
     return static_cast<char*>(impl().storage->data()) + impl().offset * static_cast<int64_t>(itemsize());
@@ -70,13 +75,29 @@ class Tensor {
 
   std::string str() const;  // PyTorch-style repr: tensor([...], dtype=...)
 
+  // ---- autograd (eager/autograd.h) ----
+  bool requires_grad() const;
+  // Only on leaves, and only floating dtypes can require grad.
+  Tensor& requires_grad_(bool requires_grad = true);
+  // The accumulated gradient of a leaf (undefined until backward reaches it).
+  Tensor grad() const;
+  void set_grad(const Tensor& grad) const;
+  bool is_leaf() const;  // not the result of a recorded op
+  // The recorded op that produced this tensor (null for leaves).
+  std::shared_ptr<Node> grad_fn() const;
+  // Shares storage, without history.
+  Tensor detach() const;
+  // Keep .grad on a non-leaf too.
+  void retain_grad() const;
+  void backward(const Tensor& grad_output = {}, bool retain_graph = false) const;
+
   // ---- op methods; each forwards to the free function in eager/ops.h ----
-#define KILN_UNARY(NAME, KIND, EXPR) \
+#define KILN_UNARY(NAME, KIND, EXPR, ...) \
   Tensor NAME() const;               \
   Tensor& NAME##_();
 #include "eager/unary_ops.def"
 #undef KILN_UNARY
-#define KILN_BINARY(NAME, KIND, EXPR)   \
+#define KILN_BINARY(NAME, KIND, EXPR, ...)   \
   Tensor NAME(const Tensor& b) const;   \
   Tensor NAME(Scalar b) const;          \
   Tensor& NAME##_(const Tensor& b);     \

@@ -1,5 +1,6 @@
 // Elementwise unary ops: the rows of unary_ops.def become kernels here, on
 // the strided loop engine of loops.h.
+#include "eager/autograd.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
 #include "eager/scalar_math.h"
@@ -34,19 +35,60 @@ Tensor unary_op(const Tensor& x, const char* name, const Tensor* into = nullptr)
 }
 }  // namespace
 
-#define KILN_UNARY(NAME, KIND, EXPR)                                       \
-  namespace {                                                              \
-  struct NAME##_fn {                                                       \
-    template <class C>                                                     \
-    KILN_INLINE C operator()(C x) const {                                  \
-      return EXPR;                                                         \
-    }                                                                      \
-  };                                                                       \
-  }                                                                        \
-  Tensor NAME(const Tensor& x) { return unary_op<UnaryKind::KIND, NAME##_fn>(x, #NAME); } \
-  Tensor& NAME##_(Tensor& self) {                                          \
-    unary_op<UnaryKind::KIND, NAME##_fn>(self, #NAME, &self);              \
-    return self;                                                           \
+namespace {
+// Backward helpers for the GRAD column.
+Tensor gelu_grad(const Tensor& g, const Tensor& x) {
+  constexpr double kInvSqrt2 = 0.70710678118654752440, kInvSqrt2Pi = 0.39894228040143267794;
+  Tensor cdf = (erf(x * kInvSqrt2) + 1) * 0.5;
+  return g * (cdf + x * exp(x * x * -0.5) * kInvSqrt2Pi);
+}
+
+Tensor gelu_tanh_grad(const Tensor& g, const Tensor& x) {
+  constexpr double kSqrt2OverPi = 0.79788456080286535588, kCoeff = 0.044715;
+  Tensor t = tanh((x + x * x * x * kCoeff) * kSqrt2OverPi);
+  Tensor inner_grad = (x * x * (3 * kCoeff) + 1) * kSqrt2OverPi;
+  return g * ((t + 1) * 0.5 + x * (1 - t * t) * inner_grad * 0.5);
+}
+
+Tensor silu_grad(const Tensor& g, const Tensor& x) {
+  Tensor s = sigmoid(x);
+  return g * s * (x * (1 - s) + 1);
+}
+}  // namespace
+
+// Each row: the kernel functor, the op with its backward rule (x and y are
+// SavedTensors, so the rule keeps only what GRAD names), and the in-place
+// form, which keeps a copy of self's old value only when GRAD reads x.
+#define KILN_UNARY(NAME, KIND, EXPR, GRAD)                                                 \
+  namespace {                                                                              \
+  struct NAME##_fn {                                                                       \
+    template <class C>                                                                     \
+    KILN_INLINE C operator()(C x) const {                                                  \
+      return EXPR;                                                                         \
+    }                                                                                      \
+  };                                                                                       \
+  BackwardFn NAME##_backward(SavedTensor x, SavedTensor y) {                               \
+    return [=](const Tensor& g, const Needs&) -> Grads { return {GRAD}; };                 \
+  }                                                                                        \
+  }                                                                                        \
+  Tensor NAME(const Tensor& x) {                                                           \
+    return autograd_op(                                                                    \
+        #NAME, {x}, [&] { return unary_op<UnaryKind::KIND, NAME##_fn>(x, #NAME); },         \
+        [&](const Tensor& y) { return NAME##_backward(x, y); });                           \
+  }                                                                                        \
+  Tensor& NAME##_(Tensor& self) {                                                          \
+    check_inplace(self, #NAME);                                                            \
+    if (!should_record({self})) {                                                          \
+      unary_op<UnaryKind::KIND, NAME##_fn>(self, #NAME, &self);                            \
+      return self;                                                                         \
+    }                                                                                      \
+    SavedTensor x(mentions(#GRAD, 'x') ? clone(self) : Tensor());                         \
+    {                                                                                      \
+      NoGradGuard no_grad;                                                                 \
+      unary_op<UnaryKind::KIND, NAME##_fn>(self, #NAME, &self);                            \
+    }                                                                                      \
+    record(#NAME, self, {self}, NAME##_backward(x, self));                                 \
+    return self;                                                                           \
   }
 #include "eager/unary_ops.def"
 #undef KILN_UNARY

@@ -5,6 +5,7 @@ this module adds the PyTorch-style Python surface: sizes given as varargs,
 ``tensor()`` from nested lists, dtype objects and ``device=`` arguments.
 """
 import builtins as _builtins
+import functools as _functools
 
 import numpy as _np
 
@@ -60,6 +61,15 @@ multiply, subtract, greater, less = mul, sub, gt, lt  # noqa: F821
 
 # ---- creation ----
 
+def _creation(fn):
+    """Adds PyTorch's ``requires_grad=`` keyword to a creation function."""
+    @_functools.wraps(fn)
+    def wrapper(*args, requires_grad=False, **kwargs):
+        out = fn(*args, **kwargs)
+        return out.requires_grad_() if requires_grad else out
+    return wrapper
+
+
 def _size(size):
     if len(size) == 1 and not isinstance(size[0], (_builtin_int, _np.integer)):
         size = tuple(size[0])
@@ -70,42 +80,51 @@ def _device(device, op):
     _C._check_device(device, op)
 
 
+@_creation
 def zeros(*size, dtype=None, device=None):
     _device(device, "zeros")
     return _C._full(_size(size), 0, dtype or float32)
 
 
+@_creation
 def ones(*size, dtype=None, device=None):
     _device(device, "ones")
     return _C._full(_size(size), 1, dtype or float32)
 
 
+@_creation
 def empty(*size, dtype=None, device=None):
     _device(device, "empty")
     return _C._empty(_size(size), dtype)
 
 
+@_creation
 def full(size, fill_value, dtype=None, device=None):
     _device(device, "full")
     return _C._full(_size((size,)), fill_value, dtype)
 
 
+@_creation
 def zeros_like(x, dtype=None, device=None):
     return zeros(x.shape, dtype=dtype or x.dtype, device=device)
 
 
+@_creation
 def ones_like(x, dtype=None, device=None):
     return ones(x.shape, dtype=dtype or x.dtype, device=device)
 
 
+@_creation
 def empty_like(x, dtype=None, device=None):
     return empty(x.shape, dtype=dtype or x.dtype, device=device)
 
 
+@_creation
 def full_like(x, fill_value, dtype=None, device=None):
     return full(x.shape, fill_value, dtype=dtype or x.dtype, device=device)
 
 
+@_creation
 def arange(start, end=None, step=1, dtype=None, device=None):
     _device(device, "arange")
     if end is None:
@@ -113,21 +132,25 @@ def arange(start, end=None, step=1, dtype=None, device=None):
     return _C._arange(start, end, step, dtype)
 
 
+@_creation
 def linspace(start, end, steps, dtype=None, device=None):
     _device(device, "linspace")
     return _C._linspace(start, end, steps, dtype)
 
 
+@_creation
 def eye(n, m=None, dtype=None, device=None):
     _device(device, "eye")
     return _C._eye(n, m, dtype)
 
 
+@_creation
 def rand(*size, dtype=None, device=None):
     _device(device, "rand")
     return _C._rand(_size(size), dtype)
 
 
+@_creation
 def randn(*size, dtype=None, device=None):
     _device(device, "randn")
     return _C._randn(_size(size), dtype)
@@ -142,15 +165,18 @@ def randint(low, high=None, size=None, dtype=None, device=None):
     return _C._randint(low, high, _size((size,)), dtype)
 
 
+@_creation
 def normal(mean, std, size, dtype=None, device=None):
     _device(device, "normal")
     return _C._normal(mean, std, _size((size,)), dtype)
 
 
+@_creation
 def rand_like(x, dtype=None):
     return rand(x.shape, dtype=dtype or x.dtype)
 
 
+@_creation
 def randn_like(x, dtype=None):
     return randn(x.shape, dtype=dtype or x.dtype)
 
@@ -159,6 +185,7 @@ _NUMPY_OF = {bool: _np.bool_, uint8: _np.uint8, int8: _np.int8, int32: _np.int32
              int64: _np.int64, float16: _np.float16, float32: _np.float32, float64: _np.float64}
 
 
+@_creation
 def tensor(data, dtype=None, device=None):
     """A new tensor holding a copy of ``data`` (nested lists, a number, an array or a tensor).
 
@@ -168,7 +195,7 @@ def tensor(data, dtype=None, device=None):
     _device(device, "tensor")
     dtype = _C._to_dtype(dtype)
     if isinstance(data, Tensor):
-        out = data.clone()
+        out = data.detach().clone()
         return out if dtype is None else out.to(dtype)
     if isinstance(data, _np.ndarray):
         array = data
@@ -253,3 +280,8 @@ Tensor.new_tensor = lambda self, data, dtype=None: tensor(data, dtype=dtype or s
 
 dtype.__repr__ = lambda self: self._repr
 dtype.__str__ = dtype.__repr__
+
+from . import autograd  # noqa: E402
+from .autograd import no_grad, enable_grad, set_grad_enabled, is_grad_enabled, value_and_grad  # noqa: E402,F401
+from .autograd import grad_of as grad  # noqa: E402,F401  (JAX's kiln.grad(f); torch's is kiln.autograd.grad)
+from . import nn, optim, data  # noqa: E402,F401

@@ -40,4 +40,10 @@ std::string numpy_dtype_char(DType dtype);
 Tensor getitem(const Tensor& x, py::handle index);
 void setitem(const Tensor& x, py::handle index, py::handle value);
 
+// The binding groups, one file each (module.cpp calls them in order).
+void bind_autograd(py::module_& m);
+void bind_functional(py::module_& m);
+void bind_nn(py::module_& m);
+void bind_optim(py::module_& m);
+
 }  // namespace kiln::python

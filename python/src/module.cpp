@@ -165,7 +165,7 @@ void bind_tensor(py::module_& m) {
       .def("select", &Tensor::select);
 
   // Elementwise methods, generated from the op tables.
-#define KILN_UNARY(NAME, KIND, EXPR)                                   \
+#define KILN_UNARY(NAME, KIND, EXPR, ...)                                   \
   t.def(#NAME, [](const Tensor& x) { return kiln::NAME(x); });          \
   t.def(#NAME "_", [](py::object self) {                                 \
     self.cast<Tensor&>().NAME##_();                                     \
@@ -173,7 +173,7 @@ void bind_tensor(py::module_& m) {
   });
 #include "eager/unary_ops.def"
 #undef KILN_UNARY
-#define KILN_BINARY(NAME, KIND, EXPR)                                                      \
+#define KILN_BINARY(NAME, KIND, EXPR, ...)                                                      \
   t.def(#NAME, [](const Tensor& x, py::handle y) { return binary(x, y, KILN_BINARY_LAMBDAS(NAME)); }); \
   t.def(#NAME "_", [](py::object self, py::handle y) -> py::object {                       \
     py::object r = binary(self.cast<const Tensor&>(), y, KILN_INPLACE_LAMBDAS(NAME));      \
@@ -303,10 +303,10 @@ void bind_tensor(py::module_& m) {
 }
 
 void bind_functions(py::module_& m) {
-#define KILN_UNARY(NAME, KIND, EXPR) m.def(#NAME, [](const Tensor& x) { return kiln::NAME(x); });
+#define KILN_UNARY(NAME, KIND, EXPR, ...) m.def(#NAME, [](const Tensor& x) { return kiln::NAME(x); });
 #include "eager/unary_ops.def"
 #undef KILN_UNARY
-#define KILN_BINARY(NAME, KIND, EXPR)                                       \
+#define KILN_BINARY(NAME, KIND, EXPR, ...)                                       \
   m.def(#NAME, [](py::handle a, py::handle b) -> py::object {               \
     if (py::isinstance<Tensor>(a)) return binary(a.cast<Tensor>(), b, KILN_BINARY_LAMBDAS(NAME)); \
     return binary(to_tensor(b, #NAME), a, KILN_RBINARY_LAMBDAS(NAME), true); \
@@ -453,4 +453,8 @@ PYBIND11_MODULE(_C, m) {
   bind_dtypes(m);
   bind_tensor(m);
   bind_functions(m);
+  bind_autograd(m);    // bind_autograd.cpp
+  bind_functional(m);  // bind_functional.cpp: kiln._C.nn_functional
+  bind_nn(m);          // bind_nn.cpp: safetensors and state helpers
+  bind_optim(m);       // bind_optim.cpp: the optimizers' update steps
 }
