@@ -3,6 +3,7 @@
 # vs PyTorch 1.13), printed and saved to bench/results/<date>-<hostname>.md.
 #
 #   bench/run.sh [--quick] [--no-save] [--out FILE]
+#   bench/run.sh --train [--quick] [--no-save]   (training steps: bench_train.py)
 #
 # Needs ./build configured (scripts/build.sh does it); this script never
 # reconfigures it. KILN_BUILD_JOBS sets the build parallelism (default: nproc).
@@ -29,5 +30,9 @@ fi
 # OpenMP spin-waiting that would steal OpenBLAS's second core.
 export OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE \
        KILN_NUM_THREADS=2
+if [[ "${1:-}" == "--train" ]]; then
+  shift
+  PYTHONPATH="python${PYTHONPATH:+:$PYTHONPATH}" exec /usr/bin/python3 bench/bench_train.py "$@"
+fi
 PYTHONPATH="python${PYTHONPATH:+:$PYTHONPATH}" exec /usr/bin/python3 bench/bench_eager.py \
   --cpp-bench "$BUILD_DIR/bench/cpp/kiln_bench_dispatch" "$@"

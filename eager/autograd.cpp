@@ -32,9 +32,6 @@ struct AutogradMeta {
   std::shared_ptr<Node> grad_fn;  // null for leaves
   std::weak_ptr<Node> accumulator;
   Tensor grad;
-  // Set on outputs of view ops: an in-place write through the view would
-  // change the base's value without its history knowing.
-  bool is_view_of_tracked = false;
 };
 
 namespace {
@@ -118,6 +115,60 @@ bool should_record(const std::vector<Tensor>& inputs) {
   return false;
 }
 
+namespace {
+// The part of a root tensor's memory that a view of it covers, applied to a
+// contiguous gradient of the root's shape.
+struct ViewGeometry {
+  Shape shape;
+  Strides strides;
+  int64_t offset;
+  Tensor of(const Tensor& root_grad) const { return root_grad.as_strided(shape, strides, root_grad.offset() + offset); }
+};
+
+// An in-place write through `view` changed its root's value. As PyTorch's
+// CopySlices: the root's new history takes the written region's gradient
+// from the in-place op (`write`) and the rest from the root's old history;
+// the view becomes a view of the root's new value.
+void rebase_view_write(const Tensor& view, const std::shared_ptr<Node>& write) {
+  Tensor root(view.impl_handle()->view_base);
+  ViewGeometry region{view.shape(), view.strides(), view.offset() - root.offset()};
+  KILN_CHECK(root.is_contiguous(), Error,
+             "in-place operation through a view (shape {}) of a non-contiguous tensor (shape {}, strides {}) "
+             "whose gradient is tracked is not supported; .clone() the tensor first",
+             shape_str(view.shape()), shape_str(root.shape()), shape_str(root.strides()));
+  auto copy_slices = std::make_shared<Node>();
+  copy_slices->name = "CopySlices";
+  copy_slices->sequence = g_sequence.fetch_add(1, std::memory_order_relaxed);
+  copy_slices->next = {gradient_edge(root), write};
+  copy_slices->input_shapes = {root.shape(), view.shape()};
+  copy_slices->input_dtypes = {root.dtype(), view.dtype()};
+  copy_slices->backward = [region](const Tensor& g, const Needs& need) -> Grads {
+    Tensor rest = clone(g);  // contiguous, offset 0: the root's layout
+    Tensor written = need[1] ? clone(region.of(rest)) : Tensor();
+    region.of(rest).fill_(0);
+    return {need[0] ? rest : Tensor(), written};
+  };
+  AutogradMeta& root_meta = ensure_meta(root);
+  root_meta.requires_grad = true;
+  root_meta.grad_fn = copy_slices;
+
+  auto view_of_root = std::make_shared<Node>();
+  view_of_root->name = "AsStridedBackward";
+  view_of_root->sequence = g_sequence.fetch_add(1, std::memory_order_relaxed);
+  view_of_root->next = {copy_slices};
+  view_of_root->input_shapes = {root.shape()};
+  view_of_root->input_dtypes = {root.dtype()};
+  Shape root_shape = root.shape();
+  DType root_dtype = root.dtype();
+  view_of_root->backward = [region, root_shape, root_dtype](const Tensor& g, const Needs&) -> Grads {
+    Tensor full = zeros(root_shape, root_dtype);
+    region.of(full).copy_(g);
+    return {full};
+  };
+  ensure_meta(view).grad_fn = view_of_root;
+}
+}  // namespace
+
 void record(const char* op, const Tensor& output, const std::vector<Tensor>& inputs, BackwardFn backward) {
   // Integer and bool results (comparisons, argmax, ...) carry no gradient.
   if (!is_floating(output.dtype())) return;
@@ -125,31 +176,30 @@ void record(const char* op, const Tensor& output, const std::vector<Tensor>& inp
   node->name = backward_name(op);
   node->backward = std::move(backward);
   node->sequence = g_sequence.fetch_add(1, std::memory_order_relaxed);
-  bool is_view = false;
+  bool in_place = false;
   for (const Tensor& in : inputs) {
     node->next.push_back(gradient_edge(in));
     node->input_shapes.push_back(in.defined() ? in.shape() : Shape{});
     node->input_dtypes.push_back(in.defined() ? in.dtype() : DType::Float32);
-    if (in.defined() && tracked(in) && !in.is_same(output) && in.storage() == output.storage()) is_view = true;
+    in_place = in_place || in.is_same(output);
   }
   AutogradMeta& m = ensure_meta(output);
   m.requires_grad = true;
-  m.grad_fn = std::move(node);
-  m.is_view_of_tracked = m.is_view_of_tracked || is_view;
+  m.grad_fn = node;
+  if (in_place && output.impl_handle()->view_base) rebase_view_write(output, node);
 }
 
 void check_inplace(const Tensor& self, const char* op) {
   if (!t_grad_mode) return;
-  const AutogradMeta* m = meta_of(self);
-  if (!m || !m->requires_grad) return;
-  KILN_CHECK(m->grad_fn, Error,
-             "{}_: a leaf tensor that requires grad (shape {}) is used in an in-place operation; "
-             "wrap the update in kiln.no_grad() (C++: kiln::NoGradGuard), or write x = x.{}(...)",
-             op, shape_str(self.shape()), op);
-  KILN_CHECK(!m->is_view_of_tracked, Error,
-             "{}_: in-place operation on a view (shape {}) of a tensor whose gradient is tracked is not "
-             "supported; use an out-of-place op (e.g. kiln.where or cat) instead",
-             op, shape_str(self.shape()));
+  auto leaf_error = [&](const Tensor& t, const char* what) {
+    const AutogradMeta* m = meta_of(t);
+    KILN_CHECK(!m || !m->requires_grad || m->grad_fn, Error,
+               "{}_: {} that requires grad (shape {}) is used in an in-place operation; wrap the update in "
+               "kiln.no_grad() (C++: kiln::NoGradGuard), or write x = x.{}(...)",
+               op, what, shape_str(t.shape()), op);
+  };
+  leaf_error(self, "a leaf tensor");
+  if (const auto& base = self.impl_handle()->view_base) leaf_error(Tensor(base), "a view of a leaf tensor");
 }
 
 Tensor sum_to(const Tensor& grad, const Shape& shape) {
@@ -403,6 +453,7 @@ std::shared_ptr<Node> Tensor::grad_fn() const {
 Tensor Tensor::detach() const {
   auto impl = std::make_shared<TensorImpl>(*impl_ptr());
   impl->autograd = nullptr;
+  impl->view_base = nullptr;  // writes to it are invisible to autograd, and saved tensors must not pin a graph
   return Tensor(std::move(impl));
 }
 

@@ -113,9 +113,10 @@ Tensor autograd_op(const char* op, std::initializer_list<Tensor> inputs, Compute
   return out;
 }
 
-// In-place ops on tensors that take part in autograd: raises for a leaf
-// that requires grad (while grad mode is on) and for a view of a tensor
-// whose history autograd tracks (not supported yet: use an out-of-place op).
+// In-place ops call this before writing: raises for a leaf that requires
+// grad, or a view of one, while grad mode is on. (A write through a view of
+// a non-leaf is recorded: record() gives the viewed tensor a CopySlices
+// history.)
 void check_inplace(const Tensor& self, const char* op);
 
 // Sums `grad` down to `shape` (undoing broadcasting) and expands a smaller

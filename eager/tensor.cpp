@@ -42,6 +42,7 @@ Tensor Tensor::as_strided(Shape shape, Strides strides, int64_t offset) const {
   impl->strides = std::move(strides);
   impl->offset = offset;
   impl->dtype = dtype();
+  impl->view_base = impl_->view_base ? impl_->view_base : impl_;
   return Tensor(std::move(impl));
 }
 

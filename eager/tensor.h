@@ -22,6 +22,9 @@ struct TensorImpl {
   int64_t offset = 0;  // in elements
   DType dtype = DType::Float32;
   std::shared_ptr<AutogradMeta> autograd;  // null until it takes part in autograd
+  // The tensor whose memory this one views (the root, never itself a view),
+  // so that autograd can route an in-place write through a view to it.
+  std::shared_ptr<TensorImpl> view_base;
 };
 
 using DimList = std::vector<int64_t>;

@@ -277,9 +277,9 @@ void setitem(const Tensor& x, py::handle index, py::handle value) {
   Tensor v = to_tensor(value, "__setitem__");
   if (!plan.advanced) {
     if (v.dim() == 0 && v.numel() == 1 && !py::isinstance<Tensor>(value)) {
-      fill(plan.view, *to_scalar(value));
+      Tensor(plan.view).fill_(*to_scalar(value));
     } else {
-      copy_into(plan.view, v);
+      Tensor(plan.view).copy_(v);
     }
     return;
   }
