@@ -1,5 +1,6 @@
 // Type promotion, copies and dtype conversion, and the output rules every
 // elementwise kernel shares (in-place writes, overlap).
+#include "eager/autograd.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
 
@@ -128,17 +129,37 @@ void fill(const Tensor& dst, Scalar value) {
   dst.bump_version();
 }
 
+namespace {
+// The gradient of a copy is the gradient (the engine casts it back to the
+// input's dtype).
+BackwardFn identity_back() {
+  return [](const Tensor& g, const Needs&) -> Grads { return {g}; };
+}
+}  // namespace
+
+// Converting to the same dtype, or making a contiguous tensor contiguous,
+// returns the input itself, as in PyTorch, so no op is recorded then.
 Tensor to_dtype(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
-  Tensor out = Tensor::empty(x.shape(), dtype, x.device());
-  copy_into(out, x);
-  return out;
+  return autograd_op(
+      "to_copy", {x},
+      [&] {
+        Tensor out = Tensor::empty(x.shape(), dtype, x.device());
+        copy_into(out, x);
+        return out;
+      },
+      [](const Tensor&) { return identity_back(); });
 }
 
 Tensor clone(const Tensor& x) {
-  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  copy_into(out, x);
-  return out;
+  return autograd_op(
+      "clone", {x},
+      [&] {
+        Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+        copy_into(out, x);
+        return out;
+      },
+      [](const Tensor&) { return identity_back(); });
 }
 
 Tensor contiguous(const Tensor& x) { return x.is_contiguous() ? x : clone(x); }

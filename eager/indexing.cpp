@@ -12,6 +12,7 @@
 #include <limits>
 #include <numeric>
 
+#include "eager/autograd.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
 
@@ -308,31 +309,59 @@ Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index) {
              shape_str(index.shape()));
   const Tensor x = as_1d(x_in);
   dim = wrap_dim(dim, x.dim(), "index_select");
-  Shape shape = x.shape();
-  shape[dim] = index.numel();
-  Strides base_strides = x.strides();
-  base_strides[dim] = 0;
-  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
-  Tensor base = x.as_strided(shape, std::move(base_strides), x.offset());
-  Tensor idx = place(as_1d(index), shape, dim);
-  take(out, base, idx,
-       {x.strides()[dim] * static_cast<int64_t>(x.itemsize()), x.shape()[dim], false,
-        "index_select", dim});
-  return x_in.dim() == 0 ? out.reshape(index.shape()) : out;
+  return autograd_op(
+      "index_select", {x_in},
+      [&] {
+        Shape shape = x.shape();
+        shape[dim] = index.numel();
+        Strides base_strides = x.strides();
+        base_strides[dim] = 0;
+        Tensor out = Tensor::empty(shape, x.dtype(), x.device());
+        Tensor base = x.as_strided(shape, std::move(base_strides), x.offset());
+        Tensor idx = place(as_1d(index), shape, dim);
+        take(out, base, idx,
+             {x.strides()[dim] * static_cast<int64_t>(x.itemsize()), x.shape()[dim], false,
+              "index_select", dim});
+        return x_in.dim() == 0 ? out.reshape(index.shape()) : out;
+      },
+      [&](const Tensor&) {
+        // Rows picked several times get the sum of their gradients: a
+        // scatter_add of g's rows, the index broadcast along the other dims.
+        return BackwardFn([shape = x.shape(), in_shape = x_in.shape(), dim, sidx = SavedTensor(index)](
+                              const Tensor& g, const Needs&) -> Grads {
+          Shape gshape = shape;
+          gshape[dim] = sidx.get().numel();
+          Shape ishape(shape.size(), 1);
+          ishape[dim] = gshape[dim];
+          Tensor idx = expand(reshape(sidx.get(), ishape), gshape);
+          Tensor gx = scatter_add(zeros(shape, g.dtype()), dim, idx, reshape(g, gshape));
+          return {reshape(gx, in_shape)};
+        });
+      });
 }
 
 Tensor gather(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
   const Tensor x = as_1d(x_in), index = as_1d(index_in);
   dim = wrap_dim(dim, x.dim(), "gather");
   check_scatter_shapes("gather", x, dim, index, nullptr);
-  Strides base_strides = x.strides();
-  base_strides[dim] = 0;
-  Tensor out = Tensor::empty(index.shape(), x.dtype(), x.device());
-  Tensor base = x.as_strided(index.shape(), std::move(base_strides), x.offset());
-  take(out, base, index,
-       {x.strides()[dim] * static_cast<int64_t>(x.itemsize()), x.shape()[dim], false, "gather",
-        dim});
-  return index_in.dim() == 0 ? out.reshape({}) : out;
+  return autograd_op(
+      "gather", {x_in},
+      [&] {
+        Strides base_strides = x.strides();
+        base_strides[dim] = 0;
+        Tensor out = Tensor::empty(index.shape(), x.dtype(), x.device());
+        Tensor base = x.as_strided(index.shape(), std::move(base_strides), x.offset());
+        take(out, base, index,
+             {x.strides()[dim] * static_cast<int64_t>(x.itemsize()), x.shape()[dim], false, "gather",
+              dim});
+        return index_in.dim() == 0 ? out.reshape({}) : out;
+      },
+      [&](const Tensor&) {
+        return BackwardFn([shape = x_in.shape(), dim, sidx = SavedTensor(index_in)](const Tensor& g,
+                                                                                    const Needs&) -> Grads {
+          return {scatter_add(zeros(shape, g.dtype()), dim, sidx.get(), g)};
+        });
+      });
 }
 
 Tensor scatter_add(const Tensor& x_in, int64_t dim, const Tensor& index_in, const Tensor& src_in) {
@@ -342,31 +371,54 @@ Tensor scatter_add(const Tensor& x_in, int64_t dim, const Tensor& index_in, cons
   const Tensor x = as_1d(x_in), index = as_1d(index_in), src = as_1d(src_in);
   dim = wrap_dim(dim, x.dim(), "scatter_add");
   check_scatter_shapes("scatter_add", x, dim, index, &src);
-  Tensor out = x.clone();
-  Strides base_strides = out.strides();
-  base_strides[dim] = 0;
-  Tensor base = out.as_strided(index.shape(), std::move(base_strides), out.offset());
-  Tensor plain = src.as_strided(index.shape(), src.strides(), src.offset());
-  const IndexRule rule{out.strides()[dim] * static_cast<int64_t>(out.itemsize()), out.shape()[dim],
-                       false, "scatter_add", dim};
-  // Positions that differ in a dim other than `dim` add into different
-  // elements, so blocks along the largest such dim can run in parallel.
-  int64_t axis = -1;
-  for (int64_t d = 0; d < index.dim(); ++d)
-    if (d != dim && (axis < 0 || index.shape()[d] > index.shape()[axis])) axis = d;
-  const int64_t rows = axis < 0 ? 1 : index.shape()[axis];
-  const int64_t per_row = rows == 0 ? 0 : index.numel() / rows;
-  dispatch_index(index.dtype(), "scatter_add", [&]<class I>() {
-    dispatch_all(out.dtype(), "scatter_add", [&]<class T>() {
-      if (axis < 0) return run_indexed<AddTo<T>, I>(plain, base, index, rule, false);
-      parallel_for(0, rows, std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(per_row, 1)),
-                   [&](int64_t b, int64_t e) {
-                     run_indexed<AddTo<T>, I>(plain.narrow(axis, b, e - b), base.narrow(axis, b, e - b),
-                                              index.narrow(axis, b, e - b), rule, false);
-                   });
-    });
-  });
-  return x_in.dim() == 0 ? out.reshape({}) : out;
+  return autograd_op(
+      "scatter_add", {x_in, src_in},
+      [&] {
+        Tensor out = x.clone();
+        Strides base_strides = out.strides();
+        base_strides[dim] = 0;
+        Tensor base = out.as_strided(index.shape(), std::move(base_strides), out.offset());
+        Tensor plain = src.as_strided(index.shape(), src.strides(), src.offset());
+        const IndexRule rule{out.strides()[dim] * static_cast<int64_t>(out.itemsize()), out.shape()[dim],
+                             false, "scatter_add", dim};
+        // Positions that differ in a dim other than `dim` add into different
+        // elements, so blocks along the largest such dim can run in parallel.
+        int64_t axis = -1;
+        for (int64_t d = 0; d < index.dim(); ++d)
+          if (d != dim && (axis < 0 || index.shape()[d] > index.shape()[axis])) axis = d;
+        const int64_t rows = axis < 0 ? 1 : index.shape()[axis];
+        const int64_t per_row = rows == 0 ? 0 : index.numel() / rows;
+        dispatch_index(index.dtype(), "scatter_add", [&]<class I>() {
+          dispatch_all(out.dtype(), "scatter_add", [&]<class T>() {
+            if (axis < 0) return run_indexed<AddTo<T>, I>(plain, base, index, rule, false);
+            parallel_for(0, rows, std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(per_row, 1)),
+                         [&](int64_t b, int64_t e) {
+                           run_indexed<AddTo<T>, I>(plain.narrow(axis, b, e - b), base.narrow(axis, b, e - b),
+                                                    index.narrow(axis, b, e - b), rule, false);
+                         });
+          });
+        });
+        return x_in.dim() == 0 ? out.reshape({}) : out;
+      },
+      [&](const Tensor&) {
+        // x's gradient passes through; src's is g at the positions its
+        // elements were added to (only its index-shaped corner is read).
+        return BackwardFn([dim, sidx = SavedTensor(index_in), src_shape = src_in.shape()](
+                              const Tensor& g, const Needs& need) -> Grads {
+          Tensor gsrc;
+          if (need[1]) {
+            gsrc = gather(g, dim, sidx.get());
+            if (gsrc.shape() != src_shape) {
+              Tensor full = zeros(src_shape, g.dtype());
+              Tensor corner = full;
+              for (int64_t d = 0; d < gsrc.dim(); ++d) corner = narrow(corner, d, 0, gsrc.shape()[d]);
+              copy_into(corner, gsrc);
+              gsrc = full;
+            }
+          }
+          return {need[0] ? g : Tensor(), gsrc};
+        });
+      });
 }
 
 namespace {
@@ -425,9 +477,19 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, Scalar value) {
              dtype_name(mask.dtype()));
   // torch: the result takes the broadcast shape of x and mask.
   Shape shape = broadcast_shapes(x.shape(), mask.shape(), "masked_fill");
-  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
-  masked_store(out, expand(x, shape), expand(mask, shape), value, "masked_fill");
-  return out;
+  return autograd_op(
+      "masked_fill", {x},
+      [&] {
+        Tensor out = Tensor::empty(shape, x.dtype(), x.device());
+        masked_store(out, expand(x, shape), expand(mask, shape), value, "masked_fill");
+        return out;
+      },
+      [&](const Tensor&) {
+        // Filled elements no longer depend on x.
+        return BackwardFn([smask = SavedTensor(mask)](const Tensor& g, const Needs&) -> Grads {
+          return {masked_fill(g, smask.get(), 0)};
+        });
+      });
 }
 
 Tensor one_hot(const Tensor& index, int64_t num_classes) {
@@ -503,15 +565,48 @@ Tensor nonzero(const Tensor& x_in) {
   return out;
 }
 
-Tensor index(const Tensor& x, const std::vector<Tensor>& indices) {
-  AdvancedPlan plan = plan_advanced(x, indices, "index", /*writes_x=*/false);
-  if (!plan.any) return clone(x);
-  Tensor out = Tensor::empty(plan.shape, x.dtype(), x.device());
-  take(out, plan.base, plan.index, plan.rule);
-  return out;
+namespace {
+// dst[indices] += values (broadcast to the indexed shape), repeated positions
+// accumulating: the gradient of advanced indexing.
+void index_accumulate(const Tensor& dst, const std::vector<Tensor>& indices, const Tensor& values) {
+  AdvancedPlan plan = plan_advanced(dst, indices, "index", /*writes_x=*/false);
+  if (!plan.any) {
+    copy_into(dst, add(dst, values));
+    return;
+  }
+  Tensor v = expand(values.to(dst.dtype()), plan.shape);
+  dispatch_index(plan.index.dtype(), "index", [&]<class I>() {
+    dispatch_floating(dst.dtype(), "index", [&]<class T>() {
+      run_indexed<AddTo<T>, I>(v, plan.base, plan.index, plan.rule, plan.unique);
+    });
+  });
 }
 
-void index_put_(const Tensor& x, const std::vector<Tensor>& indices, const Tensor& values) {
+std::vector<SavedTensor> save_all(const std::vector<Tensor>& ts) { return {ts.begin(), ts.end()}; }
+std::vector<Tensor> get_all(const std::vector<SavedTensor>& ts) { return {ts.begin(), ts.end()}; }
+}  // namespace
+
+Tensor index(const Tensor& x, const std::vector<Tensor>& indices) {
+  return autograd_op(
+      "index", {x},
+      [&] {
+        AdvancedPlan plan = plan_advanced(x, indices, "index", /*writes_x=*/false);
+        if (!plan.any) return clone(x);
+        Tensor out = Tensor::empty(plan.shape, x.dtype(), x.device());
+        take(out, plan.base, plan.index, plan.rule);
+        return out;
+      },
+      [&](const Tensor&) {
+        return BackwardFn([shape = x.shape(), sidx = save_all(indices)](const Tensor& g, const Needs&) -> Grads {
+          Tensor gx = zeros(shape, g.dtype());
+          index_accumulate(gx, get_all(sidx), g);
+          return {gx};
+        });
+      });
+}
+
+namespace {
+void index_put_impl(const Tensor& x, const std::vector<Tensor>& indices, const Tensor& values) {
   if (try_masked_put(x, indices, values)) {
     x.bump_version();
     return;
@@ -534,6 +629,33 @@ void index_put_(const Tensor& x, const std::vector<Tensor>& indices, const Tenso
     });
   });
   x.bump_version();
+}
+}  // namespace
+
+void index_put_(const Tensor& x, const std::vector<Tensor>& indices, const Tensor& values) {
+  check_inplace(x, "index_put");
+  if (!should_record({x, values})) return index_put_impl(x, indices, values);
+  // Indices that live in x's storage would see the write; keep them as they were.
+  std::vector<Tensor> kept = indices;
+  for (Tensor& t : kept)
+    if (t.defined() && t.storage() == x.storage()) t = clone(t);
+  {
+    NoGradGuard no_grad;
+    index_put_impl(x, kept, values);
+  }
+  // The overwritten elements of x get no gradient; values get g at the
+  // positions they were written to (summed over their broadcast).
+  record("index_put", x, {x, values},
+         [sidx = save_all(kept)](const Tensor& g, const Needs& need) -> Grads {
+           const std::vector<Tensor> idx = get_all(sidx);
+           Tensor gx, gv;
+           if (need[0]) {
+             gx = clone(g);
+             index_put_(gx, idx, zeros({}, g.dtype()));
+           }
+           if (need[1]) gv = index(g, idx);
+           return {gx, gv};
+         });
 }
 
 }  // namespace kiln

@@ -2,6 +2,7 @@
 // copy each input into a narrowed slice of one output.
 #include <numeric>
 
+#include "eager/autograd.h"
 #include "eager/ops.h"
 
 namespace kiln {
@@ -50,14 +51,40 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
     shape[dim] += x.shape()[dim];
   }
 
-  Tensor out = Tensor::empty(std::move(shape), dtype, ref->device());
-  int64_t at = 0;
-  for (const Tensor& x : xs) {
-    if (skipped_in_cat(x)) continue;
-    const int64_t len = x.shape()[dim];
-    if (len > 0) copy_into(out.narrow(dim, at, len), x);
-    at += len;
+  auto compute = [&] {
+    Tensor out = Tensor::empty(std::move(shape), dtype, ref->device());
+    int64_t at = 0;
+    for (const Tensor& x : xs) {
+      if (skipped_in_cat(x)) continue;
+      const int64_t len = x.shape()[dim];
+      if (len > 0) copy_into(out.narrow(dim, at, len), x);
+      at += len;
+    }
+    return out;
+  };
+  // autograd_op() takes a fixed list of inputs; this is its body for a vector.
+  if (!should_record(xs)) return compute();
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = compute();
   }
+  // Each input's gradient is its slice of g (a view, no copy).
+  std::vector<int64_t> sizes;
+  for (const Tensor& x : xs) sizes.push_back(skipped_in_cat(x) ? -1 : x.shape()[dim]);
+  record("cat", out, xs, [sizes, dim](const Tensor& g, const Needs& need) -> Grads {
+    Grads grads(sizes.size());
+    int64_t at = 0;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      if (sizes[i] < 0) {
+        if (need[i]) grads[i] = zeros({0}, g.dtype());
+        continue;
+      }
+      if (need[i]) grads[i] = narrow(g, dim, at, sizes[i]);
+      at += sizes[i];
+    }
+    return grads;
+  });
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "eager/autograd.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
 #include "runtime/parallel.h"
@@ -198,7 +199,8 @@ void integer_matmul(const Tensor& a_in, const Tensor& b_in, Tensor& out, const S
 
 }  // namespace
 
-Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+namespace {
+Tensor matmul_impl(const Tensor& a_in, const Tensor& b_in) {
   KILN_CHECK(a_in.dim() >= 1 && b_in.dim() >= 1, ShapeError,
              "matmul: both arguments need at least 1 dim, got shapes {} and {}", shape_str(a_in.shape()),
              shape_str(b_in.shape()));
@@ -247,6 +249,50 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   if (!a_vec) result_shape.push_back(m);
   if (!b_vec) result_shape.push_back(n);
   return view(out, result_shape);
+}
+
+Tensor mT(const Tensor& t) { return transpose(t, -2, -1); }
+
+// d(a @ b) = g @ b^T for a and a^T @ g for b, on the operands as matrices
+// (a 1-D a is a row, a 1-D b a column, and g gets those dims back). The
+// engine sums the result over batch dims an operand was broadcast along.
+BackwardFn matmul_back(const Tensor& a, const Tensor& b) {
+  // Each gradient needs only the other operand.
+  SavedTensor sa = b.requires_grad() ? SavedTensor(a) : SavedTensor();
+  SavedTensor sb = a.requires_grad() ? SavedTensor(b) : SavedTensor();
+  return [sa, sb, a_vec = a.dim() == 1, b_vec = b.dim() == 1, a_batched = a.dim() > 2,
+          b_matrix = b.dim() <= 2](const Tensor& g_in, const Needs& need) -> Grads {
+    Tensor g = g_in;
+    if (b_vec) g = unsqueeze(g, g.dim());
+    if (a_vec) g = unsqueeze(g, g.dim() - 1);
+    Tensor ga, gb;
+    if (need[0]) {
+      Tensor b = sb.get();
+      if (b_vec) b = unsqueeze(b, 1);
+      ga = matmul(g, mT(b));
+      if (a_vec) ga = squeeze(ga, -2);
+    }
+    if (need[1]) {
+      Tensor a = sa.get();
+      if (a_vec) a = unsqueeze(a, 0);
+      if (a_batched && b_matrix) {
+        // A batched a times one matrix b (a linear layer): b's gradient sums
+        // over the batch, which one tall product does: (k, batch * m) @ (batch * m, n).
+        const int64_t rows = numel(Shape(a.shape().begin(), a.shape().end() - 1));
+        gb = matmul(mT(reshape(a, {rows, a.size(-1)})), reshape(g, {rows, g.size(-1)}));
+      } else {
+        gb = matmul(mT(a), g);
+      }
+      if (b_vec) gb = squeeze(gb, -1);
+    }
+    return {ga, gb};
+  };
+}
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  return autograd_op("matmul", {a, b}, [&] { return matmul_impl(a, b); },
+                     [&](const Tensor&) { return matmul_back(a, b); });
 }
 
 }  // namespace kiln

@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 
+#include "eager/autograd.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
 #include "eager/scalar_math.h"
@@ -176,11 +177,31 @@ Tensor param(const Tensor& p, const Shape& shape, double fallback, const char* w
 
 }  // namespace
 
-Tensor softmax(const Tensor& x, int64_t dim) { return softmax_impl<false>(x, dim, "softmax"); }
-Tensor log_softmax(const Tensor& x, int64_t dim) { return softmax_impl<true>(x, dim, "log_softmax"); }
+// Both rules need only the output y: softmax's Jacobian is diag(y) - y y^T,
+// log_softmax's is I - softmax (= exp(y)) along the dim.
+Tensor softmax(const Tensor& x, int64_t dim) {
+  return autograd_op(
+      "softmax", {x}, [&] { return softmax_impl<false>(x, dim, "softmax"); },
+      [&](const Tensor& out) {
+        return BackwardFn([y = SavedTensor(out), dim](const Tensor& g, const Needs&) -> Grads {
+          return {mul(y.get(), sub(g, sum(mul(g, y.get()), {dim}, /*keepdim=*/true)))};
+        });
+      });
+}
 
-Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
-                  double eps) {
+Tensor log_softmax(const Tensor& x, int64_t dim) {
+  return autograd_op(
+      "log_softmax", {x}, [&] { return softmax_impl<true>(x, dim, "log_softmax"); },
+      [&](const Tensor& out) {
+        return BackwardFn([y = SavedTensor(out), dim](const Tensor& g, const Needs&) -> Grads {
+          return {sub(g, mul(exp(y.get()), sum(g, {dim}, /*keepdim=*/true)))};
+        });
+      });
+}
+
+namespace {
+Tensor layer_norm_impl(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                       double eps) {
   KILN_CHECK(x.device().is_cpu(), DeviceError, "layer_norm: expected a cpu tensor, got {}", x.device().str());
   KILN_CHECK(is_floating(x.dtype()), DTypeError, "layer_norm: expected a floating point tensor, got {}",
              dtype_name(x.dtype()));
@@ -219,6 +240,48 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     });
   });
   return out;
+}
+
+// With xhat = (x - mean) * rstd over the normalized dims and y = xhat * w + b:
+// dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w;
+// dw = sum(g * xhat) and db = sum(g) over the leading dims. The statistics
+// are recomputed rather than saved from the fused kernel.
+BackwardFn layer_norm_back(const Tensor& x, int64_t nd, const Tensor& weight, double eps) {
+  DimList dims, lead;
+  for (int64_t d = 0; d < x.dim(); ++d) (d < x.dim() - nd ? lead : dims).push_back(d);
+  return [sx = SavedTensor(x), sw = SavedTensor(weight), dims, lead, eps](const Tensor& g,
+                                                                          const Needs& need) -> Grads {
+    const Tensor& x = sx;
+    // An empty normalized_shape normalizes each element alone: xhat is 0.
+    Tensor xhat = zeros_like(x), rstd = full_like(x, 1.0 / std::sqrt(eps));
+    if (!dims.empty()) {
+      rstd = rsqrt(add(var(x, dims, /*correction=*/0, /*keepdim=*/true), eps));
+      xhat = mul(sub(x, mean(x, dims, /*keepdim=*/true)), rstd);
+    }
+    auto over_lead = [&](const Tensor& t) { return lead.empty() ? t : sum(t, lead); };
+    Tensor gx, gw, gb;
+    if (need[0]) {
+      Tensor gxhat = sw.defined() ? mul(g, sw.get()) : g;
+      Tensor centered = dims.empty() ? zeros_like(gxhat)
+                                     : sub(sub(gxhat, mean(gxhat, dims, true)),
+                                           mul(xhat, mean(mul(gxhat, xhat), dims, true)));
+      gx = mul(rstd, centered);
+    }
+    if (need[1]) gw = over_lead(mul(g, xhat));
+    if (need[2]) gb = over_lead(g);
+    return {gx, gw, gb};
+  };
+}
+}  // namespace
+
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                  double eps) {
+  return autograd_op(
+      "native_layer_norm", {x, weight, bias},
+      [&] { return layer_norm_impl(x, normalized_shape, weight, bias, eps); },
+      [&](const Tensor&) {
+        return layer_norm_back(x, static_cast<int64_t>(normalized_shape.size()), weight, eps);
+      });
 }
 
 }  // namespace kiln

@@ -13,6 +13,7 @@
 #include <memory>
 #include <numeric>
 
+#include "eager/autograd.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
 #include "eager/scalar_math.h"
@@ -648,19 +649,7 @@ Tensor var_impl(const Tensor& x, const DimList& dims, int64_t correction, bool k
   });
 }
 
-}  // namespace
-
-Tensor var(const Tensor& x, DimList dims, int64_t correction, bool keepdim) {
-  return var_impl(x, dims, correction, keepdim, false, "var");
-}
-
-Tensor std(const Tensor& x, DimList dims, int64_t correction, bool keepdim) {
-  return var_impl(x, dims, correction, keepdim, true, "std");
-}
-
-Tensor logsumexp(const Tensor& x_in, DimList dims, bool keepdim) {
-  // Integers promote to the default float dtype, as in current PyTorch.
-  Tensor x = is_floating(x_in.dtype()) ? x_in : to_dtype(x_in, DType::Float32);
+Tensor logsumexp_impl(const Tensor& x, const DimList& dims, bool keepdim) {
   return centered(x, dims, keepdim, "logsumexp", -INFINITY,
                   [&]<class T>(const Slab& s, const T* px, T* out, int64_t) {
     using Op = SumOp<T>;
@@ -677,6 +666,111 @@ Tensor logsumexp(const Tensor& x_in, DimList dims, bool keepdim) {
         px, out, s.A, s.R, s.B, m, [](T v, Acc c) { return Acc(kexp(C(v) - C(c))); },
         [m](Acc v, int64_t i) { return convert<T>(std::log(v) + m[i]); });
   });
+}
+
+}  // namespace
+
+// ---- backward rules ----
+namespace {
+
+// The keepdim shape of a reduction of `shape` over `dims`: a gradient
+// reshaped to it broadcasts against the input.
+Shape kept_shape(const Shape& shape, const DimList& dims, const char* op) {
+  return reduced_shape(shape, reduced_mask(dims, static_cast<int64_t>(shape.size()), op), true);
+}
+
+// The gradient of every output element, spread over the input elements it reduced.
+Tensor unreduce(const Tensor& g, const Shape& kept, const Shape& shape) { return expand(reshape(g, kept), shape); }
+
+BackwardFn sum_back(const Tensor& x, const DimList& dims, double scale, const char* op) {
+  return [kept = kept_shape(x.shape(), dims, op), shape = x.shape(), scale](const Tensor& g, const Needs&) -> Grads {
+    return {unreduce(scale == 1.0 ? g : mul(g, scale), kept, shape)};
+  };
+}
+
+// d var / dx = 2 (x - mean) / (n - correction); std divides that by 2 std.
+BackwardFn var_back(const Tensor& x, const DimList& dims, int64_t correction, const Tensor& std_out,
+                    const char* op) {
+  const int64_t n = reduced_count(x.shape(), reduced_mask(dims, x.dim(), op));
+  const double denom = static_cast<double>(std::max<int64_t>(n - correction, 0));
+  return [kept = kept_shape(x.shape(), dims, op), sx = SavedTensor(x), sstd = SavedTensor(std_out), dims,
+          denom](const Tensor& g, const Needs&) -> Grads {
+    const Tensor& x = sx;
+    Tensor centered = sub(x, mean(x, dims, /*keepdim=*/true));
+    Tensor scale = sstd.defined() ? div(g, mul(sstd.get(), denom)) : mul(g, 2.0 / denom);
+    return {mul(centered, reshape(scale, kept))};
+  };
+}
+
+// d logsumexp / dx = exp(x - logsumexp): the softmax over the reduced dims.
+BackwardFn logsumexp_back(const Tensor& x, const DimList& dims, const Tensor& out) {
+  return [kept = kept_shape(x.shape(), dims, "logsumexp"), sx = SavedTensor(x), sout = SavedTensor(out)](
+             const Tensor& g, const Needs&) -> Grads {
+    return {mul(exp(sub(sx.get(), reshape(sout.get(), kept))), reshape(g, kept))};
+  };
+}
+
+// The product of the other elements: out / x without zeros; with one zero,
+// the product of the rest at the zero and 0 elsewhere; with more, 0.
+BackwardFn prod_back(const Tensor& x, const DimList& dims) {
+  return [kept = kept_shape(x.shape(), dims, "prod"), sx = SavedTensor(x), dims](const Tensor& g,
+                                                                                  const Needs&) -> Grads {
+    const Tensor& x = sx;
+    Tensor is_zero = eq(x, 0);
+    Tensor nonzero_x = where(is_zero, Scalar(1), x);
+    Tensor p = prod(nonzero_x, dims, /*keepdim=*/true);
+    Tensor zeros_count = sum(is_zero, dims, /*keepdim=*/true);
+    Tensor at_single_zero = where(logical_and(is_zero, eq(zeros_count, 1)), p, Scalar(0));
+    Tensor others = where(eq(zeros_count, 0), div(p, nonzero_x), at_single_zero);
+    return {mul(others, reshape(g, kept))};
+  };
+}
+
+// amax/amin: the gradient is split evenly among the elements equal to the
+// result (PyTorch's rule for ties).
+BackwardFn extreme_back(const Tensor& x, const DimList& dims, const Tensor& out, const char* op) {
+  return [kept = kept_shape(x.shape(), dims, op), sx = SavedTensor(x), sout = SavedTensor(out), dims](
+             const Tensor& g, const Needs&) -> Grads {
+    Tensor hit = eq(sx.get(), reshape(sout.get(), kept));
+    Tensor share = div(reshape(g, kept), sum(hit, dims, /*keepdim=*/true));
+    return {where(hit, share, Scalar(0))};
+  };
+}
+
+// max/min(dim): the gradient goes to the element each index picked.
+BackwardFn indexed_back(const Tensor& x, int64_t dim, bool keepdim, const Tensor& indices, const char* op) {
+  dim = wrap_dim(dim, x.dim(), op);
+  return [shape = x.shape(), dim, unsqueeze_dim = !keepdim && x.dim() > 0, sidx = SavedTensor(indices)](
+             const Tensor& g, const Needs&) -> Grads {
+    Tensor idx = sidx, src = g;
+    if (unsqueeze_dim) {
+      idx = unsqueeze(idx, dim);
+      src = unsqueeze(src, dim);
+    }
+    return {scatter_add(zeros(shape, g.dtype()), dim, idx, src)};
+  };
+}
+
+}  // namespace
+
+Tensor var(const Tensor& x, DimList dims, int64_t correction, bool keepdim) {
+  return autograd_op(
+      "var", {x}, [&] { return var_impl(x, dims, correction, keepdim, false, "var"); },
+      [&](const Tensor&) { return var_back(x, dims, correction, Tensor(), "var"); });
+}
+
+Tensor std(const Tensor& x, DimList dims, int64_t correction, bool keepdim) {
+  return autograd_op(
+      "std", {x}, [&] { return var_impl(x, dims, correction, keepdim, true, "std"); },
+      [&](const Tensor& out) { return var_back(x, dims, correction, out, "std"); });
+}
+
+Tensor logsumexp(const Tensor& x_in, DimList dims, bool keepdim) {
+  // Integers promote to the default float dtype, as in current PyTorch.
+  Tensor x = is_floating(x_in.dtype()) ? x_in : to_dtype(x_in, DType::Float32);
+  return autograd_op(
+      "logsumexp", {x}, [&] { return logsumexp_impl(x, dims, keepdim); },
+      [&](const Tensor& out) { return logsumexp_back(x, dims, out); });
 }
 
 namespace {
@@ -833,10 +927,28 @@ std::pair<Tensor, Tensor> arg_extreme(const Tensor& x, std::optional<int64_t> di
 }  // namespace
 
 std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
-  return arg_extreme<true>(x, dim, keepdim, true, "max");
+  Tensor indices;
+  Tensor values = autograd_op(
+      "max", {x},
+      [&] {
+        auto [v, i] = arg_extreme<true>(x, dim, keepdim, true, "max");
+        indices = i;
+        return v;
+      },
+      [&](const Tensor&) { return indexed_back(x, dim, keepdim, indices, "max"); });
+  return {values, indices};
 }
 std::pair<Tensor, Tensor> min(const Tensor& x, int64_t dim, bool keepdim) {
-  return arg_extreme<false>(x, dim, keepdim, true, "min");
+  Tensor indices;
+  Tensor values = autograd_op(
+      "min", {x},
+      [&] {
+        auto [v, i] = arg_extreme<false>(x, dim, keepdim, true, "min");
+        indices = i;
+        return v;
+      },
+      [&](const Tensor&) { return indexed_back(x, dim, keepdim, indices, "min"); });
+  return {values, indices};
 }
 Tensor argmax(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
   return arg_extreme<true>(x, dim, keepdim, false, "argmax").second;
@@ -848,26 +960,46 @@ Tensor argmin(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
 // ---- public ops ----
 
 Tensor sum(const Tensor& x, DimList dims, bool keepdim, std::optional<DType> dtype) {
-  Tensor in = dtype && *dtype != x.dtype() ? to_dtype(x, *dtype) : x;
-  Tensor out = reduce<SumOp, OnEmpty::Identity>(in, dims, keepdim, "sum", any_dtype, ConvertStore{});
-  return dtype ? to_dtype(out, *dtype) : out;
+  return autograd_op(
+      "sum", {x},
+      [&] {
+        Tensor in = dtype && *dtype != x.dtype() ? to_dtype(x, *dtype) : x;
+        Tensor out = reduce<SumOp, OnEmpty::Identity>(in, dims, keepdim, "sum", any_dtype, ConvertStore{});
+        return dtype ? to_dtype(out, *dtype) : out;
+      },
+      [&](const Tensor&) { return sum_back(x, dims, 1.0, "sum"); });
 }
 
 Tensor mean(const Tensor& x, DimList dims, bool keepdim) {
   check_floating(x, "mean");
-  return reduce<SumOp, OnEmpty::Identity>(x, dims, keepdim, "mean", floating_dtype, AverageStore{});
+  return autograd_op(
+      "mean", {x},
+      [&] { return reduce<SumOp, OnEmpty::Identity>(x, dims, keepdim, "mean", floating_dtype, AverageStore{}); },
+      [&](const Tensor&) {
+        const int64_t n = reduced_count(x.shape(), reduced_mask(dims, x.dim(), "mean"));
+        return sum_back(x, dims, 1.0 / static_cast<double>(n), "mean");
+      });
 }
 
 Tensor prod(const Tensor& x, DimList dims, bool keepdim) {
-  return reduce<ProdOp, OnEmpty::Identity>(x, dims, keepdim, "prod", any_dtype, ConvertStore{});
+  return autograd_op(
+      "prod", {x},
+      [&] { return reduce<ProdOp, OnEmpty::Identity>(x, dims, keepdim, "prod", any_dtype, ConvertStore{}); },
+      [&](const Tensor&) { return prod_back(x, dims); });
 }
 
 Tensor amax(const Tensor& x, DimList dims, bool keepdim) {
-  return reduce<MaxOp, OnEmpty::Error>(x, dims, keepdim, "amax", any_dtype, ConvertStore{});
+  return autograd_op(
+      "amax", {x},
+      [&] { return reduce<MaxOp, OnEmpty::Error>(x, dims, keepdim, "amax", any_dtype, ConvertStore{}); },
+      [&](const Tensor& out) { return extreme_back(x, dims, out, "amax"); });
 }
 
 Tensor amin(const Tensor& x, DimList dims, bool keepdim) {
-  return reduce<MinOp, OnEmpty::Error>(x, dims, keepdim, "amin", any_dtype, ConvertStore{});
+  return autograd_op(
+      "amin", {x},
+      [&] { return reduce<MinOp, OnEmpty::Error>(x, dims, keepdim, "amin", any_dtype, ConvertStore{}); },
+      [&](const Tensor& out) { return extreme_back(x, dims, out, "amin"); });
 }
 
 // Other dtypes compare with zero first (NaN is true): one kernel instead of

@@ -1,7 +1,11 @@
-// View ops: new geometry over the same storage, no data copied.
+// View ops: new geometry over the same storage, no data copied. Their
+// backward rules map the gradient back onto the input's geometry; ops
+// composed of other views (narrow, flatten, broadcast_to, transpose) get
+// theirs from the views they call.
 #include <algorithm>
 #include <numeric>
 
+#include "eager/autograd.h"
 #include "eager/ops.h"
 
 namespace kiln {
@@ -61,53 +65,89 @@ std::optional<Strides> view_strides(const Shape& old_shape, const Strides& old_s
   if (view_d != -1) return std::nullopt;
   return strides;
 }
+
+// The rule of every op that only rearranges elements into a new shape.
+BackwardFn reshape_back(const Tensor& x) {
+  return [shape = x.shape()](const Tensor& g, const Needs&) -> Grads { return {reshape(g, shape)}; };
+}
 }  // namespace
 
 Tensor view(const Tensor& x, Shape requested) {
-  Shape shape = infer_shape(requested, x.numel(), "view");
-  auto strides = view_strides(x.shape(), x.strides(), shape);
-  KILN_CHECK(strides, ShapeError,
-             "view: shape {} is not compatible with the input's size {} and strides {} (the "
-             "input is not contiguous); use .reshape(...) instead",
-             shape_str(shape), shape_str(x.shape()), shape_str(x.strides()));
-  return x.as_strided(std::move(shape), std::move(*strides), x.offset());
+  return autograd_op(
+      "view", {x},
+      [&] {
+        Shape shape = infer_shape(requested, x.numel(), "view");
+        auto strides = view_strides(x.shape(), x.strides(), shape);
+        KILN_CHECK(strides, ShapeError,
+                   "view: shape {} is not compatible with the input's size {} and strides {} (the "
+                   "input is not contiguous); use .reshape(...) instead",
+                   shape_str(shape), shape_str(x.shape()), shape_str(x.strides()));
+        return x.as_strided(std::move(shape), std::move(*strides), x.offset());
+      },
+      [&](const Tensor&) { return reshape_back(x); });
 }
 
 Tensor reshape(const Tensor& x, Shape requested) {
-  Shape shape = infer_shape(requested, x.numel(), "reshape");
-  if (auto strides = view_strides(x.shape(), x.strides(), shape))
-    return x.as_strided(std::move(shape), std::move(*strides), x.offset());
-  return view(clone(x), std::move(shape));
+  return autograd_op(
+      "reshape", {x},
+      [&] {
+        Shape shape = infer_shape(requested, x.numel(), "reshape");
+        if (auto strides = view_strides(x.shape(), x.strides(), shape))
+          return x.as_strided(std::move(shape), std::move(*strides), x.offset());
+        return view(clone(x), std::move(shape));
+      },
+      [&](const Tensor&) { return reshape_back(x); });
 }
 
 Tensor permute(const Tensor& x, DimList dims) {
   const int64_t nd = x.dim();
   KILN_CHECK(static_cast<int64_t>(dims.size()) == nd, ShapeError,
              "permute: got {} dims {} for a tensor with {} dims", dims.size(), shape_str(dims), nd);
-  Shape shape(nd);
-  Strides strides(nd);
+  DimList inverse(nd);
   std::vector<bool> seen(nd, false);
   for (int64_t i = 0; i < nd; ++i) {
-    int64_t d = wrap_dim(dims[i], nd, "permute");
-    KILN_CHECK(!seen[d], ShapeError, "permute: dim {} repeats in {}", d, shape_str(dims));
-    seen[d] = true;
-    shape[i] = x.shape()[d];
-    strides[i] = x.strides()[d];
+    dims[i] = wrap_dim(dims[i], nd, "permute");
+    KILN_CHECK(!seen[dims[i]], ShapeError, "permute: dim {} repeats in {}", dims[i], shape_str(dims));
+    seen[dims[i]] = true;
+    inverse[dims[i]] = i;
   }
-  return x.as_strided(std::move(shape), std::move(strides), x.offset());
+  return autograd_op(
+      "permute", {x},
+      [&] {
+        Shape shape(nd);
+        Strides strides(nd);
+        for (int64_t i = 0; i < nd; ++i) {
+          shape[i] = x.shape()[dims[i]];
+          strides[i] = x.strides()[dims[i]];
+        }
+        return x.as_strided(std::move(shape), std::move(strides), x.offset());
+      },
+      [&](const Tensor&) {
+        return BackwardFn([inverse](const Tensor& g, const Needs&) -> Grads { return {permute(g, inverse)}; });
+      });
 }
 
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
+  d0 = wrap_dim(d0, x.dim(), "transpose");  // a 0-d tensor accepts dims 0 and -1
+  d1 = wrap_dim(d1, x.dim(), "transpose");
   DimList dims(x.dim());
   std::iota(dims.begin(), dims.end(), 0);
-  if (x.dim() == 0) {
-    wrap_dim(d0, 0, "transpose");
-    wrap_dim(d1, 0, "transpose");
-    return x.as_strided(x.shape(), x.strides(), x.offset());
-  }
-  std::swap(dims[wrap_dim(d0, x.dim(), "transpose")], dims[wrap_dim(d1, x.dim(), "transpose")]);
+  if (x.dim() > 0) std::swap(dims[d0], dims[d1]);
   return permute(x, dims);
 }
+
+namespace {
+// The gradient of a view that picks part of x: zeros of x's shape with g
+// written into that part (`part` takes the zeros to the view).
+template <class Part>
+BackwardFn pick_back(const Tensor& x, Part part) {
+  return [shape = x.shape(), part](const Tensor& g, const Needs&) -> Grads {
+    Tensor z = zeros(shape, g.dtype());
+    copy_into(part(z), g);
+    return {z};
+  };
+}
+}  // namespace
 
 Tensor slice(const Tensor& x, int64_t dim, std::optional<int64_t> start_opt,
              std::optional<int64_t> stop_opt, int64_t step) {
@@ -119,15 +159,22 @@ Tensor slice(const Tensor& x, int64_t dim, std::optional<int64_t> start_opt,
     if (i < 0) i += size;
     return std::clamp<int64_t>(i, 0, size);
   };
-  int64_t start = start_opt ? clamp_index(*start_opt) : 0;
-  int64_t stop = stop_opt ? clamp_index(*stop_opt) : size;
-  int64_t len = stop > start ? (stop - start + step - 1) / step : 0;
-  Shape shape = x.shape();
-  Strides strides = x.strides();
-  shape[dim] = len;
-  int64_t offset = x.offset() + (len > 0 ? start * strides[dim] : 0);
-  strides[dim] *= step;
-  return x.as_strided(std::move(shape), std::move(strides), offset);
+  const int64_t start = start_opt ? clamp_index(*start_opt) : 0;
+  const int64_t stop = stop_opt ? clamp_index(*stop_opt) : size;
+  return autograd_op(
+      "slice", {x},
+      [&] {
+        const int64_t len = stop > start ? (stop - start + step - 1) / step : 0;
+        Shape shape = x.shape();
+        Strides strides = x.strides();
+        shape[dim] = len;
+        int64_t offset = x.offset() + (len > 0 ? start * strides[dim] : 0);
+        strides[dim] *= step;
+        return x.as_strided(std::move(shape), std::move(strides), offset);
+      },
+      [&](const Tensor&) {
+        return pick_back(x, [=](const Tensor& z) { return slice(z, dim, start, stop, step); });
+      });
 }
 
 Tensor select(const Tensor& x, int64_t dim, int64_t index) {
@@ -137,12 +184,19 @@ Tensor select(const Tensor& x, int64_t dim, int64_t index) {
   KILN_CHECK(index >= -size && index < size, IndexError,
              "index {} is out of bounds for dimension {} with size {}", index, dim, size);
   if (index < 0) index += size;
-  Shape shape = x.shape();
-  Strides strides = x.strides();
-  int64_t offset = x.offset() + index * strides[dim];
-  shape.erase(shape.begin() + dim);
-  strides.erase(strides.begin() + dim);
-  return x.as_strided(std::move(shape), std::move(strides), offset);
+  return autograd_op(
+      "select", {x},
+      [&] {
+        Shape shape = x.shape();
+        Strides strides = x.strides();
+        int64_t offset = x.offset() + index * strides[dim];
+        shape.erase(shape.begin() + dim);
+        strides.erase(strides.begin() + dim);
+        return x.as_strided(std::move(shape), std::move(strides), offset);
+      },
+      [&](const Tensor&) {
+        return pick_back(x, [=](const Tensor& z) { return select(z, dim, index); });
+      });
 }
 
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
@@ -180,7 +234,11 @@ Tensor expand(const Tensor& x, Shape shape) {
     }
   }
   numel(shape);  // throws if the expanded element count overflows
-  return x.as_strided(std::move(shape), std::move(strides), x.offset());
+  return autograd_op(
+      "expand", {x}, [&] { return x.as_strided(std::move(shape), std::move(strides), x.offset()); },
+      [&](const Tensor&) {
+        return BackwardFn([shape = x.shape()](const Tensor& g, const Needs&) -> Grads { return {sum_to(g, shape)}; });
+      });
 }
 
 Tensor broadcast_to(const Tensor& x, Shape shape) { return expand(x, std::move(shape)); }
@@ -194,27 +252,37 @@ std::vector<Tensor> broadcast_tensors(const std::vector<Tensor>& xs) {
 }
 
 Tensor squeeze(const Tensor& x, std::optional<int64_t> dim) {
-  Shape shape;
-  Strides strides;
   std::optional<int64_t> only = dim ? std::optional(wrap_dim(*dim, x.dim(), "squeeze")) : std::nullopt;
-  for (int64_t d = 0; d < x.dim(); ++d) {
-    bool drop = x.shape()[d] == 1 && (!only || *only == d);
-    if (!drop) {
-      shape.push_back(x.shape()[d]);
-      strides.push_back(x.strides()[d]);
-    }
-  }
-  return x.as_strided(std::move(shape), std::move(strides), x.offset());
+  return autograd_op(
+      "squeeze", {x},
+      [&] {
+        Shape shape;
+        Strides strides;
+        for (int64_t d = 0; d < x.dim(); ++d) {
+          bool drop = x.shape()[d] == 1 && (!only || *only == d);
+          if (!drop) {
+            shape.push_back(x.shape()[d]);
+            strides.push_back(x.strides()[d]);
+          }
+        }
+        return x.as_strided(std::move(shape), std::move(strides), x.offset());
+      },
+      [&](const Tensor&) { return reshape_back(x); });
 }
 
 Tensor unsqueeze(const Tensor& x, int64_t dim) {
   dim = wrap_dim(dim, x.dim() + 1, "unsqueeze");
-  Shape shape = x.shape();
-  Strides strides = x.strides();
-  int64_t stride = dim < x.dim() ? shape[dim] * strides[dim] : 1;
-  shape.insert(shape.begin() + dim, 1);
-  strides.insert(strides.begin() + dim, stride);
-  return x.as_strided(std::move(shape), std::move(strides), x.offset());
+  return autograd_op(
+      "unsqueeze", {x},
+      [&] {
+        Shape shape = x.shape();
+        Strides strides = x.strides();
+        int64_t stride = dim < x.dim() ? shape[dim] * strides[dim] : 1;
+        shape.insert(shape.begin() + dim, 1);
+        strides.insert(strides.begin() + dim, stride);
+        return x.as_strided(std::move(shape), std::move(strides), x.offset());
+      },
+      [&](const Tensor&) { return reshape_back(x); });
 }
 
 Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim) {

@@ -8,7 +8,7 @@ PACKAGES=(
   llvm-19-dev libmlir-19-dev mlir-19-tools
   libfmt-dev catch2 libopenblas-dev
   python3-dev python3-numpy python3-pytest pybind11-dev
-  python3-torch
+  python3-torch python3-sklearn
 )
 
 missing=()

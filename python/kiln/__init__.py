@@ -278,6 +278,19 @@ Tensor.new_full = lambda self, size, v, dtype=None: full(size, v, dtype=dtype or
 Tensor.new_tensor = lambda self, data, dtype=None: tensor(data, dtype=dtype or self.dtype)
 
 
+def _deepcopy(self, memo):
+    """A copy with its own storage; a leaf that requires grad stays one (as in torch)."""
+    if id(self) in memo:
+        return memo[id(self)]
+    out = self.detach().clone().requires_grad_(self.requires_grad) if self.is_leaf else self.clone()
+    memo[id(self)] = out
+    return out
+
+
+Tensor.__deepcopy__ = _deepcopy
+Tensor.__copy__ = lambda self: self.detach().requires_grad_(self.requires_grad) if self.is_leaf else self
+
+
 dtype.__repr__ = lambda self: self._repr
 dtype.__str__ = dtype.__repr__
 
