@@ -202,6 +202,19 @@ void check_inplace(const Tensor& self, const char* op) {
   if (const auto& base = self.impl_handle()->view_base) leaf_error(Tensor(base), "a view of a leaf tensor");
 }
 
+void trace_assign(const Tensor& self, Tensor value, const char* op) {
+  TraceHook* trace = active_trace();
+  KILN_CHECK(trace, Error, "{}_: trace_assign outside a trace", op);
+  KILN_CHECK(value.shape() == self.shape(), ShapeError, "{}_: output with shape {} doesn't match the broadcast shape {}",
+             op, shape_str(self.shape()), shape_str(value.shape()));
+  KILN_CHECK(can_cast(value.dtype(), self.dtype()), DTypeError,
+             "{}_: result type {} can't be cast to the desired output type {}", op, dtype_name(value.dtype()),
+             dtype_name(self.dtype()));
+  if (value.dtype() != self.dtype()) value = to_dtype(value, self.dtype());
+  trace->assign(self, value);
+  self.bump_version();
+}
+
 Tensor sum_to(const Tensor& grad, const Shape& shape) {
   if (grad.shape() == shape) return grad;
   const int64_t lead = grad.dim() - static_cast<int64_t>(shape.size());

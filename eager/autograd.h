@@ -27,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "eager/op.h"
 #include "eager/tensor.h"
 
 namespace kiln {
@@ -93,14 +94,22 @@ bool should_record(const std::vector<Tensor>& inputs);
 // the output: the edge to self's previous history is taken first.
 void record(const char* op, const Tensor& output, const std::vector<Tensor>& inputs, BackwardFn backward);
 
-// The one way an op joins autograd: compute() runs with recording off; when
-// should_record(inputs), make_backward(output) builds the rule (saving what
-// it needs) and the output is recorded.
-template <class Compute, class MakeBackward>
-Tensor autograd_op(const char* op, std::initializer_list<Tensor> inputs, Compute&& compute,
+// The one way an op runs: when a trace is active, the tracer records it
+// (attrs() gives its attributes, see KILN_ATTRS) and returns a symbolic
+// result; otherwise compute() runs with recording off. Either way, when
+// should_record(inputs), make_backward(output) builds the backward rule
+// (saving what it needs) and the output joins the autograd graph, so
+// backward() inside a trace records the gradient ops too.
+template <class AttrsFn, class Compute, class MakeBackward>
+Tensor autograd_op(const char* op, std::initializer_list<Tensor> inputs, AttrsFn&& attrs, Compute&& compute,
                    MakeBackward&& make_backward) {
-  if (!should_record(inputs)) return compute();
   Tensor out;
+  if (TraceHook* trace = active_trace()) {
+    out = trace->record(op_def(op), std::vector<Tensor>(inputs), attrs())[0];
+    if (should_record(inputs)) record(op, out, std::vector<Tensor>(inputs), make_backward(out));
+    return out;
+  }
+  if (!should_record(inputs)) return compute();
   {
     NoGradGuard no_grad;
     out = compute();
@@ -113,11 +122,34 @@ Tensor autograd_op(const char* op, std::initializer_list<Tensor> inputs, Compute
   return out;
 }
 
+// The same for an op that has no registered definition yet: it cannot be
+// traced (a TraceError names it).
+template <class Compute, class MakeBackward>
+Tensor autograd_op(const char* op, std::initializer_list<Tensor> inputs, Compute&& compute,
+                   MakeBackward&& make_backward) {
+  KILN_CHECK(!active_trace(), TraceError, "{}: this op cannot be traced yet; call it outside kiln.jit", op);
+  if (!should_record(inputs)) return compute();
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = compute();
+  }
+  for (const Tensor& in : inputs)
+    if (out.is_same(in)) out = out.as_strided(out.shape(), out.strides(), out.offset());
+  record(op, out, std::vector<Tensor>(inputs), make_backward(out));
+  return out;
+}
+
 // In-place ops call this before writing: raises for a leaf that requires
 // grad, or a view of one, while grad mode is on. (A write through a view of
 // a non-leaf is recorded: record() gives the viewed tensor a CopySlices
 // history.)
 void check_inplace(const Tensor& self, const char* op);
+
+// Inside a trace, an in-place op is recorded in its out-of-place form; this
+// makes its result (converted to self's dtype) the value self holds from now
+// on, and bumps self's version as the write would.
+void trace_assign(const Tensor& self, Tensor value, const char* op);
 
 // Sums `grad` down to `shape` (undoing broadcasting) and expands a smaller
 // one up to it.

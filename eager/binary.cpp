@@ -14,15 +14,35 @@ Tensor as_tensor(const Operand& op, DType dtype) {
   return scalar_tensor(*op.scalar, dtype);
 }
 
-template <BinaryKind kind, class Fn>
-Tensor binary_op(const Operand& a, const Operand& b, const char* name, const Tensor* into = nullptr) {
-  DType common = result_type({a, b});
-  DType compute = common;
-  if (kind == BinaryKind::Float && !is_floating(common)) compute = DType::Float32;
+// The dtypes of a binary op, from its operands' promoted dtype: the one it
+// computes in and the one it returns.
+std::pair<DType, DType> binary_dtypes(BinaryKind kind, DType common, const char* name) {
+  DType compute = kind == BinaryKind::Float && !is_floating(common) ? DType::Float32 : common;
   KILN_CHECK(kind != BinaryKind::Bitwise || !is_floating(common), DTypeError,
              "{}: not supported for {} (only integer and bool tensors)", name, dtype_name(common));
-  DType out_dtype =
-      (kind == BinaryKind::Compare || kind == BinaryKind::Logical) ? DType::Bool : compute;
+  DType out = (kind == BinaryKind::Compare || kind == BinaryKind::Logical) ? DType::Bool : compute;
+  return {compute, out};
+}
+
+// The meta rule of every binary op (Python-number operands are traced as
+// 0-d tensors of the promoted dtype, which promote the same way).
+TensorType binary_meta(BinaryKind kind, const TensorType& a, const TensorType& b, const char* name) {
+  DType common = result_type({{a.dtype, a.shape.empty()}, {b.dtype, b.shape.empty()}});
+  KILN_CHECK(a.device == b.device, DeviceError, "{}: expected both tensors on the same device, got {} and {}",
+             name, a.device.str(), b.device.str());
+  return {broadcast_shapes(a.shape, b.shape, name), binary_dtypes(kind, common, name).second, a.device};
+}
+
+TensorType where_meta(const TensorType& cond, const TensorType& a, const TensorType& b) {
+  KILN_CHECK(cond.dtype == DType::Bool, DTypeError, "where: condition must be a bool tensor, got {}",
+             dtype_name(cond.dtype));
+  DType dtype = result_type({{a.dtype, a.shape.empty()}, {b.dtype, b.shape.empty()}});
+  return {broadcast_shapes(broadcast_shapes(cond.shape, a.shape, "where"), b.shape, "where"), dtype, a.device};
+}
+
+template <BinaryKind kind, class Fn>
+Tensor binary_op(const Operand& a, const Operand& b, const char* name, const Tensor* into = nullptr) {
+  auto [compute, out_dtype] = binary_dtypes(kind, result_type({a, b}), name);
   if (a.tensor && b.tensor)
     KILN_CHECK(a.tensor->device() == b.tensor->device(), DeviceError,
                "{}: expected both tensors on the same device, got {} and {}", name,
@@ -67,11 +87,21 @@ Tensor max_grad(const Tensor& g, const Tensor& a, const Tensor& b) {
 // The backward rule and the forward for each operand form. A Python number
 // operand is saved as a 0-d tensor of the result's dtype, so the rules see
 // tensors only.
+// A Python-number operand as the kernel sees it: a 0-d tensor of the
+// promoted dtype (how a trace records it).
+Tensor materialize(const Operand& op, const Operand& other) {
+  return op.tensor ? *op.tensor : scalar_tensor(*op.scalar, result_type({op, other}));
+}
+
 template <BinaryKind kind, class Fn, class Rule>
 Tensor binary_autograd(const Operand& a, const Operand& b, const char* name, Rule rule) {
+  if (active_trace() && (!a.tensor || !b.tensor)) {
+    Tensor ta = materialize(a, b), tb = materialize(b, a);
+    return binary_autograd<kind, Fn>({&ta, {}}, {&tb, {}}, name, rule);
+  }
   Tensor ta = a.tensor ? *a.tensor : Tensor(), tb = b.tensor ? *b.tensor : Tensor();
   return autograd_op(
-      name, {ta, tb}, [&] { return binary_op<kind, Fn>(a, b, name); },
+      name, {ta, tb}, KILN_NO_ATTRS, [&] { return binary_op<kind, Fn>(a, b, name); },
       [&](const Tensor& y) {
         auto saved = [&](const Operand& op) { return SavedTensor(op.tensor ? *op.tensor : scalar_tensor(*op.scalar, y.dtype())); };
         return rule(saved(a), saved(b), y);
@@ -81,6 +111,14 @@ Tensor binary_autograd(const Operand& a, const Operand& b, const char* name, Rul
 template <BinaryKind kind, class Fn, class Rule>
 Tensor& binary_inplace(Tensor& self, const Operand& b, const char* name, bool rule_reads_a, Rule rule) {
   check_inplace(self, name);
+  if (TraceHook* trace = active_trace()) {
+    Tensor tb = materialize(b, {&self, {}});
+    bool grad = should_record({self, tb});
+    SavedTensor sa(grad && rule_reads_a ? clone(self) : Tensor());
+    trace_assign(self, trace->record(op_def(name), {self, tb}, {})[0], name);
+    if (grad) record(name, self, {self, tb}, rule(sa, tb, self));
+    return self;
+  }
   Tensor tb = b.tensor ? *b.tensor : Tensor();
   if (!should_record({self, tb})) {
     binary_op<kind, Fn>({&self, {}}, b, name, &self);
@@ -140,10 +178,20 @@ Tensor bitwise_not(const Tensor& x) {
   return bitwise_xor(x, Scalar(-1));
 }
 
-Tensor clamp(const Tensor& x, std::optional<Scalar> lo, std::optional<Scalar> hi) {
+namespace {
+TensorType clamp_meta(const TensorType& x, std::optional<Scalar> lo, std::optional<Scalar> hi) {
   KILN_CHECK(lo || hi, ValueError, "clamp: at least one of min and max must be given");
+  std::vector<OperandType> operands = {{x.dtype, x.shape.empty()}};
+  for (const auto& bound : {lo, hi})
+    if (bound) operands.push_back({default_dtype(bound->category()), false, true});
+  return {x.shape, binary_dtypes(BinaryKind::Arith, result_type(operands), "clamp").second, x.device};
+}
+}  // namespace
+
+Tensor clamp(const Tensor& x, std::optional<Scalar> lo, std::optional<Scalar> hi) {
+  clamp_meta(type_of(x), lo, hi);
   return autograd_op(
-      "clamp", {x},
+      "clamp", {x}, KILN_ATTRS(lo, hi),
       [&] {
         Tensor out = x;
         if (lo) out = maximum(out, *lo);
@@ -178,9 +226,7 @@ void where_contiguous(T* __restrict out, const uint8_t* __restrict cond, const T
 }
 
 Tensor where_kernel(const Tensor& cond, const Tensor& a, const Tensor& b) {
-  KILN_CHECK(cond.dtype() == DType::Bool, DTypeError,
-             "where: condition must be a bool tensor, got {}", dtype_name(cond.dtype()));
-  DType dtype = result_type({{&a, {}}, {&b, {}}});
+  DType dtype = where_meta(type_of(cond), type_of(a), type_of(b)).dtype;
   Tensor ta = to_dtype(a, dtype), tb = to_dtype(b, dtype);
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), ta.shape(), "where"), tb.shape(), "where");
   Tensor out = Tensor::empty(shape, dtype, a.device());
@@ -207,13 +253,14 @@ Tensor where_kernel(const Tensor& cond, const Tensor& a, const Tensor& b) {
 }
 }  // namespace
 
+
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   return autograd_op(
-      "where", {a, b}, [&] { return where_kernel(cond, a, b); },
+      "where", {cond, a, b}, KILN_NO_ATTRS, [&] { return where_kernel(cond, a, b); },
       [&](const Tensor&) {
         SavedTensor c(cond);
         return BackwardFn([c](const Tensor& g, const Needs& need) -> Grads {
-          return {need[0] ? where(c, g, 0) : Tensor(), need[1] ? where(c, 0, g) : Tensor()};
+          return {Tensor(), need[1] ? where(c, g, 0) : Tensor(), need[2] ? where(c, 0, g) : Tensor()};
         });
       });
 }
@@ -231,6 +278,36 @@ Tensor where(const Tensor& cond, Scalar a, const Tensor& b) { return where(cond,
 Tensor where(const Tensor& cond, Scalar a, Scalar b) {
   DType dtype = result_type({{nullptr, a}, {nullptr, b}});
   return where(cond, scalar_tensor(a, dtype), scalar_tensor(b, dtype));
+}
+
+void register_binary_ops() {
+  register_op({.name = "where",
+               .num_inputs = 3,
+               .meta = [](const std::vector<TensorType>& in, const Attrs&) -> std::vector<TensorType> {
+                 return {where_meta(in[0], in[1], in[2])};
+               },
+               .run = [](const std::vector<Tensor>& in, const Attrs&) -> std::vector<Tensor> {
+                 return {where(in[0], in[1], in[2])};
+               }});
+  register_op({.name = "clamp",
+               .attrs = {{"lo", AttrKind::Scalar, true}, {"hi", AttrKind::Scalar, true}},
+               .meta = [](const std::vector<TensorType>& in, const Attrs& a) -> std::vector<TensorType> {
+                 return {clamp_meta(in[0], a.get<std::optional<Scalar>>("lo"), a.get<std::optional<Scalar>>("hi"))};
+               },
+               .run = [](const std::vector<Tensor>& in, const Attrs& a) -> std::vector<Tensor> {
+                 return {clamp(in[0], a.get<std::optional<Scalar>>("lo"), a.get<std::optional<Scalar>>("hi"))};
+               }});
+#define KILN_BINARY(NAME, KIND, EXPR, GRAD_A, GRAD_B)                                              \
+  register_op({.name = #NAME,                                                                      \
+               .num_inputs = 2,                                                                    \
+               .meta = [](const std::vector<TensorType>& in, const Attrs&) -> std::vector<TensorType> { \
+                 return {binary_meta(BinaryKind::KIND, in[0], in[1], #NAME)};                       \
+               },                                                                                  \
+               .run = [](const std::vector<Tensor>& in, const Attrs&) -> std::vector<Tensor> {      \
+                 return {NAME(in[0], in[1])};                                                      \
+               }});
+#include "eager/binary_ops.def"
+#undef KILN_BINARY
 }
 
 }  // namespace kiln

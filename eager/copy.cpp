@@ -24,17 +24,22 @@ std::optional<DType> combine(std::optional<DType> higher, std::optional<DType> l
 }
 }  // namespace
 
-DType result_type(std::initializer_list<Operand> operands) {
+DType result_type(const std::vector<OperandType>& operands) {
   std::optional<DType> dimensioned, zero_dim, wrapped;
-  for (const Operand& op : operands) {
-    if (op.tensor) {
-      auto& slot = op.tensor->dim() == 0 ? zero_dim : dimensioned;
-      slot = promote_opt(slot, op.tensor->dtype());
-    } else if (op.scalar) {
-      wrapped = promote_opt(wrapped, default_dtype(op.scalar->category()));
-    }
+  for (const OperandType& op : operands) {
+    auto& slot = op.wrapped ? wrapped : op.zero_dim ? zero_dim : dimensioned;
+    slot = promote_opt(slot, op.dtype);
   }
   return combine(dimensioned, combine(zero_dim, wrapped)).value_or(DType::Float32);
+}
+
+DType result_type(std::initializer_list<Operand> operands) {
+  std::vector<OperandType> types;
+  for (const Operand& op : operands) {
+    if (op.tensor) types.push_back({op.tensor->dtype(), op.tensor->dim() == 0, false});
+    else if (op.scalar) types.push_back({default_dtype(op.scalar->category()), false, true});
+  }
+  return result_type(types);
 }
 
 // ---- copies and conversion ----

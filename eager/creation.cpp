@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "eager/loops.h"
+#include "eager/op.h"
 #include "eager/ops.h"
 
 namespace kiln {
@@ -12,6 +13,7 @@ Tensor zeros(Shape shape, DType dtype) { return full(std::move(shape), 0, dtype)
 Tensor ones(Shape shape, DType dtype) { return full(std::move(shape), 1, dtype); }
 
 Tensor full(Shape shape, Scalar value, std::optional<DType> dtype) {
+  if (auto traced = trace_if_active("full", {}, KILN_ATTRS(shape, value, dtype))) return (*traced)[0];
   Tensor out = Tensor::empty(std::move(shape), dtype.value_or(default_dtype(value.category())));
   fill(out, value);
   return out;
@@ -19,9 +21,11 @@ Tensor full(Shape shape, Scalar value, std::optional<DType> dtype) {
 
 Tensor scalar_tensor(Scalar value, std::optional<DType> dtype) { return full({}, value, dtype); }
 
-Tensor zeros_like(const Tensor& x, std::optional<DType> dtype) { return zeros(x.shape(), dtype.value_or(x.dtype())); }
-Tensor ones_like(const Tensor& x, std::optional<DType> dtype) { return ones(x.shape(), dtype.value_or(x.dtype())); }
+Tensor zeros_like(const Tensor& x, std::optional<DType> dtype) { return full_like(x, 0, dtype); }
+Tensor ones_like(const Tensor& x, std::optional<DType> dtype) { return full_like(x, 1, dtype); }
 Tensor full_like(const Tensor& x, Scalar value, std::optional<DType> dtype) {
+  // Traced with x as an operand: x's shape may be dynamic.
+  if (auto traced = trace_if_active("full_like", {x}, KILN_ATTRS(value, dtype))) return (*traced)[0];
   return full(x.shape(), value, dtype.value_or(x.dtype()));
 }
 Tensor empty_like(const Tensor& x, std::optional<DType> dtype) {
@@ -207,5 +211,26 @@ Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype) {
 
 Tensor rand_like(const Tensor& x) { return rand(x.shape(), x.dtype()); }
 Tensor randn_like(const Tensor& x) { return randn(x.shape(), x.dtype()); }
+
+void register_creation_ops() {
+  register_op({.name = "full",
+               .num_inputs = 0,
+               .attrs = {{"shape", AttrKind::Ints}, {"value", AttrKind::Scalar}, {"dtype", AttrKind::DType, true}},
+               .meta = [](const std::vector<TensorType>&, const Attrs& a) -> std::vector<TensorType> {
+                 Scalar value = a.get<Scalar>("value");
+                 return {{a.get<Shape>("shape"), a.get<std::optional<DType>>("dtype").value_or(default_dtype(value.category()))}};
+               },
+               .run = [](const std::vector<Tensor>&, const Attrs& a) -> std::vector<Tensor> {
+                 return {full(a.get<Shape>("shape"), a.get<Scalar>("value"), a.get<std::optional<DType>>("dtype"))};
+               }});
+  register_op({.name = "full_like",
+               .attrs = {{"value", AttrKind::Scalar}, {"dtype", AttrKind::DType, true}},
+               .meta = [](const std::vector<TensorType>& in, const Attrs& a) -> std::vector<TensorType> {
+                 return {{in[0].shape, a.get<std::optional<DType>>("dtype").value_or(in[0].dtype), in[0].device}};
+               },
+               .run = [](const std::vector<Tensor>& in, const Attrs& a) -> std::vector<Tensor> {
+                 return {full_like(in[0], a.get<Scalar>("value"), a.get<std::optional<DType>>("dtype"))};
+               }});
+}
 
 }  // namespace kiln

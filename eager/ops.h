@@ -42,6 +42,14 @@ struct Operand {
   std::optional<Scalar> scalar;
 };
 DType result_type(std::initializer_list<Operand> operands);
+// The same rule from dtypes alone (meta rules): each operand's dtype, and
+// whether it is a 0-d tensor or a wrapped Python number.
+struct OperandType {
+  DType dtype;
+  bool zero_dim = false;
+  bool wrapped = false;
+};
+DType result_type(const std::vector<OperandType>& operands);
 
 // ---- copies and conversion ----
 Tensor to_dtype(const Tensor& x, DType dtype);

@@ -14,6 +14,7 @@ namespace kiln {
 
 struct AutogradMeta;  // eager/autograd.cpp
 struct Node;
+struct TraceValue;  // tracer/: set on symbolic (traced) tensors, which have no storage
 
 struct TensorImpl {
   std::shared_ptr<Storage> storage;
@@ -25,6 +26,7 @@ struct TensorImpl {
   // The tensor whose memory this one views (the root, never itself a view),
   // so that autograd can route an in-place write through a view to it.
   std::shared_ptr<TensorImpl> view_base;
+  std::shared_ptr<TraceValue> traced;
 };
 
 using DimList = std::vector<int64_t>;
@@ -57,6 +59,7 @@ class Tensor {
   const std::shared_ptr<TensorImpl>& impl_handle() const { return impl_; }
 
   void* data_ptr() const {
+    if (impl().traced) needs_value_error();
     return static_cast<char*>(impl().storage->data()) + impl().offset * static_cast<int64_t>(itemsize());
   }
   template <class T>
@@ -163,6 +166,9 @@ class Tensor {
   Tensor operator[](int64_t index) const { return select(0, index); }
 
  private:
+  // TraceError: a kernel (or .item(), .numpy()) asked for the value of a
+  // symbolic tensor while tracing.
+  [[noreturn]] void needs_value_error() const;
   const TensorImpl& impl() const {
     KILN_CHECK(impl_, Error, "use of an undefined tensor");
     return *impl_;

@@ -10,17 +10,22 @@ namespace kiln {
 namespace {
 enum class UnaryKind { Float, Numeric, Rounding };
 
+// The meta rule of every unary op: the input's shape, and a dtype by KIND.
+TensorType unary_meta(UnaryKind kind, const TensorType& x, const char* name) {
+  KILN_CHECK(kind == UnaryKind::Float || x.dtype != DType::Bool, DTypeError,
+             "{}: not supported for bool tensors (convert with .to(kiln.int64) first)", name);
+  DType dtype = kind == UnaryKind::Float && !is_floating(x.dtype) ? DType::Float32 : x.dtype;
+  return {x.shape, dtype, x.device};
+}
+
 template <UnaryKind kind, class Fn>
 Tensor unary_op(const Tensor& x, const char* name, const Tensor* into = nullptr) {
-  Tensor in = x;
+  TensorType type = unary_meta(kind, type_of(x), name);
   if (kind == UnaryKind::Rounding && !is_floating(x.dtype())) {
-    KILN_CHECK(x.dtype() != DType::Bool, DTypeError, "{}: not supported for bool tensors", name);
     if (into) return *into;  // the identity, in place
     return clone(x);
   }
-  if (kind == UnaryKind::Float && !is_floating(x.dtype())) in = to_dtype(x, DType::Float32);
-  KILN_CHECK(kind != UnaryKind::Numeric || x.dtype() != DType::Bool, DTypeError,
-             "{}: not supported for bool tensors (convert with .to(kiln.int64) first)", name);
+  Tensor in = type.dtype == x.dtype() ? x : to_dtype(x, type.dtype);
   Tensor out = make_output(x.shape(), in.dtype(), x.device(), into, {&in}, name);
   auto plan = plan_loop<2>(x.shape(), {&out, &in});
   auto kernel = [&]<class T>() {
@@ -73,11 +78,18 @@ Tensor silu_grad(const Tensor& g, const Tensor& x) {
   }                                                                                        \
   Tensor NAME(const Tensor& x) {                                                           \
     return autograd_op(                                                                    \
-        #NAME, {x}, [&] { return unary_op<UnaryKind::KIND, NAME##_fn>(x, #NAME); },         \
+        #NAME, {x}, KILN_NO_ATTRS, [&] { return unary_op<UnaryKind::KIND, NAME##_fn>(x, #NAME); }, \
         [&](const Tensor& y) { return NAME##_backward(x, y); });                           \
   }                                                                                        \
   Tensor& NAME##_(Tensor& self) {                                                          \
     check_inplace(self, #NAME);                                                            \
+    if (TraceHook* trace = active_trace()) {                                               \
+      bool grad = should_record({self});                                                   \
+      SavedTensor x(grad && mentions(#GRAD, 'x') ? clone(self) : Tensor());                \
+      trace_assign(self, trace->record(op_def(#NAME), {self}, {})[0], #NAME);              \
+      if (grad) record(#NAME, self, {self}, NAME##_backward(x, self));                     \
+      return self;                                                                         \
+    }                                                                                      \
     if (!should_record({self})) {                                                          \
       unary_op<UnaryKind::KIND, NAME##_fn>(self, #NAME, &self);                            \
       return self;                                                                         \
@@ -92,6 +104,19 @@ Tensor silu_grad(const Tensor& g, const Tensor& x) {
   }
 #include "eager/unary_ops.def"
 #undef KILN_UNARY
+
+void register_unary_ops() {
+#define KILN_UNARY(NAME, KIND, EXPR, GRAD)                                                       \
+  register_op({.name = #NAME,                                                                    \
+               .meta = [](const std::vector<TensorType>& in, const Attrs&) -> std::vector<TensorType> { \
+                 return {unary_meta(UnaryKind::KIND, in[0], #NAME)};                              \
+               },                                                                                \
+               .run = [](const std::vector<Tensor>& in, const Attrs&) -> std::vector<Tensor> {    \
+                 return {NAME(in[0])};                                                           \
+               }});
+#include "eager/unary_ops.def"
+#undef KILN_UNARY
+}
 
 Tensor gelu(const Tensor& x, const std::string& approximate) {
   if (approximate == "none") return gelu(x);

@@ -29,6 +29,12 @@ class DeviceError : public Error {
  public:
   using Error::Error;
 };
+// Inside a traced function: something needs a value that exists only when
+// the traced graph runs (.item(), bool(), data-dependent shapes).
+class TraceError : public Error {
+ public:
+  using Error::Error;
+};
 // A value outside an op's domain (negative size, bad argument value).
 class ValueError : public Error {
  public:

@@ -25,8 +25,10 @@ Strides contiguous_strides(const Shape& shape) {
 }
 
 std::string shape_str(const Shape& shape) {
-  if (shape.size() == 1) return fmt::format("({},)", shape[0]);
-  return fmt::format("({})", fmt::join(shape, ", "));
+  std::vector<std::string> dims;
+  for (int64_t d : shape) dims.push_back(is_dynamic(d) ? "?" : std::to_string(d));
+  if (shape.size() == 1) return fmt::format("({},)", dims[0]);
+  return fmt::format("({})", fmt::join(dims, ", "));
 }
 
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
@@ -36,6 +38,11 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
   for (size_t i = 0; i < n; ++i) {
     int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
     int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
+    if (is_dynamic(da) || is_dynamic(db)) {
+      int64_t known = is_dynamic(da) ? db : da;
+      out[i] = is_dynamic(known) || known == 1 ? kDynamic : known;
+      continue;
+    }
     if (da != db && da != 1 && db != 1)
       fail<ShapeError>("{}: shapes {} and {} cannot be broadcast together (dim {}: {} vs {})", op,
                        shape_str(a), shape_str(b), i, da, db);

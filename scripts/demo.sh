@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 ./scripts/build.sh
 PYTHONPATH=python /usr/bin/python3 examples/demo.py
+PYTHONPATH=python /usr/bin/python3 examples/digits.py

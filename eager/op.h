@@ -1,0 +1,163 @@
+#pragma once
+// The op registry and the tracing interface.
+//
+// Every op is defined once, as an OpDef next to its kernel:
+//   - its operands and attribute schema (which the IR's op definitions and
+//     the graph executor are generated from),
+//   - its meta rule: validation and the output types from the input types
+//     and attributes, also for dynamic (`?`) dims. Eager calls the typed
+//     meta function before it allocates; the IR's result-type inference
+//     and the tracer call the same function through the OpDef,
+//   - `run`: the op from generic arguments (the graph executor's entry).
+//
+// When a trace is active on this thread (TraceHook), public ops hand the
+// call to the tracer instead of computing: the tracer records it and
+// returns symbolic tensors (shape, dtype, device, no storage). Eager does
+// not link the tracer or MLIR; it only knows this interface.
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "eager/tensor.h"
+
+namespace kiln {
+
+bool has_dynamic_dims(const Shape& shape);
+
+// What a traced value is known to be.
+struct TensorType {
+  Shape shape;  // dims may be kDynamic
+  DType dtype = DType::Float32;
+  Device device = kCPU;
+  bool operator==(const TensorType&) const = default;
+};
+TensorType type_of(const Tensor& t);
+std::string type_str(const TensorType& t);  // "tensor<4x?xf32>" (MLIR's spelling)
+
+// ---- attributes: an op's non-tensor arguments ----
+enum class AttrKind : uint8_t { Bool, Int, Float, String, Ints, DType, Scalar };
+using AttrValue = std::variant<std::monostate, bool, int64_t, double, std::string, std::vector<int64_t>, DType, Scalar>;
+
+struct AttrSpec {
+  std::string name;
+  AttrKind kind;
+  bool optional = false;  // may be absent (std::nullopt)
+};
+
+class Attrs {
+ public:
+  Attrs() = default;
+  void set(std::string name, AttrValue value) { items_.emplace_back(std::move(name), std::move(value)); }
+  const AttrValue* find(std::string_view name) const;
+  // The value, converted to T (T = std::optional<U> for an optional attribute).
+  template <class T>
+  T get(std::string_view name) const;
+  const std::vector<std::pair<std::string, AttrValue>>& items() const { return items_; }
+  bool operator==(const Attrs&) const = default;
+
+ private:
+  std::vector<std::pair<std::string, AttrValue>> items_;
+};
+
+// make_attrs("dims, keepdim", dims, keepdim): names from a comma-separated
+// list (KILN_ATTRS stringizes the argument names).
+AttrValue to_attr(bool v);
+AttrValue to_attr(int v);
+AttrValue to_attr(int64_t v);
+AttrValue to_attr(double v);
+AttrValue to_attr(const std::string& v);
+AttrValue to_attr(const char* v);
+AttrValue to_attr(const std::vector<int64_t>& v);
+AttrValue to_attr(DType v);
+AttrValue to_attr(Scalar v);
+template <size_t N>
+AttrValue to_attr(const std::array<int64_t, N>& v) {
+  return std::vector<int64_t>(v.begin(), v.end());
+}
+template <class T>
+AttrValue to_attr(const std::optional<T>& v) {
+  return v ? to_attr(*v) : AttrValue{};
+}
+std::vector<std::string> split_attr_names(const char* names);
+template <class... Args>
+Attrs make_attrs(const char* names, const Args&... values) {
+  Attrs attrs;
+  std::vector<std::string> split = split_attr_names(names);
+  size_t i = 0;
+  (attrs.set(split.at(i++), to_attr(values)), ...);
+  return attrs;
+}
+// A lazily built attribute list: built only when a trace records the op.
+#define KILN_ATTRS(...) [&] { return ::kiln::make_attrs(#__VA_ARGS__, __VA_ARGS__); }
+#define KILN_NO_ATTRS [] { return ::kiln::Attrs(); }
+
+// ---- the registry ----
+struct OpDef {
+  std::string name;
+  // Tensor operands: a fixed count, or variadic (cat) when -1. An optional
+  // operand (an absent bias) is passed as an undefined Tensor.
+  int num_inputs = 1;
+  int num_outputs = 1;
+  std::vector<AttrSpec> attrs;
+  std::function<std::vector<TensorType>(const std::vector<TensorType>& inputs, const Attrs& attrs)> meta;
+  std::function<std::vector<Tensor>(const std::vector<Tensor>& inputs, const Attrs& attrs)> run;
+  // Ops with effects the graph must keep in order (random numbers).
+  bool stateful = false;
+};
+
+// The OpDef of `name`; Error naming the op when there is none.
+const OpDef& op_def(std::string_view name);
+const OpDef* find_op(std::string_view name);
+std::vector<const OpDef*> all_ops();  // sorted by name
+// Each op family registers its ops in a function that op.cpp calls once
+// (explicit calls, so a static library keeps every family linked).
+void register_op(OpDef def);
+void register_unary_ops();     // unary.cpp
+void register_binary_ops();    // binary.cpp (with where, clamp)
+void register_creation_ops();  // creation.cpp
+
+// ---- tracing ----
+struct TraceValue;  // the tracer's handle for a symbolic tensor
+
+class TraceHook {
+ public:
+  virtual ~TraceHook() = default;
+  // Records `op(inputs; attrs)` and returns its symbolic outputs. Concrete
+  // inputs (parameters, optimizer state, constants) become captures.
+  virtual std::vector<Tensor> record(const OpDef& op, const std::vector<Tensor>& inputs, const Attrs& attrs) = 0;
+  // An in-place op's result: from now on `target` holds `value`.
+  virtual void assign(const Tensor& target, const Tensor& value) = 0;
+};
+
+// The trace active on this thread, or null.
+TraceHook* active_trace();
+// Sets the active trace for a scope (null: pause tracing, e.g. while the
+// tracer itself runs meta rules).
+class TraceScope {
+ public:
+  explicit TraceScope(TraceHook* hook);
+  ~TraceScope();
+  TraceScope(const TraceScope&) = delete;
+  TraceScope& operator=(const TraceScope&) = delete;
+
+ private:
+  TraceHook* previous_;
+};
+
+// A storage-less tensor standing for a traced value.
+Tensor make_symbolic(const TensorType& type, std::shared_ptr<TraceValue> value);
+inline bool is_symbolic(const Tensor& t) { return t.defined() && t.impl_ptr()->traced != nullptr; }
+inline const std::shared_ptr<TraceValue>& trace_value(const Tensor& t) { return t.impl_ptr()->traced; }
+
+// Runs op `name` through the trace when one is active; else nullopt and the
+// caller computes eagerly. For ops that do not go through autograd_op
+// (creation, in-place writes).
+std::optional<std::vector<Tensor>> trace_if_active(const char* name, const std::vector<Tensor>& inputs,
+                                                   const std::function<Attrs()>& attrs);
+
+}  // namespace kiln
