@@ -292,6 +292,7 @@ void run_engine(const std::vector<std::pair<std::shared_ptr<Node>, Tensor>>& roo
       if (!capture && g.defined())
         if (auto leaf = n->leaf.lock()) {
           Tensor t(leaf);
+          if (TraceHook* trace = active_trace()) trace->grad_will_change(t);
           AutogradMeta& m = ensure_meta(t);
           // A fresh tensor, not an alias of g: rules may return views of
           // their inputs, and the user may modify .grad in place.
@@ -301,6 +302,7 @@ void run_engine(const std::vector<std::pair<std::shared_ptr<Node>, Tensor>>& roo
     } else if (n->backward || n->released) {
       if (auto out = n->retained.lock(); out && g.defined() && !capture) {
         Tensor t(out);
+        if (TraceHook* trace = active_trace()) trace->grad_will_change(t);
         AutogradMeta& m = ensure_meta(t);
         m.grad = m.grad.defined() ? add(m.grad, g) : clone(g);
       }
@@ -450,6 +452,7 @@ void Tensor::set_grad(const Tensor& grad) const {
     KILN_CHECK(grad.shape() == shape(), ShapeError, "grad: assigned a gradient of shape {} to a tensor of shape {}",
                shape_str(grad.shape()), shape_str(shape()));
   if (!grad.defined() && !meta_of(*this)) return;
+  if (TraceHook* trace = active_trace()) trace->grad_will_change(*this);
   ensure_meta(*this).grad = grad;
 }
 

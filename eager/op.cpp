@@ -10,7 +10,10 @@ bool has_dynamic_dims(const Shape& shape) {
   return std::any_of(shape.begin(), shape.end(), is_dynamic);
 }
 
-TensorType type_of(const Tensor& t) { return {t.shape(), t.dtype(), t.device()}; }
+TensorType type_of(const Tensor& t) {
+  if (!t.defined()) return {.defined = false};
+  return {t.shape(), t.dtype(), t.device()};
+}
 
 std::string type_str(const TensorType& t) {
   static const std::map<DType, const char*> mlir_names = {

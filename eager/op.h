@@ -34,9 +34,11 @@ struct TensorType {
   Shape shape;  // dims may be kDynamic
   DType dtype = DType::Float32;
   Device device = kCPU;
+  // False for an absent optional operand (an undefined Tensor, e.g. no bias).
+  bool defined = true;
   bool operator==(const TensorType&) const = default;
 };
-TensorType type_of(const Tensor& t);
+TensorType type_of(const Tensor& t);  // {.defined = false} for an undefined tensor
 std::string type_str(const TensorType& t);  // "tensor<4x?xf32>" (MLIR's spelling)
 
 // ---- attributes: an op's non-tensor arguments ----
@@ -132,6 +134,9 @@ class TraceHook {
   virtual std::vector<Tensor> record(const OpDef& op, const std::vector<Tensor>& inputs, const Attrs& attrs) = 0;
   // An in-place op's result: from now on `target` holds `value`.
   virtual void assign(const Tensor& target, const Tensor& value) = 0;
+  // `leaf.grad` is about to be set (by backward() or by assignment), so the
+  // trace can write the new .grad back after each call.
+  virtual void grad_will_change(const Tensor& leaf) = 0;
 };
 
 // The trace active on this thread, or null.

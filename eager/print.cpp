@@ -117,6 +117,7 @@ void print_rec(const Tensor& x, const Formatter& f, bool summarize, size_t inden
 
 std::string Tensor::str() const {
   if (!defined()) return "tensor(<undefined>)";
+  if (impl().traced) return fmt::format("Tensor(<traced>, shape={}, dtype={})", shape_str(shape()), dtype_name(dtype()));
   std::string body;
   std::vector<std::string> suffix;
   if (numel() == 0) {

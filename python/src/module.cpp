@@ -59,12 +59,20 @@ std::optional<Scalar> opt_scalar(py::handle obj, const char* op) {
 
 }  // namespace
 
+// A shape as Python sees it: a dynamic dim of a traced tensor is None.
+py::tuple shape_tuple(const Shape& shape) {
+  py::tuple out(shape.size());
+  for (size_t i = 0; i < shape.size(); ++i) out[i] = is_dynamic(shape[i]) ? py::none() : py::cast(shape[i]);
+  return out;
+}
+
 void bind_tensor(py::module_& m) {
   py::class_<Tensor> t(m, "Tensor", py::buffer_protocol());
-  t.def_property_readonly("shape", [](const Tensor& x) { return py::tuple(py::cast(x.shape())); })
+  t.def_property_readonly("shape", [](const Tensor& x) { return shape_tuple(x.shape()); })
       .def("size", [](const Tensor& x, py::object dim) -> py::object {
-        if (dim.is_none()) return py::tuple(py::cast(x.shape()));
-        return py::cast(x.size(dim.cast<int64_t>()));
+        if (dim.is_none()) return shape_tuple(x.shape());
+        int64_t d = x.size(dim.cast<int64_t>());
+        return is_dynamic(d) ? py::none() : py::cast(d);
       }, py::arg("dim") = py::none())
       .def("dim", &Tensor::dim)
       .def_property_readonly("ndim", &Tensor::dim)
@@ -425,6 +433,7 @@ void register_errors(py::module_& m) {
   static py::exception<DTypeError> dtype_error(m, "DTypeError", PyExc_TypeError);
   static py::exception<DeviceError> device_error(m, "DeviceError", PyExc_RuntimeError);
   static py::exception<Error> kiln_error(m, "KilnError", PyExc_RuntimeError);
+  static py::exception<TraceError> trace_error(m, "TraceError", kiln_error.ptr());
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -438,6 +447,8 @@ void register_errors(py::module_& m) {
       PyErr_SetString(PyExc_ValueError, e.what());
     } catch (const DeviceError& e) {
       device_error(e.what());
+    } catch (const TraceError& e) {
+      trace_error(e.what());
     } catch (const Error& e) {
       kiln_error(e.what());
     }
@@ -457,4 +468,5 @@ PYBIND11_MODULE(_C, m) {
   bind_functional(m);  // bind_functional.cpp: kiln._C.nn_functional
   bind_nn(m);          // bind_nn.cpp: safetensors and state helpers
   bind_optim(m);       // bind_optim.cpp: the optimizers' update steps
+  bind_jit(m);         // bind_jit.cpp: the tracer behind kiln.jit
 }

@@ -1,0 +1,405 @@
+"""kiln.jit: trace a function into a graph once per signature, then run the graph.
+
+    @kiln.jit
+    def step(x, y):
+        ...
+
+The first call with a new signature traces ``step``: it runs once on
+symbolic tensors (shape, dtype, no values) and every kiln op records itself
+into a graph; later calls with the same signature run that graph on the
+eager kernels without running the Python function. What makes a signature:
+for each argument leaf (tuples, lists, dicts and None are walked through), a
+tensor's shape, dtype and requires_grad; any other value by equality
+(a "static" argument). Dimensions marked dynamic (``dynamic=``, or
+generalized after a shape change) match any size.
+
+Tensors the function uses without receiving them (module parameters,
+optimizer state, closures) are captured by reference: each call reads their
+current values, and in-place updates to them (an optimizer step) are written
+back. Python side effects run once, at trace time.
+"""
+import builtins
+import collections
+import functools
+import os
+import sys
+import threading
+import warnings
+
+from . import _C
+
+__all__ = ["jit", "JitFunction", "config"]
+
+
+class _Config:
+    """Global switches: ``kiln.config.run_functions_eagerly(True)`` makes every jit function plain Python."""
+
+    def __init__(self):
+        self._eager = False
+
+    def run_functions_eagerly(self, enabled=True):
+        self._eager = bool(enabled)
+
+    @property
+    def functions_run_eagerly(self):
+        return self._eager
+
+
+config = _Config()
+
+
+def _log_enabled(topic):
+    return topic in os.environ.get("KILN_LOG", "").replace(" ", "").split(",")
+
+
+# ---------------------------------------------------------------- pytrees
+
+class _Leaf:
+    __slots__ = ()
+
+
+_LEAF = _Leaf()
+
+
+def _flatten(tree, leaves):
+    """Appends tree's leaves to ``leaves`` and returns its structure (hashable)."""
+    if isinstance(tree, tuple) and not hasattr(tree, "_fields"):
+        return ("tuple", tuple(_flatten(x, leaves) for x in tree))
+    if isinstance(tree, list):
+        return ("list", tuple(_flatten(x, leaves) for x in tree))
+    if isinstance(tree, dict):
+        keys = tuple(tree.keys())
+        return ("dict", keys, tuple(_flatten(tree[k], leaves) for k in keys))
+    if tree is None:
+        return ("none",)
+    leaves.append(tree)
+    return ("leaf",)
+
+
+def _unflatten(structure, leaves):
+    it = iter(leaves)
+
+    def build(s):
+        kind = s[0]
+        if kind == "tuple":
+            return tuple(build(x) for x in s[1])
+        if kind == "list":
+            return [build(x) for x in s[1]]
+        if kind == "dict":
+            return {k: build(x) for k, x in zip(s[1], s[2])}
+        if kind == "none":
+            return None
+        return next(it)
+    return build(structure)
+
+
+# ------------------------------------------------------------ signatures
+
+def _describe_leaf(x):
+    if isinstance(x, _C.Tensor):
+        return f"tensor{tuple('?' if d is None else d for d in x.shape)} {x.dtype}" + \
+            (" requires_grad" if x.requires_grad else "")
+    return repr(x)
+
+
+class _Signature:
+    """The cache key of one call: structure, tensor specs (with dynamic dims as None), static values."""
+
+    def __init__(self, structure, leaves, dynamic):
+        self.structure = structure
+        specs = []
+        for i, x in enumerate(leaves):
+            if isinstance(x, _C.Tensor):
+                dims = dynamic.get(i, ())
+                shape = tuple(None if d in dims else s for d, s in enumerate(x.shape))
+                specs.append(("tensor", shape, x.dtype, x.requires_grad))
+            else:
+                try:
+                    hash(x)
+                except TypeError:
+                    raise TypeError(f"kiln.jit: argument leaf {i} ({type(x).__name__}) is neither a tensor nor "
+                                    "hashable, so it cannot be part of the cache key; pass it as a tensor, a "
+                                    "tuple, or capture it in a closure") from None
+                specs.append(("static", type(x), x))
+        self.specs = tuple(specs)
+        self.key = (structure, self.specs)
+
+    def difference(self, other, names):
+        """Why ``other`` (an earlier signature) does not match this one, in words."""
+        if self.structure != other.structure:
+            return "the argument structure changed (a different nesting of tuples/lists/dicts/None)"
+        reasons = []
+        for i, (a, b) in enumerate(zip(self.specs, other.specs)):
+            if a == b:
+                continue
+            name = names[i] if i < len(names) else f"leaf {i}"
+            if a[0] != b[0]:
+                reasons.append(f"argument {name}: a {b[0]} → a {a[0]}")
+            elif a[0] == "tensor":
+                if a[1] != b[1]:
+                    fmt = lambda s: "(" + ", ".join("?" if d is None else str(d) for d in s) + ")"  # noqa: E731
+                    reasons.append(f"argument {name}: shape {fmt(b[1])} → {fmt(a[1])}")
+                if a[2] != b[2]:
+                    reasons.append(f"argument {name}: dtype {b[2]} → {a[2]}")
+                if a[3] != b[3]:
+                    reasons.append(f"argument {name}: requires_grad {b[3]} → {a[3]}")
+            else:
+                reasons.append(f"argument {name}: static value {b[2]!r} → {a[2]!r}")
+        return "; ".join(reasons) or "no difference"
+
+
+def _leaf_names(fn, args, kwargs):
+    """Human names for the flattened leaves: x, batch[0], opts['lr']..."""
+    try:
+        import inspect
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        params = []
+    names = []
+
+    def walk(tree, name):
+        if isinstance(tree, (tuple, list)) and not hasattr(tree, "_fields"):
+            for i, x in enumerate(tree):
+                walk(x, f"{name}[{i}]")
+        elif isinstance(tree, dict):
+            for k, x in tree.items():
+                walk(x, f"{name}[{k!r}]")
+        elif tree is not None:
+            names.append(name)
+    for i, a in enumerate(args):
+        walk(a, params[i] if i < len(params) else f"args[{i}]")
+    for k, v in kwargs.items():
+        walk(v, k)
+    return names
+
+
+# ----------------------------------------------------------------- traces
+
+class _Entry:
+    def __init__(self, signature, traced, out_structure, out_static, reason, trace_ms):
+        self.signature = signature
+        self.traced = traced
+        self.out_structure = out_structure
+        self.out_static = out_static  # per output leaf: None (a tensor result) or ("static", value)
+        self.reason = reason
+        self.trace_ms = trace_ms
+        self.calls = 0
+
+
+def _user_frame(tb):
+    """The innermost traceback frame outside the kiln package: 'file:line'."""
+    kiln_dir = os.path.dirname(os.path.abspath(__file__))
+    where = None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(kiln_dir):
+            where = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
+
+
+class JitFunction:
+    """A function traced once per signature and then run as a graph. Made by :func:`jit`."""
+
+    def __init__(self, fn, dynamic=None, max_traces=8, policy="generalize"):
+        if policy not in ("generalize", "warn", "error"):
+            raise ValueError(f"kiln.jit: policy must be 'generalize', 'warn' or 'error', got {policy!r}")
+        self.fn = fn
+        self.max_traces = max_traces
+        self.policy = policy
+        self._dynamic_spec = dynamic
+        self._dynamic = None  # leaf index -> set of dims, resolved on the first call
+        self._entries = collections.OrderedDict()
+        self._history = []
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, fn)
+
+    # ---- calling
+    def __call__(self, *args, **kwargs):
+        if config.functions_run_eagerly:
+            return self.fn(*args, **kwargs)
+        leaves = []
+        structure = _flatten((args, kwargs), leaves)
+        if self._dynamic is None:
+            self._dynamic = self._resolve_dynamic(args, kwargs, leaves)
+        signature = _Signature(structure, leaves, self._dynamic)
+        entry = self._entries.get(signature.key)
+        if entry is None:
+            with self._lock:
+                entry = self._entries.get(signature.key)
+                if entry is None:
+                    entry, signature = self._retrace(signature, structure, leaves, args, kwargs)
+        entry.calls += 1
+        tensors = [x for x in leaves if isinstance(x, _C.Tensor)]
+        results = iter(entry.traced.run(tensors))
+        out = [next(results) if s is None else s[1] for s in entry.out_static]
+        return _unflatten(entry.out_structure, out)
+
+    def _resolve_dynamic(self, args, kwargs, leaves):
+        """``dynamic=`` as {leaf index: dims}: an int (dim 0 of every tensor), a dict {arg name: dims}
+        or a sequence per positional argument."""
+        spec, out = self._dynamic_spec, {}
+        if spec is None:
+            return out
+        tensor_leaves = [i for i, x in enumerate(leaves) if isinstance(x, _C.Tensor)]
+        if isinstance(spec, int):
+            return {i: {spec % leaves[i].dim()} for i in tensor_leaves if leaves[i].dim() > 0}
+        names = _leaf_names(self.fn, args, kwargs)
+        items = spec.items() if isinstance(spec, dict) else enumerate(spec)
+        for key, dims in items:
+            if dims is None:
+                continue
+            dims = {dims} if isinstance(dims, int) else set(dims)
+            for i in tensor_leaves:
+                name = names[i] if i < len(names) else ""
+                if (isinstance(key, str) and (name == key or name.startswith(key + "["))) or \
+                        (isinstance(key, int) and (name == f"args[{key}]" or
+                                                   self._positional_index(name) == key)):
+                    out[i] = {d % leaves[i].dim() for d in dims}
+        return out
+
+    def _positional_index(self, name):
+        try:
+            import inspect
+            params = list(inspect.signature(self.fn).parameters)
+        except (TypeError, ValueError):
+            return None
+        base = name.split("[")[0]
+        return params.index(base) if base in params else None
+
+    def _retrace(self, signature, structure, leaves, args, kwargs):
+        names = _leaf_names(self.fn, args, kwargs)
+        reason = "first call"
+        if self._entries:
+            nearest = min(self._entries.values(),
+                          key=lambda e: sum(a != b for a, b in zip(e.signature.specs, signature.specs)))
+            reason = signature.difference(nearest.signature, names)
+            generalized = self._generalize(nearest.signature, signature, leaves)
+            if generalized:
+                signature = _Signature(structure, leaves, self._dynamic)
+                reason += f" (made dim {generalized} dynamic)"
+                if signature.key in self._entries:
+                    return self._entries[signature.key], signature
+            if len(self._entries) >= self.max_traces:
+                msg = (f"kiln.jit: {self.__name__} has been traced {len(self._entries) + 1} times "
+                       f"(budget {self.max_traces}); this time because {reason}. Mark the changing dims "
+                       "dynamic (kiln.jit(f, dynamic=...)), or pass changing Python values as tensors")
+                if self.policy == "error":
+                    raise _C.TraceError(msg)
+                warnings.warn(msg, stacklevel=4)
+        if _log_enabled("retrace"):
+            print(f"kiln.jit: tracing {self.__name__}: {reason}", file=sys.stderr)
+        entry = self._trace(signature, structure, leaves, reason)
+        self._entries[signature.key] = entry
+        self._history.append(reason)
+        return entry, signature
+
+    def _generalize(self, old, new, leaves):
+        """Policy 'generalize': when only tensor dims changed, make those dims dynamic."""
+        if self.policy != "generalize" or old.structure != new.structure:
+            return None
+        changed = {}
+        for i, (a, b) in enumerate(zip(old.specs, new.specs)):
+            if a == b:
+                continue
+            if a[0] != "tensor" or b[0] != "tensor" or a[2:] != b[2:] or len(a[1]) != len(b[1]):
+                return None
+            changed[i] = {d for d, (x, y) in enumerate(zip(a[1], b[1])) if x != y}
+        if not changed:
+            return None
+        for i, dims in changed.items():
+            self._dynamic.setdefault(i, set()).update(dims)
+        return ", ".join(f"{sorted(d)} of {_describe_leaf(leaves[i])}" for i, d in changed.items())
+
+    def _trace(self, signature, structure, leaves, reason):
+        import time
+        t0 = time.perf_counter()
+        tracer = _C._Tracer(getattr(self.fn, "__name__", "traced"))
+        symbolic = []
+        for spec, x in zip(signature.specs, leaves):
+            if spec[0] == "tensor":
+                t = tracer.argument(list(spec[1]), spec[2])
+                if spec[3]:
+                    t.requires_grad_()
+                symbolic.append(t)
+            else:
+                symbolic.append(x)
+        args, kwargs = _unflatten(structure, symbolic)
+        tracer.activate()
+        warned = []
+        real_print = builtins.print
+
+        def tracing_print(*a, **k):
+            where = _user_frame_of_stack()
+            if where not in warned:
+                warned.append(where)
+                warnings.warn(f"kiln.jit: print() at {where} runs once, when {self.__name__} is traced, not on "
+                              "every call; use kiln.print(...) to print values at run time", stacklevel=2)
+            real_print(*a, **k)
+        builtins.print = tracing_print
+        try:
+            out = self.fn(*args, **kwargs)
+        except _C.TraceError as e:
+            tracer.deactivate()
+            where = _user_frame(e.__traceback__)
+            raise _C.TraceError(f"{e}\n  (while tracing {self.__name__}, at {where})") from None
+        except BaseException:
+            tracer.deactivate()
+            raise
+        finally:
+            builtins.print = real_print
+        out_leaves = []
+        out_structure = _flatten(out, out_leaves)
+        tensors = [x for x in out_leaves if isinstance(x, _C.Tensor)]
+        out_static = [None if isinstance(x, _C.Tensor) else ("static", x) for x in out_leaves]
+        traced = tracer.finish(tensors)
+        return _Entry(signature, traced, out_structure, out_static, reason, (time.perf_counter() - t0) * 1e3)
+
+    # ---- introspection
+    def cache_report(self):
+        """The traced variants and why each was traced (returned as text, and printed)."""
+        lines = [f"kiln.jit cache for {self.__name__}: {len(self._entries)} variant(s), "
+                 f"budget {self.max_traces}, policy {self.policy!r}"]
+        for n, entry in enumerate(self._entries.values(), 1):
+            specs = ", ".join(_describe_spec(s) for s in entry.signature.specs)
+            lines.append(f"  [{n}] ({specs}): {entry.traced.num_ops} ops, {entry.traced.num_captures} captured, "
+                         f"{entry.traced.num_writebacks} written back; traced in {entry.trace_ms:.1f} ms "
+                         f"because {entry.reason}; {entry.calls} call(s)")
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+    @property
+    def num_traces(self):
+        return len(self._history)
+
+
+def _describe_spec(spec):
+    if spec[0] == "tensor":
+        shape = "(" + ", ".join("?" if d is None else str(d) for d in spec[1]) + ("," if len(spec[1]) == 1 else "") + ")"
+        return f"tensor{shape} {spec[2]}" + (" requires_grad" if spec[3] else "")
+    return f"static {spec[2]!r}"
+
+
+def _user_frame_of_stack():
+    kiln_dir = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(kiln_dir):
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "?"
+
+
+def jit(fn=None, *, dynamic=None, max_traces=8, policy="generalize"):
+    """Trace ``fn`` per signature and run the traced graph (see the module docstring).
+
+    dynamic: dims that may change without a retrace: an int (that dim of every tensor argument),
+      {argument name: dim or dims}, or a sequence per positional argument.
+    max_traces, policy: after ``max_traces`` variants, 'warn' warns and 'error' raises; 'generalize'
+      (default) makes a dim that changed between calls dynamic instead of tracing a new variant.
+    """
+    if fn is None:
+        return lambda f: jit(f, dynamic=dynamic, max_traces=max_traces, policy=policy)
+    return JitFunction(fn, dynamic=dynamic, max_traces=max_traces, policy=policy)

@@ -1,0 +1,88 @@
+// The tracer for kiln.jit (python/kiln/jit.py holds the policy: pytrees,
+// cache keys, retracing). Symbolic tensors are ordinary kiln.Tensor objects
+// whose ops record themselves while a trace is active on the thread.
+
+#include "python/src/convert.h"
+#include "tracer/tracer.h"
+
+namespace kiln::python {
+
+namespace {
+// "file.py:12" of the innermost Python frame outside the kiln package, so
+// each recorded op points at the user's line.
+std::string user_location() {
+  static const std::string package_dir = [] {
+    py::module_ kiln = py::module_::import("kiln");
+    std::string file = kiln.attr("__file__").cast<std::string>();
+    return file.substr(0, file.rfind('/') + 1);
+  }();
+  PyFrameObject* frame = PyEval_GetFrame();
+  Py_XINCREF(frame);
+  while (frame) {
+    PyCodeObject* code = PyFrame_GetCode(frame);
+    std::string file = py::reinterpret_steal<py::object>(py::handle(reinterpret_cast<PyObject*>(code)))
+                           .attr("co_filename")
+                           .cast<std::string>();
+    if (file.rfind(package_dir, 0) != 0) {
+      std::string where = file + ":" + std::to_string(PyFrame_GetLineNumber(frame));
+      Py_DECREF(frame);
+      return where;
+    }
+    PyFrameObject* back = PyFrame_GetBack(frame);
+    Py_DECREF(frame);
+    frame = back;
+  }
+  return "";
+}
+
+Shape shape_from_python(py::handle shape) {
+  Shape out;
+  for (py::handle d : shape) out.push_back(d.is_none() ? kDynamic : d.cast<int64_t>());
+  return out;
+}
+
+// Python drives a trace between activate() and deactivate(); the tracer
+// stays active on this thread only in between.
+struct PyTracer {
+  std::unique_ptr<Tracer> tracer;
+  std::optional<TraceScope> scope;
+};
+}  // namespace
+
+void bind_jit(py::module_& m) {
+  py::class_<TracedFunction, std::shared_ptr<TracedFunction>>(m, "_TracedFunction")
+      .def("run",
+           [](const TracedFunction& f, const std::vector<Tensor>& args) {
+             py::gil_scoped_release no_gil;
+             return f.run(args);
+           })
+      .def_property_readonly("num_ops", [](const TracedFunction& f) { return f.graph.nodes.size(); })
+      .def_property_readonly("num_captures", [](const TracedFunction& f) { return f.captures.size(); })
+      .def_property_readonly("num_writebacks", [](const TracedFunction& f) { return f.graph.writebacks.size(); })
+      .def("ops", [](const TracedFunction& f) {
+        py::list out;
+        for (const GraphNode& n : f.graph.nodes) out.append(py::make_tuple(n.op->name, n.location));
+        return out;
+      });
+
+  py::class_<PyTracer>(m, "_Tracer")
+      .def(py::init([](const std::string& name) {
+        auto t = std::make_unique<PyTracer>();
+        t->tracer = std::make_unique<Tracer>(name, user_location);
+        return t;
+      }))
+      .def("argument",
+           [](PyTracer& t, py::handle shape, py::handle dtype) {
+             return t.tracer->argument({shape_from_python(shape), *to_dtype(dtype), kCPU});
+           })
+      .def("activate", [](PyTracer& t) { t.scope.emplace(t.tracer.get()); })
+      .def("deactivate", [](PyTracer& t) { t.scope.reset(); })
+      .def("finish", [](PyTracer& t, const std::vector<Tensor>& results) {
+        t.scope.reset();
+        return t.tracer->finish(results);
+      });
+  m.def("_is_tracing", [] { return active_trace() != nullptr; });
+  m.def("_is_symbolic", [](const Tensor& t) { return is_symbolic(t); });
+}
+
+}  // namespace kiln::python
