@@ -11,6 +11,7 @@ namespace {
 // "file.py:12" of the innermost Python frame outside the kiln package, so
 // each recorded op points at the user's line.
 std::string user_location() {
+  py::gil_scoped_acquire gil;  // ops may record while a binding released the GIL (backward)
   static const std::string package_dir = [] {
     py::module_ kiln = py::module_::import("kiln");
     std::string file = kiln.attr("__file__").cast<std::string>();
