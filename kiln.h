@@ -5,3 +5,4 @@
 #include "eager/tensor.h"
 #include "runtime/allocator.h"
 #include "runtime/parallel.h"
+#include "tracer/jit.h"
