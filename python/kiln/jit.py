@@ -93,6 +93,16 @@ def _unflatten(structure, leaves):
     return build(structure)
 
 
+_CONTAINERS = (tuple, list, dict, type(None))
+_FLAT_STRUCTURES = {}
+
+
+def _flat_structure(n):
+    """The structure _flatten gives (args, {}) when every arg is a leaf."""
+    _FLAT_STRUCTURES[n] = ("tuple", (("tuple", (("leaf",),) * n), ("dict", (), ())))
+    return _FLAT_STRUCTURES[n]
+
+
 # ------------------------------------------------------------ signatures
 
 def _describe_leaf(x):
@@ -105,23 +115,17 @@ def _describe_leaf(x):
 class _Signature:
     """The cache key of one call: structure, tensor specs (with dynamic dims as None), static values."""
 
-    def __init__(self, structure, leaves, dynamic):
+    def __init__(self, structure, leaves, dynamic, specs=None):
         self.structure = structure
-        specs = []
-        for i, x in enumerate(leaves):
-            if isinstance(x, _C.Tensor):
-                dims = dynamic.get(i, ())
-                shape = tuple(None if d in dims else s for d, s in enumerate(x.shape))
-                specs.append(("tensor", shape, x.dtype, x.requires_grad))
-            else:
+        self.specs = specs if specs is not None else _C._signature(leaves, dynamic)
+        for i, spec in enumerate(self.specs):
+            if spec[0] == "static":
                 try:
-                    hash(x)
+                    hash(spec[2])
                 except TypeError:
-                    raise TypeError(f"kiln.jit: argument leaf {i} ({type(x).__name__}) is neither a tensor nor "
+                    raise TypeError(f"kiln.jit: argument leaf {i} ({spec[1].__name__}) is neither a tensor nor "
                                     "hashable, so it cannot be part of the cache key; pass it as a tensor, a "
                                     "tuple, or capture it in a closure") from None
-                specs.append(("static", type(x), x))
-        self.specs = tuple(specs)
         self.key = (structure, self.specs)
 
     def difference(self, other, names):
@@ -140,7 +144,7 @@ class _Signature:
                     fmt = lambda s: "(" + ", ".join("?" if d is None else str(d) for d in s) + ")"  # noqa: E731
                     reasons.append(f"argument {name}: shape {fmt(b[1])} → {fmt(a[1])}")
                 if a[2] != b[2]:
-                    reasons.append(f"argument {name}: dtype {b[2]} → {a[2]}")
+                    reasons.append(f"argument {name}: dtype kiln.{b[2]} → kiln.{a[2]}")
                 if a[3] != b[3]:
                     reasons.append(f"argument {name}: requires_grad {b[3]} → {a[3]}")
             else:
@@ -184,6 +188,7 @@ class _Entry:
         self.reason = reason
         self.trace_ms = trace_ms
         self.calls = 0
+        self.single = out_structure == ("leaf",) and out_static == [None]  # returns one tensor
 
 
 def _user_frame(tb):
@@ -218,20 +223,27 @@ class JitFunction:
     def __call__(self, *args, **kwargs):
         if config.functions_run_eagerly:
             return self.fn(*args, **kwargs)
-        leaves = []
-        structure = _flatten((args, kwargs), leaves)
+        if not kwargs and all(type(a) not in _CONTAINERS for a in args):
+            leaves = list(args)  # the common case: no nesting to walk
+            structure = _FLAT_STRUCTURES.get(len(args)) or _flat_structure(len(args))
+        else:
+            leaves = []
+            structure = _flatten((args, kwargs), leaves)
         if self._dynamic is None:
             self._dynamic = self._resolve_dynamic(args, kwargs, leaves)
-        signature = _Signature(structure, leaves, self._dynamic)
-        entry = self._entries.get(signature.key)
+        specs = _C._signature(leaves, self._dynamic)
+        entry = self._entries.get((structure, specs))
         if entry is None:
             with self._lock:
+                signature = _Signature(structure, leaves, self._dynamic, specs)
                 entry = self._entries.get(signature.key)
                 if entry is None:
                     entry, signature = self._retrace(signature, structure, leaves, args, kwargs)
         entry.calls += 1
-        tensors = [x for x in leaves if isinstance(x, _C.Tensor)]
-        results = iter(entry.traced.run(tensors))
+        results = entry.traced.run([x for x in leaves if isinstance(x, _C.Tensor)])
+        if entry.single:
+            return results[0]
+        results = iter(results)
         out = [next(results) if s is None else s[1] for s in entry.out_static]
         return _unflatten(entry.out_structure, out)
 
@@ -318,7 +330,7 @@ class JitFunction:
         symbolic = []
         for spec, x in zip(signature.specs, leaves):
             if spec[0] == "tensor":
-                t = tracer.argument(list(spec[1]), spec[2])
+                t = tracer.argument(list(spec[1]), x.dtype)
                 if spec[3]:
                     t.requires_grad_()
                 symbolic.append(t)
@@ -377,7 +389,7 @@ class JitFunction:
 def _describe_spec(spec):
     if spec[0] == "tensor":
         shape = "(" + ", ".join("?" if d is None else str(d) for d in spec[1]) + ("," if len(spec[1]) == 1 else "") + ")"
-        return f"tensor{shape} {spec[2]}" + (" requires_grad" if spec[3] else "")
+        return f"tensor{shape} kiln.{spec[2]}" + (" requires_grad" if spec[3] else "")
     return f"static {spec[2]!r}"
 
 

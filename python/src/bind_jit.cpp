@@ -82,6 +82,28 @@ void bind_jit(py::module_& m) {
         t.scope.reset();
         return t.tracer->finish(results);
       });
+  // The signature of a call, as kiln.jit's cache key: per leaf, a tensor's
+  // ("tensor", shape (dynamic dims None), dtype name, requires_grad) or a
+  // static value's ("static", type, value). In C++ because it runs on every call.
+  m.def("_signature", [](py::list leaves, py::dict dynamic) {
+    py::tuple out(leaves.size());
+    for (size_t i = 0; i < leaves.size(); ++i) {
+      py::handle leaf = leaves[i];
+      if (py::isinstance<Tensor>(leaf)) {
+        const Tensor& t = leaf.cast<const Tensor&>();
+        py::object dims = dynamic.contains(py::int_(i)) ? dynamic[py::int_(i)] : py::object(py::none());
+        py::tuple shape(t.dim());
+        for (int64_t d = 0; d < t.dim(); ++d) {
+          bool dyn = is_dynamic(t.shape()[d]) || (!dims.is_none() && dims.contains(py::int_(d)));
+          shape[d] = dyn ? py::none() : py::cast(t.shape()[d]);
+        }
+        out[i] = py::make_tuple("tensor", shape, dtype_name(t.dtype()), t.requires_grad());
+      } else {
+        out[i] = py::make_tuple("static", py::type::of(leaf), leaf);
+      }
+    }
+    return out;
+  });
   m.def("_is_tracing", [] { return active_trace() != nullptr; });
   m.def("_is_symbolic", [](const Tensor& t) { return is_symbolic(t); });
 }
