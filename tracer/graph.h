@@ -3,6 +3,7 @@
 // produce them, in recording order. The tracer builds it; the graph
 // executor runs it on the eager kernels; the IR builder turns it into a
 // func.func of the kiln dialect (tracer/ir_builder.h).
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,12 +14,17 @@ namespace kiln {
 using ValueId = int;
 inline constexpr ValueId kNoValue = -1;  // an absent optional operand
 
+struct Graph;
+
 struct GraphNode {
   const OpDef* op = nullptr;
   std::vector<ValueId> inputs;
   Attrs attrs;
   std::vector<ValueId> outputs;
   std::string location;  // the user's "file:line" that called the op
+  // Control flow (kiln.cond: then, else; kiln.while_loop: cond, body): each
+  // region is a graph whose arguments are the node's inputs it reads.
+  std::vector<std::shared_ptr<const Graph>> regions;
 };
 
 struct Graph {

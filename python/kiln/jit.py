@@ -28,7 +28,7 @@ import warnings
 
 from . import _C
 
-__all__ = ["jit", "JitFunction", "config"]
+__all__ = ["jit", "JitFunction", "config", "cond", "while_loop"]
 
 
 class _Config:
@@ -402,6 +402,41 @@ def _user_frame_of_stack():
             return f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
     return "?"
+
+
+def cond(pred, true_fn, false_fn, *operands):
+    """``true_fn(*operands)`` if ``pred`` else ``false_fn(*operands)``.
+
+    Eagerly this is plain Python. Inside a kiln.jit function both branches are traced into one
+    ``cond`` node and the choice is made each time the graph runs, so a tensor predicate works.
+    The branches take the operands (tensors) and return a tensor or a tuple of tensors of the same
+    shapes and dtypes; they may read other tensors (closures), but not update them in place.
+    """
+    if not _C._is_tracing() or not isinstance(pred, _C.Tensor):
+        return true_fn(*operands) if pred else false_fn(*operands)
+    out = _C._cond(pred, true_fn, false_fn, list(operands))
+    return out[0] if len(out) == 1 and not _returns_tuple(true_fn, operands) else tuple(out)
+
+
+def while_loop(cond_fn, body_fn, init):
+    """``while cond_fn(*vals): vals = body_fn(*vals)`` from ``vals = init`` (a tuple of tensors).
+
+    Eagerly this is a Python loop. Inside a kiln.jit function the condition and the body are traced
+    once into a ``while_loop`` node that loops when the graph runs. ``body_fn`` returns the loop
+    values with unchanged shapes and dtypes; ``cond_fn`` returns a one-element bool tensor.
+    """
+    init = tuple(init) if isinstance(init, (tuple, list)) else (init,)
+    if not _C._is_tracing():
+        vals = init
+        while bool(cond_fn(*vals)):
+            out = body_fn(*vals)
+            vals = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return vals
+    return tuple(_C._while_loop(cond_fn, body_fn, list(init)))
+
+
+def _returns_tuple(fn, operands):
+    return False  # single-tensor branches return a tensor; tuples come back as tuples (len > 1)
 
 
 def jit(fn=None, *, dynamic=None, max_traces=8, policy="generalize"):

@@ -105,6 +105,42 @@ void bind_jit(py::module_& m) {
     return out;
   });
   m.def("_is_tracing", [] { return active_trace() != nullptr; });
+
+  // kiln.cond / kiln.while_loop inside a trace (python/kiln/jit.py runs them
+  // as plain Python otherwise).
+  auto region = [](py::function fn, const char* what) -> RegionFn {
+    return [fn, what](const std::vector<Tensor>& args) {
+      py::tuple py_args(args.size());
+      for (size_t i = 0; i < args.size(); ++i) py_args[i] = py::cast(args[i]);
+      py::object out = fn(*py_args);
+      std::vector<Tensor> results;
+      if (py::isinstance<Tensor>(out)) {
+        results.push_back(out.cast<Tensor>());
+      } else if (py::isinstance<py::tuple>(out) || py::isinstance<py::list>(out)) {
+        for (py::handle h : out) {
+          if (!py::isinstance<Tensor>(h))
+            throw py::type_error(std::string(what) + " must return a tensor or a tuple of tensors");
+          results.push_back(h.cast<Tensor>());
+        }
+      } else {
+        throw py::type_error(std::string(what) + " must return a tensor or a tuple of tensors, got " +
+                             std::string(py::str(py::type::of(out).attr("__name__"))));
+      }
+      return results;
+    };
+  };
+  auto tracer = [] {
+    auto* t = dynamic_cast<Tracer*>(active_trace());
+    if (!t) fail<TraceError>("kiln.cond / kiln.while_loop: no kiln.jit trace is active");
+    return t;
+  };
+  m.def("_cond", [=](const Tensor& pred, py::function then_fn, py::function else_fn, const std::vector<Tensor>& ops) {
+    return tracer()->cond(pred, region(then_fn, "kiln.cond: true_fn"), region(else_fn, "kiln.cond: false_fn"), ops);
+  });
+  m.def("_while_loop", [=](py::function cond_fn, py::function body_fn, const std::vector<Tensor>& init) {
+    return tracer()->while_loop(region(cond_fn, "kiln.while_loop: cond_fn"), region(body_fn, "kiln.while_loop: body_fn"),
+                                init);
+  });
   m.def("_is_symbolic", [](const Tensor& t) { return is_symbolic(t); });
 }
 

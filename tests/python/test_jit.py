@@ -247,3 +247,25 @@ def test_two_threads_calling_one_function():
     for th in threads:
         th.join()
     assert not errors and f.num_traces == 1
+
+
+def test_cond_and_while_loop_eager_and_traced():
+    def f(x, k):
+        y = kiln.cond(k > 0.5, lambda a: a * 2, lambda a: a - 100, x)
+        i, v = kiln.while_loop(lambda i, v: i < 5, lambda i, v: (i + 1, v * 2 + y), (kiln.tensor(0), x))
+        return y, v, i
+    j = kiln.jit(f)
+    x = t(3)
+    for k in (kiln.tensor(1.0), kiln.tensor(0.0), kiln.tensor(0.7)):
+        for got, want in zip(j(x, k), f(x, k)):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert j.num_traces == 1  # the predicate is data: one trace serves both branches
+
+
+def test_cond_and_while_loop_errors():
+    with pytest.raises(kiln.TraceError, match="same shapes and dtypes"):
+        kiln.jit(lambda x: kiln.cond(x > 0, lambda a: a, lambda a: a + kiln.zeros(2, 1), x))(t(1))
+    with pytest.raises(kiln.TraceError, match="unchanged shapes and dtypes"):
+        kiln.jit(lambda x: kiln.while_loop(lambda v: v < 3, lambda v: v * 2.5, (x,)))(kiln.tensor(0))
+    with pytest.raises(kiln.TraceError, match="one-element bool"):
+        kiln.jit(lambda x: kiln.cond(x, lambda a: a, lambda a: a, x))(t(3))
