@@ -197,6 +197,7 @@ void register_all_ops() {
   register_unary_ops();
   register_binary_ops();
   register_creation_ops();
+  register_print_ops();
 }
 }  // namespace
 

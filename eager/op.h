@@ -122,6 +122,7 @@ void register_op(OpDef def);
 void register_unary_ops();     // unary.cpp
 void register_binary_ops();    // binary.cpp (with where, clamp)
 void register_creation_ops();  // creation.cpp
+void register_print_ops();     // print.cpp
 
 // ---- tracing ----
 struct TraceValue;  // the tracer's handle for a symbolic tensor

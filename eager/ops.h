@@ -51,6 +51,10 @@ struct OperandType {
 };
 DType result_type(const std::vector<OperandType>& operands);
 
+// Prints "label x" when it runs (in a traced function: each time the graph
+// runs, not when it is traced) and returns x.
+Tensor print_value(const Tensor& x, const std::string& label = "");
+
 // ---- copies and conversion ----
 Tensor to_dtype(const Tensor& x, DType dtype);
 Tensor contiguous(const Tensor& x);

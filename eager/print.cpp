@@ -2,7 +2,9 @@
 // mode "1.", fixed "1.0000", scientific "1.0000e+00"), widths, summarizing
 // with "..." above 1000 elements and wrapping rows at 80 columns.
 #include <cmath>
+#include <cstdio>
 
+#include "eager/op.h"
 #include "eager/ops.h"
 
 namespace kiln {
@@ -133,6 +135,25 @@ std::string Tensor::str() const {
   std::string out = "tensor(" + body;
   for (auto& s : suffix) out += ", " + s;
   return out + ")";
+}
+
+Tensor print_value(const Tensor& x, const std::string& label) {
+  if (auto traced = trace_if_active("print", {x}, KILN_ATTRS(label))) return (*traced)[0];
+  std::string text = label.empty() ? x.str() : label + " " + x.str();
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  return x;
+}
+
+void register_print_ops() {
+  register_op({.name = "print",
+               .attrs = {{"label", AttrKind::String}},
+               .meta = [](const std::vector<TensorType>& in, const Attrs&) -> std::vector<TensorType> { return {in[0]}; },
+               .run = [](const std::vector<Tensor>& in, const Attrs& a) -> std::vector<Tensor> {
+                 return {print_value(in[0], a.get<std::string>("label"))};
+               },
+               .stateful = true});
 }
 
 }  // namespace kiln

@@ -28,7 +28,7 @@ import warnings
 
 from . import _C
 
-__all__ = ["jit", "JitFunction", "config", "cond", "while_loop"]
+__all__ = ["jit", "JitFunction", "config", "cond", "while_loop", "print"]
 
 
 class _Config:
@@ -300,7 +300,7 @@ class JitFunction:
                     raise _C.TraceError(msg)
                 warnings.warn(msg, stacklevel=4)
         if _log_enabled("retrace"):
-            print(f"kiln.jit: tracing {self.__name__}: {reason}", file=sys.stderr)
+            builtins.print(f"kiln.jit: tracing {self.__name__}: {reason}", file=sys.stderr)
         entry = self._trace(signature, structure, leaves, reason)
         self._entries[signature.key] = entry
         self._history.append(reason)
@@ -378,7 +378,7 @@ class JitFunction:
                          f"{entry.traced.num_writebacks} written back; traced in {entry.trace_ms:.1f} ms "
                          f"because {entry.reason}; {entry.calls} call(s)")
         text = "\n".join(lines)
-        print(text)
+        builtins.print(text)
         return text
 
     @property
@@ -433,6 +433,12 @@ def while_loop(cond_fn, body_fn, init):
             vals = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         return vals
     return tuple(_C._while_loop(cond_fn, body_fn, list(init)))
+
+
+def print(x, label=""):  # noqa: A001  (kiln.print, like tf.print / jax.debug.print)
+    """Prints ``label`` and the tensor ``x`` when this runs: inside a kiln.jit function, on every call
+    of the traced graph (Python's print runs only once, at trace time). Returns ``x``."""
+    return _C._print_value(x, str(label))
 
 
 def _returns_tuple(fn, operands):

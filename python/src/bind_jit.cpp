@@ -105,6 +105,10 @@ void bind_jit(py::module_& m) {
     return out;
   });
   m.def("_is_tracing", [] { return active_trace() != nullptr; });
+  m.def("_print_value", [](const Tensor& x, const std::string& label) {
+    py::gil_scoped_release no_gil;  // its output goes to C stdout, flushed
+    return print_value(x, label);
+  });
 
   // kiln.cond / kiln.while_loop inside a trace (python/kiln/jit.py runs them
   // as plain Python otherwise).

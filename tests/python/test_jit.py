@@ -269,3 +269,12 @@ def test_cond_and_while_loop_errors():
         kiln.jit(lambda x: kiln.while_loop(lambda v: v < 3, lambda v: v * 2.5, (x,)))(kiln.tensor(0))
     with pytest.raises(kiln.TraceError, match="one-element bool"):
         kiln.jit(lambda x: kiln.cond(x, lambda a: a, lambda a: a, x))(t(3))
+
+
+def test_kiln_print_runs_on_every_call(capfd):
+    @kiln.jit
+    def f(x):
+        return kiln.print(x * 2, "y =") + 1
+    f(kiln.ones(2))
+    f(kiln.ones(2))
+    assert capfd.readouterr().out.count("y = tensor([2., 2.])") == 2
