@@ -4,6 +4,7 @@ Gradients are recorded while grad mode is on (the default) for every op
 whose inputs require grad; ``loss.backward()`` accumulates into ``.grad``.
 """
 import functools as _functools
+import threading as _threading
 
 from . import _C
 from ._C import is_grad_enabled  # noqa: F401
@@ -78,12 +79,27 @@ def backward(tensors, grad_tensors=None, retain_graph=None):
         t.backward(g, retain_graph=retain_graph or i + 1 < len(tensors))
 
 
+_transforms = _threading.local()
+
+
 def _value_and_grad(fn, argnums, has_aux):
     single = isinstance(argnums, int)
     nums = (argnums,) if single else tuple(argnums)
 
     @_functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if getattr(_transforms, "depth", 0):
+            # The inner transform would see detached copies and return gradients without history,
+            # so the outer one would silently get zeros.
+            raise ValueError("kiln.grad: nested gradient transforms (the gradient of a gradient) are not "
+                             "supported; kiln computes first-order gradients only")
+        _transforms.depth = 1
+        try:
+            return _run(args, kwargs)
+        finally:
+            _transforms.depth = 0
+
+    def _run(args, kwargs):
         args = list(args)
         for i in nums:
             if i >= len(args):

@@ -248,3 +248,10 @@ def test_comparisons_and_integer_results_carry_no_grad():
     x = leaf(3)
     assert not (x > 0).requires_grad
     assert not x.floor().requires_grad or x.floor().dtype == kiln.float64
+
+
+def test_nested_transforms_are_refused_not_silently_zero():
+    f = lambda x: (x * x * x).sum()  # noqa: E731
+    with pytest.raises(ValueError, match="nested gradient transforms"):
+        kiln.grad(lambda x: kiln.grad(f)(x).sum())(kiln.tensor([1.0, 2.0]))
+    np.testing.assert_allclose(kiln.grad(f)(kiln.tensor([1.0, 2.0])).numpy(), [3.0, 12.0])  # still usable after
