@@ -4,6 +4,7 @@
 #
 #   bench/run.sh [--quick] [--no-save] [--out FILE]
 #   bench/run.sh --train [--quick] [--no-save]   (training steps: bench_train.py)
+#   bench/run.sh --jit [--quick] [--no-save]     (kiln.jit overheads: bench_jit.py)
 #
 # Needs ./build configured (scripts/build.sh does it); this script never
 # reconfigures it. KILN_BUILD_JOBS sets the build parallelism (default: nproc).
@@ -20,7 +21,7 @@ fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 echo "building kiln_python and kiln_bench_dispatch in $BUILD_DIR (-j$JOBS) ..." >&2
-if ! ninja -C "$BUILD_DIR" -j "$JOBS" kiln_python kiln_bench_dispatch >"$log" 2>&1; then
+if ! ninja -C "$BUILD_DIR" -j "$JOBS" kiln_python kiln_bench_dispatch kiln_bench_jit >"$log" 2>&1; then
   cat "$log" >&2
   echo "bench/run.sh: build failed" >&2
   exit 1
@@ -30,6 +31,10 @@ fi
 # OpenMP spin-waiting that would steal OpenBLAS's second core.
 export OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE \
        KILN_NUM_THREADS=2
+if [[ "${1:-}" == "--jit" ]]; then
+  shift
+  PYTHONPATH="python${PYTHONPATH:+:$PYTHONPATH}" exec /usr/bin/python3 bench/bench_jit.py "$@"
+fi
 if [[ "${1:-}" == "--train" ]]; then
   shift
   PYTHONPATH="python${PYTHONPATH:+:$PYTHONPATH}" exec /usr/bin/python3 bench/bench_train.py "$@"
