@@ -286,10 +286,10 @@ class JitFunction:
             nearest = min(self._entries.values(),
                           key=lambda e: sum(a != b for a, b in zip(e.signature.specs, signature.specs)))
             reason = signature.difference(nearest.signature, names)
-            generalized = self._generalize(nearest.signature, signature, leaves)
+            generalized = self._generalize(nearest.signature, signature, names)
             if generalized:
                 signature = _Signature(structure, leaves, self._dynamic)
-                reason += f" (made dim {generalized} dynamic)"
+                reason += f" (made {generalized} dynamic)"
                 if signature.key in self._entries:
                     return self._entries[signature.key], signature
             if len(self._entries) >= self.max_traces:
@@ -306,7 +306,7 @@ class JitFunction:
         self._history.append(reason)
         return entry, signature
 
-    def _generalize(self, old, new, leaves):
+    def _generalize(self, old, new, names):
         """Policy 'generalize': when only tensor dims changed, make those dims dynamic."""
         if self.policy != "generalize" or old.structure != new.structure:
             return None
@@ -321,7 +321,9 @@ class JitFunction:
             return None
         for i, dims in changed.items():
             self._dynamic.setdefault(i, set()).update(dims)
-        return ", ".join(f"{sorted(d)} of {_describe_leaf(leaves[i])}" for i, d in changed.items())
+        def dims(d):
+            return f"dim {min(d)}" if len(d) == 1 else "dims " + ", ".join(map(str, sorted(d)))
+        return ", ".join(f"{dims(d)} of {names[i] if i < len(names) else f'leaf {i}'}" for i, d in changed.items())
 
     def _trace(self, signature, structure, leaves, reason):
         import time
