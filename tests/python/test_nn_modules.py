@@ -390,7 +390,10 @@ def test_subclass_registration_and_traversal_match_torch(rng):
     assert isinstance(k.scale, nn.Parameter) and isinstance(k.scale, kiln.Tensor)
     assert k.get_submodule("body.2") is k.body[2]
     assert k.get_parameter("heads.1.bias") is k.heads[1].bias
-    check_against_torch(k, t, [randn(rng, 5, 3)], rng)
+    # BatchNorm cancels any per-channel shift, so the true gradient of
+    # body.2.bias is zero and both sides hold float32 rounding noise (~1e-5):
+    # compare it with an absolute tolerance above that noise.
+    check_against_torch(k, t, [randn(rng, 5, 3)], rng, atol=1e-4)
 
 
 def test_tied_parameters_listed_once():
