@@ -198,6 +198,14 @@ void register_all_ops() {
   register_binary_ops();
   register_creation_ops();
   register_print_ops();
+  register_view_ops();
+  register_copy_ops();
+  register_join_ops();
+  register_indexing_ops();
+  register_reduce_ops();
+  register_matmul_ops();
+  register_nn_ops();
+  register_functional_ops();
 }
 }  // namespace
 

@@ -105,6 +105,10 @@ struct OpDef {
   // operand (an absent bias) is passed as an undefined Tensor.
   int num_inputs = 1;
   int num_outputs = 1;
+  // Operand names for the IR ("x, weight, bias?": a trailing '?' marks an
+  // optional operand, "inputs..." a variadic one). Empty: x / a, b / a, b, c
+  // by arity, "inputs..." when variadic.
+  std::string operands;
   std::vector<AttrSpec> attrs;
   std::function<std::vector<TensorType>(const std::vector<TensorType>& inputs, const Attrs& attrs)> meta;
   std::function<std::vector<Tensor>(const std::vector<Tensor>& inputs, const Attrs& attrs)> run;
@@ -123,6 +127,14 @@ void register_unary_ops();     // unary.cpp
 void register_binary_ops();    // binary.cpp (with where, clamp)
 void register_creation_ops();  // creation.cpp
 void register_print_ops();     // print.cpp
+void register_view_ops();      // views.cpp
+void register_copy_ops();      // copy.cpp (to, clone, contiguous)
+void register_join_ops();      // join.cpp
+void register_indexing_ops();  // indexing.cpp
+void register_reduce_ops();    // reduce.cpp
+void register_matmul_ops();    // matmul.cpp
+void register_nn_ops();        // nn_ops.cpp (softmax, log_softmax, layer_norm)
+void register_functional_ops();  // nn/*.cpp (linear, conv, pools, norms, losses, dropout...)
 
 // ---- tracing ----
 struct TraceValue;  // the tracer's handle for a symbolic tensor
