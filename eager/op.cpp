@@ -104,6 +104,27 @@ std::vector<std::string> split_attr_names(const char* names) {
   return out;
 }
 
+std::vector<OperandSpec> operand_specs(const OpDef& op) {
+  std::vector<OperandSpec> specs;
+  if (op.operands.empty()) {
+    static const char* const by_arity[] = {"", "x", "a, b", "a, b, c"};
+    if (op.num_inputs < 0) return {{"inputs", OperandSpec::Variadic}};
+    KILN_CHECK(op.num_inputs <= 3, Error, "op '{}': name its {} operands (OpDef::operands)", op.name, op.num_inputs);
+    if (op.num_inputs == 0) return specs;
+    return operand_specs(OpDef{.name = op.name, .num_inputs = op.num_inputs, .operands = by_arity[op.num_inputs]});
+  }
+  for (const std::string& item : split_attr_names(op.operands.c_str())) {
+    OperandSpec spec{item};
+    if (item.ends_with("...")) spec = {item.substr(0, item.size() - 3), OperandSpec::Variadic};
+    else if (item.ends_with("?")) spec = {item.substr(0, item.size() - 1), OperandSpec::Optional};
+    specs.push_back(std::move(spec));
+  }
+  bool variadic = std::any_of(specs.begin(), specs.end(), [](auto& s) { return s.kind == OperandSpec::Variadic; });
+  KILN_CHECK(variadic ? op.num_inputs < 0 : static_cast<int>(specs.size()) == op.num_inputs, Error,
+             "op '{}': operands \"{}\" do not match num_inputs {}", op.name, op.operands, op.num_inputs);
+  return specs;
+}
+
 // ---- the registry ----
 namespace {
 struct Registry {

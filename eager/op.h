@@ -116,6 +116,14 @@ struct OpDef {
   bool stateful = false;
 };
 
+// An operand as the IR names it (parsed from OpDef::operands).
+struct OperandSpec {
+  enum Kind : uint8_t { Required, Optional, Variadic };
+  std::string name;
+  Kind kind = Required;
+};
+std::vector<OperandSpec> operand_specs(const OpDef& op);
+
 // The OpDef of `name`; Error naming the op when there is none.
 const OpDef& op_def(std::string_view name);
 const OpDef* find_op(std::string_view name);

@@ -10,7 +10,7 @@ class MLIRContext;
 
 namespace kiln::ir {
 
-// Registers func, arith, math, memref, scf, cf, linalg, tensor, vector and
+// Registers kiln, func, arith, math, memref, scf, cf, linalg, tensor, vector and
 // llvm, plus the interfaces that translate the llvm dialect to LLVM IR.
 void register_dialects(mlir::DialectRegistry& registry);
 

@@ -41,6 +41,12 @@ class ValueError : public Error {
   using Error::Error;
 };
 
+// IR that does not parse or verify (a corrupted or hand-edited module).
+class IrError : public Error {
+ public:
+  using Error::Error;
+};
+
 template <class Kind = Error, class... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {
   throw Kind(fmt::format(format, std::forward<Args>(args)...));

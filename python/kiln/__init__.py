@@ -300,3 +300,4 @@ from .autograd import grad_of as grad  # noqa: E402,F401  (JAX's kiln.grad(f); t
 from . import nn, optim, data  # noqa: E402,F401
 from .jit import jit, config, cond, while_loop, print  # noqa: E402,F401,A001
 TraceError = _C.TraceError
+IrError = _C.IrError

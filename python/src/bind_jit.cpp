@@ -4,6 +4,9 @@
 
 #include "python/src/convert.h"
 #include "tracer/tracer.h"
+#ifdef KILN_HAS_MLIR
+#include "tracer/ir_builder.h"
+#endif
 
 namespace kiln::python {
 
@@ -64,7 +67,26 @@ void bind_jit(py::module_& m) {
         py::list out;
         for (const GraphNode& n : f.graph.nodes) out.append(py::make_tuple(n.op->name, n.location));
         return out;
-      });
+      })
+#ifdef KILN_HAS_MLIR
+      .def(
+          "ir",
+          [](const TracedFunction& f, bool locations, bool generic) {
+            return traced_ir(f, {.locations = locations, .generic = generic});
+          },
+          py::arg("locations") = true, py::arg("generic") = false)
+      .def("bytecode", [](const TracedFunction& f) { return py::bytes(traced_bytecode(f)); })
+#endif
+      ;
+#ifdef KILN_HAS_MLIR
+  m.def(
+      "_ir_reprint",
+      [](py::bytes source, bool locations, bool generic) {
+        return reprint_ir(std::string(source), {.locations = locations, .generic = generic});
+      },
+      py::arg("source"), py::arg("locations") = true, py::arg("generic") = false);
+  m.def("_ir_to_bytecode", [](const std::string& text) { return py::bytes(ir_to_bytecode(text)); });
+#endif
 
   py::class_<PyTracer>(m, "_Tracer")
       .def(py::init([](const std::string& name) {

@@ -1,0 +1,216 @@
+#include "tracer/ir_builder.h"
+
+#include <mlir/Bytecode/BytecodeWriter.h>
+#include <mlir/Dialect/Func/IR/FuncOps.h>
+#include <mlir/IR/Builders.h>
+#include <mlir/IR/BuiltinOps.h>
+#include <mlir/IR/Diagnostics.h>
+#include <mlir/IR/Verifier.h>
+#include <mlir/Parser/Parser.h>
+#include <llvm/Support/MemoryBuffer.h>
+#include <llvm/Support/SourceMgr.h>
+
+#include "ir/dialect.h"
+#include "ir/dialects.h"
+
+namespace kiln {
+
+namespace {
+
+// Collects MLIR's diagnostics, so a failure can be raised as one IrError.
+class Diagnostics {
+ public:
+  explicit Diagnostics(mlir::MLIRContext* context)
+      : handler_(context, [this](mlir::Diagnostic& d) {
+          std::string loc;
+          llvm::raw_string_ostream los(loc);
+          d.getLocation().print(los);
+          text_ += (text_.empty() ? "" : "\n") + loc + ": " + d.str();
+          return mlir::success();
+        }) {}
+  const std::string& text() const { return text_; }
+
+ private:
+  std::string text_;
+  mlir::ScopedDiagnosticHandler handler_;
+};
+
+mlir::Location location_of(mlir::MLIRContext* context, const std::string& where) {
+  // "file.py:12" -> file, line; anything else is a name.
+  size_t colon = where.rfind(':');
+  if (colon != std::string::npos && colon + 1 < where.size() &&
+      where.find_first_not_of("0123456789", colon + 1) == std::string::npos)
+    return mlir::FileLineColLoc::get(context, where.substr(0, colon), std::stoul(where.substr(colon + 1)), 0);
+  if (where.empty()) return mlir::UnknownLoc::get(context);
+  return mlir::NameLoc::get(mlir::StringAttr::get(context, where));
+}
+
+class Builder {
+ public:
+  explicit Builder(mlir::MLIRContext* context) : context_(context), b_(context) {
+    context->loadDialect<mlir::func::FuncDialect, ir::KilnDialect>();
+  }
+
+  mlir::OwningOpRef<mlir::ModuleOp> build(const TracedFunction& fn) {
+    const Graph& g = fn.graph;
+    auto module = mlir::ModuleOp::create(b_.getUnknownLoc());
+    std::vector<mlir::Type> arg_types, result_types;
+    for (ValueId id : g.arguments) arg_types.push_back(type(g.values[id]));
+    for (ValueId id : g.captures) arg_types.push_back(type(g.values[id]));
+    for (ValueId id : g.results) result_types.push_back(type(g.values[id]));
+    for (const auto& wb : g.writebacks) result_types.push_back(type(g.values[wb.value]));
+
+    b_.setInsertionPointToEnd(module.getBody());
+    auto func = b_.create<mlir::func::FuncOp>(mlir::NameLoc::get(b_.getStringAttr(g.name)), g.name,
+                                              b_.getFunctionType(arg_types, result_types));
+    for (size_t i = 0; i < g.captures.size(); ++i)
+      func.setArgAttr(g.arguments.size() + i, "kiln.capture", b_.getI64IntegerAttr(static_cast<int64_t>(i)));
+    for (const auto& gw : fn.grad_writebacks)
+      if (gw.value != kNoValue)
+        func.setResultAttr(static_cast<unsigned>(gw.value), "kiln.grad_of", b_.getI64IntegerAttr(gw.capture_index));
+    for (size_t k = 0; k < g.writebacks.size(); ++k)
+      func.setResultAttr(static_cast<unsigned>(g.results.size() + k), "kiln.writeback",
+                         b_.getI64IntegerAttr(g.writebacks[k].capture_index));
+
+    mlir::Block* entry = func.addEntryBlock();
+    std::vector<mlir::Value> values(g.values.size());
+    std::vector<ValueId> inputs = g.arguments;
+    inputs.insert(inputs.end(), g.captures.begin(), g.captures.end());
+    for (size_t i = 0; i < inputs.size(); ++i) values[inputs[i]] = entry->getArgument(static_cast<unsigned>(i));
+    b_.setInsertionPointToEnd(entry);
+    emit_nodes(g, values);
+    std::vector<mlir::Value> returned;
+    for (ValueId id : g.results) returned.push_back(values[id]);
+    for (const auto& wb : g.writebacks) returned.push_back(values[wb.value]);
+    b_.create<mlir::func::ReturnOp>(func.getLoc(), returned);
+    return module;
+  }
+
+ private:
+  mlir::Type type(const TensorType& t) { return ir::tensor_type(context_, t); }
+
+  void emit_nodes(const Graph& g, std::vector<mlir::Value>& values) {
+    for (const GraphNode& node : g.nodes) {
+      std::string name = "kiln." + node.op->name;
+      // Building an op MLIR does not know aborts the process: refuse first.
+      KILN_CHECK(mlir::RegisteredOperationName::lookup(name, context_), IrError,
+                 "{}: op '{}' has no kiln dialect definition (rebuild kiln: the dialect is generated from the "
+                 "op registry)",
+                 g.name, name);
+      mlir::OperationState state(location_of(context_, node.location), name);
+      std::vector<mlir::Value> operands;
+      for (ValueId id : node.inputs)
+        if (id != kNoValue) operands.push_back(values[id]);
+      state.addOperands(operands);
+      for (const auto& [name, value] : node.attrs.items())
+        if (mlir::Attribute attr = ir::to_mlir_attr(context_, value)) state.addAttribute(name, attr);
+      if (node.regions.empty()) {
+        if (auto sizes = segment_sizes(node)) state.addAttribute("operandSegmentSizes", b_.getDenseI32ArrayAttr(*sizes));
+      }
+      for (ValueId id : node.outputs) state.addTypes(type(g.values[id]));
+      std::vector<mlir::Region*> regions;
+      for (size_t r = 0; r < node.regions.size(); ++r) regions.push_back(state.addRegion());
+      mlir::Operation* op = b_.create(state);
+      for (size_t r = 0; r < node.regions.size(); ++r) emit_region(*node.regions[r], op->getRegion(static_cast<unsigned>(r)));
+      for (size_t k = 0; k < node.outputs.size(); ++k) values[node.outputs[k]] = op->getResult(static_cast<unsigned>(k));
+    }
+  }
+
+  void emit_region(const Graph& g, mlir::Region& region) {
+    mlir::OpBuilder::InsertionGuard guard(b_);
+    mlir::Block* block = b_.createBlock(&region);
+    std::vector<mlir::Value> values(g.values.size());
+    for (ValueId id : g.arguments) values[id] = block->addArgument(type(g.values[id]), b_.getUnknownLoc());
+    emit_nodes(g, values);
+    std::vector<mlir::Value> yielded;
+    for (ValueId id : g.results) yielded.push_back(values[id]);
+    b_.create<ir::YieldOp>(b_.getUnknownLoc(), yielded);
+  }
+
+  // operandSegmentSizes for ops with more than one optional or variadic
+  // operand (the generated ops carry AttrSizedOperandSegments then).
+  static std::optional<std::vector<int32_t>> segment_sizes(const GraphNode& node) {
+    std::vector<OperandSpec> specs = operand_specs(*node.op);
+    int non_fixed = 0;
+    for (const OperandSpec& s : specs) non_fixed += s.kind != OperandSpec::Required;
+    if (non_fixed <= 1) return std::nullopt;
+    std::vector<int32_t> sizes;
+    int32_t variadic = static_cast<int32_t>(node.inputs.size()) - static_cast<int32_t>(specs.size()) + 1;
+    size_t next = 0;
+    for (const OperandSpec& s : specs) {
+      if (s.kind == OperandSpec::Variadic) {
+        sizes.push_back(variadic);
+        next += static_cast<size_t>(variadic);
+      } else {
+        sizes.push_back(node.inputs.at(next++) == kNoValue ? 0 : 1);
+      }
+    }
+    return sizes;
+  }
+
+  mlir::MLIRContext* context_;
+  mlir::OpBuilder b_;
+};
+
+std::string print(mlir::ModuleOp module, const IrPrintOptions& options) {
+  mlir::OpPrintingFlags flags;
+  if (options.locations) flags.enableDebugInfo(/*enable=*/true, /*prettyForm=*/false);
+  if (options.generic) flags.printGenericOpForm();
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  module.print(os, flags);
+  return text;
+}
+
+void verify(mlir::ModuleOp module, const Diagnostics& diagnostics, std::string_view what) {
+  if (mlir::failed(mlir::verify(module)))
+    fail<IrError>("{}: the kiln IR does not verify:\n{}", what, diagnostics.text());
+}
+
+mlir::OwningOpRef<mlir::ModuleOp> build_verified(mlir::MLIRContext* context, const TracedFunction& fn) {
+  Diagnostics diagnostics(context);
+  mlir::OwningOpRef<mlir::ModuleOp> module = Builder(context).build(fn);
+  verify(*module, diagnostics, fn.graph.name);
+  return module;
+}
+
+mlir::OwningOpRef<mlir::ModuleOp> parse(mlir::MLIRContext* context, std::string_view source) {
+  Diagnostics diagnostics(context);
+  mlir::ParserConfig config(context);
+  mlir::OwningOpRef<mlir::ModuleOp> module =
+      mlir::parseSourceString<mlir::ModuleOp>(llvm::StringRef(source.data(), source.size()), config, "kiln-ir");
+  if (!module) fail<IrError>("the kiln IR does not parse:\n{}", diagnostics.text());
+  verify(*module, diagnostics, "kiln-ir");
+  return module;
+}
+
+std::string bytecode(mlir::ModuleOp module) {
+  std::string bytes;
+  llvm::raw_string_ostream os(bytes);
+  if (mlir::failed(mlir::writeBytecodeToFile(module, os))) fail<IrError>("writing MLIR bytecode failed");
+  return bytes;
+}
+
+}  // namespace
+
+std::string traced_ir(const TracedFunction& fn, const IrPrintOptions& options) {
+  auto context = ir::make_context();
+  return print(*build_verified(context.get(), fn), options);
+}
+
+std::string traced_bytecode(const TracedFunction& fn) {
+  auto context = ir::make_context();
+  return bytecode(*build_verified(context.get(), fn));
+}
+
+std::string reprint_ir(std::string_view text_or_bytecode, const IrPrintOptions& options) {
+  auto context = ir::make_context();
+  return print(*parse(context.get(), text_or_bytecode), options);
+}
+
+std::string ir_to_bytecode(std::string_view text) {
+  auto context = ir::make_context();
+  return bytecode(*parse(context.get(), text));
+}
+
+}  // namespace kiln

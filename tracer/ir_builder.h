@@ -1,0 +1,36 @@
+#pragma once
+// A traced function as a module of the kiln MLIR dialect, and the IR's
+// text and bytecode forms. No MLIR types cross this header: callers (the
+// Python binding, tests) get text and bytes.
+//
+// The module holds one func.func named after the function:
+//   - its arguments are the tensor arguments, then the captured tensors
+//     (marked {kiln.capture = i});
+//   - its results are the function's results, then the new .grad of
+//     captured tensors ({kiln.grad_of = i}), then the values written back
+//     into captured tensors ({kiln.writeback = i});
+//   - every op carries the user's file:line as its location.
+#include <string>
+#include <string_view>
+
+#include "tracer/tracer.h"
+
+namespace kiln {
+
+struct IrPrintOptions {
+  bool locations = true;  // print each op's file:line (as #loc aliases)
+  bool generic = false;   // MLIR's generic op form instead of the kiln syntax
+};
+
+// The traced function as kiln-dialect text (verified).
+std::string traced_ir(const TracedFunction& fn, const IrPrintOptions& options = {});
+// The same module as MLIR bytecode.
+std::string traced_bytecode(const TracedFunction& fn);
+
+// Parses a kiln module from text or bytecode, verifies it and prints it;
+// IrError with MLIR's diagnostics (and their locations) when it does not.
+std::string reprint_ir(std::string_view text_or_bytecode, const IrPrintOptions& options = {});
+// Parses a kiln module from text and writes it as bytecode.
+std::string ir_to_bytecode(std::string_view text);
+
+}  // namespace kiln
