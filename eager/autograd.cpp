@@ -186,6 +186,11 @@ void record(const char* op, const Tensor& output, const std::vector<Tensor>& inp
   AutogradMeta& m = ensure_meta(output);
   m.requires_grad = true;
   m.grad_fn = node;
+  // A view taken in a trace has no memory for CopySlices to describe.
+  KILN_CHECK(!in_place || !output.impl_ptr()->traced_view, TraceError,
+             "{}_: an in-place update through a view (shape {}) inside a traced function cannot be traced while "
+             "gradients are recorded; write it out of place (kiln.where, kiln.cat) or under kiln.no_grad()",
+             op, shape_str(output.shape()));
   if (in_place && output.impl_handle()->view_base) rebase_view_write(output, node);
 }
 
@@ -211,6 +216,8 @@ void trace_assign(const Tensor& self, Tensor value, const char* op) {
              "{}_: result type {} can't be cast to the desired output type {}", op, dtype_name(value.dtype()),
              dtype_name(self.dtype()));
   if (value.dtype() != self.dtype()) value = to_dtype(value, self.dtype());
+  // A view taken in the trace: the write reaches the value it views.
+  if (self.impl_ptr()->traced_view) trace_write_through_view(self, value, op);
   trace->assign(self, value);
   self.bump_version();
 }

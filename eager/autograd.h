@@ -122,6 +122,27 @@ Tensor autograd_op(const char* op, std::initializer_list<Tensor> inputs, AttrsFn
   return out;
 }
 
+// The same for a list of inputs (cat, index: a variadic operand).
+template <class AttrsFn, class Compute, class MakeBackward>
+Tensor autograd_op(const char* op, const std::vector<Tensor>& inputs, AttrsFn&& attrs, Compute&& compute,
+                   MakeBackward&& make_backward) {
+  Tensor out;
+  if (TraceHook* trace = active_trace()) {
+    out = trace->record(op_def(op), inputs, attrs())[0];
+    if (should_record(inputs)) record(op, out, inputs, make_backward(out));
+    return out;
+  }
+  if (!should_record(inputs)) return compute();
+  {
+    NoGradGuard no_grad;
+    out = compute();
+  }
+  for (const Tensor& in : inputs)
+    if (out.is_same(in)) out = out.as_strided(out.shape(), out.strides(), out.offset());
+  record(op, out, inputs, make_backward(out));
+  return out;
+}
+
 // The same for an op that has no registered definition yet: it cannot be
 // traced (a TraceError names it).
 template <class Compute, class MakeBackward>

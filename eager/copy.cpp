@@ -95,7 +95,21 @@ void finish_output(const Tensor& out, const Tensor* into) {
   else copy_into(*into, out);
 }
 
+namespace {
+TensorType copy_meta(const TensorType& dst, const TensorType& src) {
+  KILN_CHECK(dst.device == src.device, DeviceError, "copy_: cannot copy a {} tensor into a {} tensor",
+             src.device.str(), dst.device.str());
+  if (src.shape != dst.shape) expand_meta(src, dst.shape);
+  return dst;
+}
+}  // namespace
+
 void copy_into(const Tensor& dst, const Tensor& src_in) {
+  if (auto traced = trace_if_active("copy", {dst, src_in}, KILN_NO_ATTRS)) {
+    // Recorded out of place: dst's new value.
+    trace_assign(dst, (*traced)[0], "copy");
+    return;
+  }
   check_writable(dst, "copy_");
   KILN_CHECK(dst.device() == src_in.device(), DeviceError,
              "copy_: cannot copy a {} tensor into a {} tensor", src_in.device().str(), dst.device().str());
@@ -118,6 +132,10 @@ void copy_into(const Tensor& dst, const Tensor& src_in) {
 }
 
 void fill(const Tensor& dst, Scalar value) {
+  if (active_trace()) {
+    trace_assign(dst, full_like(dst, value, dst.dtype()), "fill");
+    return;
+  }
   check_writable(dst, "fill_");
   auto plan = plan_loop<1>(dst.shape(), {&dst});
   dispatch_all(dst.dtype(), "fill_", [&]<class T>() {
@@ -147,7 +165,7 @@ BackwardFn identity_back() {
 Tensor to_dtype(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
   return autograd_op(
-      "to_copy", {x},
+      "to_copy", {x}, KILN_ATTRS(dtype),
       [&] {
         Tensor out = Tensor::empty(x.shape(), dtype, x.device());
         copy_into(out, x);
@@ -158,7 +176,7 @@ Tensor to_dtype(const Tensor& x, DType dtype) {
 
 Tensor clone(const Tensor& x) {
   return autograd_op(
-      "clone", {x},
+      "clone", {x}, KILN_NO_ATTRS,
       [&] {
         Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
         copy_into(out, x);
@@ -167,8 +185,33 @@ Tensor clone(const Tensor& x) {
       [](const Tensor&) { return identity_back(); });
 }
 
-Tensor contiguous(const Tensor& x) { return x.is_contiguous() ? x : clone(x); }
+Tensor contiguous(const Tensor& x) {
+  // A traced value's memory layout is only known when the function runs.
+  if (!is_symbolic(x)) return x.is_contiguous() ? x : clone(x);
+  Tensor out = autograd_op("contiguous", {x}, KILN_NO_ATTRS, [&] { return x; }, [](const Tensor&) { return identity_back(); });
+  note_traced_view(out, x, nullptr, {},
+                   "contiguous (it returns its input or a copy depending on the input's memory layout, which is "
+                   "only known when the function runs); write into a .clone()");
+  return out;
+}
 
-void register_copy_ops() {}
+void register_copy_ops() {
+  auto same_type = [](const auto& in) { return in[0]; };
+  register_typed<DType>(
+      {.name = "to_copy"}, "dtype",
+      [](const auto& in, DType dtype) { return TensorType{in[0].shape, dtype, in[0].device}; },
+      [](const auto& in, DType dtype) { return to_dtype(in[0], dtype); });
+  register_typed<>({.name = "clone"}, "", same_type, [](const auto& in) { return clone(in[0]); });
+  register_typed<>({.name = "contiguous"}, "", same_type, [](const auto& in) { return contiguous(in[0]); });
+  // copy_ out of place: dst's new value.
+  register_typed<>(
+      {.name = "copy", .num_inputs = 2, .operands = "dst, src"}, "",
+      [](const auto& in) { return copy_meta(in[0], in[1]); },
+      [](const auto& in) {
+        Tensor out = empty_like(in[0]);
+        out.copy_(in[1]);
+        return out;
+      });
+}
 
 }  // namespace kiln

@@ -137,26 +137,228 @@ void take(const Tensor& out, const Tensor& base, const Tensor& index, const Inde
 Tensor as_1d(const Tensor& t) { return t.dim() == 0 ? t.reshape({1}) : t; }
 
 // gather/scatter_add's rule: index.size(d) fits x.size(d) in every dim but
-// `dim` (and src's size in every dim).
-void check_scatter_shapes(const char* op, const Tensor& x, int64_t dim, const Tensor& index,
-                          const Tensor* src) {
-  KILN_CHECK(index.dim() == x.dim(), ShapeError,
-             "{}: index has {} dims (shape {}) but the input has {} (shape {})", op, index.dim(),
-             shape_str(index.shape()), x.dim(), shape_str(x.shape()));
+// `dim` (and src's size in every dim). Dynamic sizes are checked at run time.
+void check_scatter_shapes(const char* op, const TensorType& x, int64_t dim, const TensorType& index,
+                          const TensorType* src) {
+  const auto nd = static_cast<int64_t>(x.shape.size());
+  auto fits = [](int64_t small, int64_t big) { return is_dynamic(small) || is_dynamic(big) || small <= big; };
+  KILN_CHECK(static_cast<int64_t>(index.shape.size()) == nd, ShapeError,
+             "{}: index has {} dims (shape {}) but the input has {} (shape {})", op, index.shape.size(),
+             shape_str(index.shape), nd, shape_str(x.shape));
   if (src)
-    KILN_CHECK(src->dim() == x.dim(), ShapeError,
-               "{}: src has {} dims (shape {}) but the input has {} (shape {})", op, src->dim(),
-               shape_str(src->shape()), x.dim(), shape_str(x.shape()));
-  for (int64_t d = 0; d < x.dim(); ++d) {
-    KILN_CHECK(d == dim || index.shape()[d] <= x.shape()[d], ShapeError,
+    KILN_CHECK(static_cast<int64_t>(src->shape.size()) == nd, ShapeError,
+               "{}: src has {} dims (shape {}) but the input has {} (shape {})", op, src->shape.size(),
+               shape_str(src->shape), nd, shape_str(x.shape));
+  for (int64_t d = 0; d < nd; ++d) {
+    KILN_CHECK(d == dim || fits(index.shape[d], x.shape[d]), ShapeError,
                "{}: index shape {} is larger than the input shape {} in dim {} (only dim {} may "
                "be)",
-               op, shape_str(index.shape()), shape_str(x.shape()), d, dim);
+               op, shape_str(index.shape), shape_str(x.shape), d, dim);
     if (src)
-      KILN_CHECK(index.shape()[d] <= src->shape()[d], ShapeError,
-                 "{}: index shape {} is larger than the src shape {} in dim {}", op,
-                 shape_str(index.shape()), shape_str(src->shape()), d);
+      KILN_CHECK(fits(index.shape[d], src->shape[d]), ShapeError,
+                 "{}: index shape {} is larger than the src shape {} in dim {}", op, shape_str(index.shape),
+                 shape_str(src->shape), d);
   }
+}
+
+TensorType as_1d(const TensorType& t) {
+  if (!t.shape.empty()) return t;
+  TensorType one = t;
+  one.shape = {1};
+  return one;
+}
+
+void check_index_dtype(DType dtype, const char* op) {
+  KILN_CHECK(dtype == DType::Int64 || dtype == DType::Int32, DTypeError,
+             "{}: expected an int64 or int32 index tensor, got {}", op, dtype_name(dtype));
+}
+
+std::vector<TensorType> types_of(const std::vector<Tensor>& ts) {
+  std::vector<TensorType> out;
+  for (const Tensor& t : ts) out.push_back(type_of(t));
+  return out;
+}
+
+// ---- meta rules ----
+
+TensorType index_select_meta(const TensorType& x_in, int64_t dim, const TensorType& index) {
+  KILN_CHECK(index.shape.size() <= 1, ShapeError, "index_select: index must be 0-d or 1-D, got shape {}",
+             shape_str(index.shape));
+  check_index_dtype(index.dtype, "index_select");
+  TensorType x = as_1d(x_in);
+  dim = wrap_dim(dim, static_cast<int64_t>(x.shape.size()), "index_select");
+  if (x_in.shape.empty()) return {index.shape, x.dtype, x.device};
+  x.shape[dim] = index.shape.empty() ? 1 : index.shape[0];
+  return x;
+}
+
+TensorType gather_meta(const TensorType& x_in, int64_t dim, const TensorType& index_in) {
+  const TensorType x = as_1d(x_in), index = as_1d(index_in);
+  dim = wrap_dim(dim, static_cast<int64_t>(x.shape.size()), "gather");
+  check_scatter_shapes("gather", x, dim, index, nullptr);
+  check_index_dtype(index.dtype, "gather");
+  return {index_in.shape, x.dtype, x.device};
+}
+
+TensorType scatter_add_meta(const TensorType& x_in, int64_t dim, const TensorType& index_in, const TensorType& src_in) {
+  KILN_CHECK(src_in.dtype == x_in.dtype, DTypeError, "scatter_add: src ({}) must have the input's dtype ({})",
+             dtype_name(src_in.dtype), dtype_name(x_in.dtype));
+  const TensorType x = as_1d(x_in), index = as_1d(index_in), src = as_1d(src_in);
+  dim = wrap_dim(dim, static_cast<int64_t>(x.shape.size()), "scatter_add");
+  check_scatter_shapes("scatter_add", x, dim, index, &src);
+  check_index_dtype(index.dtype, "scatter_add");
+  return x_in;
+}
+
+TensorType masked_fill_meta(const TensorType& x, const TensorType& mask) {
+  KILN_CHECK(mask.dtype == DType::Bool, DTypeError, "masked_fill: the mask must be bool, got {}",
+             dtype_name(mask.dtype));
+  // torch: the result takes the broadcast shape of x and mask.
+  return {broadcast_shapes(x.shape, mask.shape, "masked_fill"), x.dtype, x.device};
+}
+
+TensorType one_hot_meta(const TensorType& index, int64_t num_classes) {
+  KILN_CHECK(num_classes >= -1, ValueError, "one_hot: num_classes must be -1 or non-negative, got {}",
+             num_classes);
+  KILN_CHECK(index.dtype == DType::Int64 || index.dtype == DType::Int32, DTypeError,
+             "one_hot: expected an int64 or int32 index tensor, got {}", dtype_name(index.dtype));
+  Shape shape = index.shape;
+  shape.push_back(num_classes == -1 ? kDynamic : num_classes);  // -1: from the values
+  return {shape, DType::Int64, index.device};
+}
+
+// ---- advanced indexing: the layout of the result ----
+
+struct IndexEntry {
+  int64_t dim;      // the x dim indexed; -1 for a 0-d bool, which indexes none
+  Shape shape;      // the index tensor's (a mask's: its count of true elements)
+  size_t source;    // position in the index list
+  int64_t column;   // a mask's coordinate; -1: an integer index; -2: a 0-d bool
+};
+
+struct AdvancedLayout {
+  std::vector<IndexEntry> entries;  // empty: no index tensors, the whole of x is selected
+  int64_t int_indices = 0, masks = 0;
+  Shape shape;                      // the indexed result's shape
+  std::vector<int64_t> from_x;      // per result dim: the x dim it is, or -1 (a broadcast index dim)
+  size_t at = 0;                    // where the broadcast index dims start
+  Shape bshape;                     // the index tensors' broadcast shape
+};
+
+// `mask_count(i)`: the number of true elements of mask i (a 0-d one: 1 or
+// 0); a meta rule passes kDynamic.
+AdvancedLayout advanced_layout(const TensorType& x, const std::vector<TensorType>& indices, const char* op,
+                               const std::function<int64_t(size_t)>& mask_count) {
+  const auto nd = static_cast<int64_t>(x.shape.size());
+  AdvancedLayout L;
+  std::vector<bool> consumed(nd, false);
+  int64_t d = 0, first = -1;
+  bool adjacent = true, slice_since_adv = false;
+  auto check_room = [&](int64_t need) {
+    KILN_CHECK(d + need <= nd, IndexError, "{}: too many indices for a tensor of {} dims (shape {})", op, nd,
+               shape_str(x.shape));
+  };
+  for (size_t i = 0; i < indices.size(); ++i) {
+    const TensorType& t = indices[i];
+    if (!t.defined) {
+      check_room(1);
+      ++d;
+      slice_since_adv = first >= 0;
+      continue;
+    }
+    if (slice_since_adv) adjacent = false;
+    if (first < 0) first = d;
+    if (t.dtype == DType::Bool) {
+      // A k-dim mask selects over k dims: its nonzero() coordinates index them.
+      const auto k = static_cast<int64_t>(t.shape.size());
+      check_room(k);
+      for (int64_t j = 0; j < k; ++j)
+        KILN_CHECK(t.shape[j] == x.shape[d + j] || is_dynamic(t.shape[j]) || is_dynamic(x.shape[d + j]), IndexError,
+                   "{}: the shape of the mask {} at index {} does not match the shape of the "
+                   "indexed tensor {} at index {}",
+                   op, shape_str(t.shape), j, shape_str(x.shape), d + j);
+      if (k == 0) {
+        // NumPy: a 0-d True adds a dim of size 1, a 0-d False one of size 0.
+        L.entries.push_back({-1, {mask_count(i)}, i, -2});
+      } else {
+        const int64_t n = mask_count(i);
+        ++L.masks;
+        for (int64_t j = 0; j < k; ++j) L.entries.push_back({d + j, {n}, i, j});
+      }
+      for (int64_t j = 0; j < k; ++j) consumed[d + j] = true;
+      d += k;
+    } else if (t.dtype == DType::Int64 || t.dtype == DType::Int32) {
+      check_room(1);
+      L.entries.push_back({d, t.shape, i, -1});
+      consumed[d++] = true;
+      ++L.int_indices;
+    } else {
+      fail<IndexError>("{}: tensors used as indices must be int64, int32 or bool, got {}", op, dtype_name(t.dtype));
+    }
+  }
+  if (L.entries.empty()) return L;
+
+  Shape bshape;
+  try {
+    for (const IndexEntry& e : L.entries) bshape = broadcast_shapes(bshape, e.shape, op);
+  } catch (const ShapeError&) {
+    std::string shapes;
+    for (const IndexEntry& e : L.entries) shapes += (shapes.empty() ? "" : ", ") + shape_str(e.shape);
+    fail<IndexError>("{}: shape mismatch: index tensors could not be broadcast together with "
+                     "shapes {}",
+                     op, shapes);
+  }
+  // NumPy's rule: adjacent index tensors put their broadcast dims where they
+  // stood; separated ones put them first.
+  const int64_t bpos = adjacent ? first : 0;
+  L.bshape = bshape;
+  auto push_bdims = [&] {
+    L.shape.insert(L.shape.end(), bshape.begin(), bshape.end());
+    L.from_x.insert(L.from_x.end(), bshape.size(), -1);
+  };
+  if (!adjacent) push_bdims();
+  for (int64_t xd = 0; xd < nd; ++xd) {
+    if (adjacent && xd == bpos) push_bdims();
+    if (!consumed[xd]) {
+      L.shape.push_back(x.shape[xd]);
+      L.from_x.push_back(xd);
+    }
+  }
+  if (adjacent && bpos == nd) push_bdims();  // a trailing 0-d bool
+  L.at = adjacent ? static_cast<size_t>(std::count(consumed.begin(), consumed.begin() + bpos, false)) : 0;
+  return L;
+}
+
+int64_t unknown_count(size_t) { return kDynamic; }
+
+bool same_shape(const Shape& a, const Shape& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t d = 0; d < a.size(); ++d)
+    if (a[d] != b[d] && !is_dynamic(a[d]) && !is_dynamic(b[d])) return false;
+  return true;
+}
+
+TensorType index_meta(const TensorType& x, const std::vector<TensorType>& indices) {
+  AdvancedLayout L = advanced_layout(x, indices, "index", unknown_count);
+  return L.entries.empty() ? x : TensorType{L.shape, x.dtype, x.device};
+}
+
+// Checks values against the indexed shape (the layout of x[indices]).
+void check_index_put_values(const TensorType& x, const AdvancedLayout& L, const TensorType& values) {
+  if (L.entries.empty()) {
+    if (values.shape != x.shape) expand_meta(values, x.shape);
+    return;
+  }
+  KILN_CHECK(same_shape(broadcast_shapes(L.shape, values.shape, "index_put_"), L.shape), ShapeError,
+             "index_put_: values of shape {} cannot be broadcast to the indexed shape {}", shape_str(values.shape),
+             shape_str(L.shape));
+}
+
+TensorType index_put_meta(const TensorType& x, const TensorType& values, const std::vector<TensorType>& indices) {
+  AdvancedLayout L = advanced_layout(x, indices, "index_put_", unknown_count);
+  // A mask's count is only known when the function runs; so is whether values fit.
+  if (L.masks == 0) check_index_put_values(x, L, values);
+  return x;
 }
 
 // `t` viewed over `shape`, with its own dims' strides at dims [at, at + t.dim()).
@@ -179,99 +381,38 @@ struct AdvancedPlan {
 
 AdvancedPlan plan_advanced(const Tensor& x, const std::vector<Tensor>& indices, const char* op,
                            bool writes_x) {
+  // Masks index by their nonzero() coordinates (computed once, after checks).
+  std::vector<Tensor> nz(indices.size());
+  auto count = [&](size_t i) -> int64_t {
+    const Tensor& t = indices[i];
+    if (t.dim() == 0) return t.item<bool>() ? 1 : 0;
+    nz[i] = nonzero(t);
+    return nz[i].shape()[0];
+  };
+  AdvancedLayout L = advanced_layout(type_of(x), types_of(indices), op, count);
+  AdvancedPlan plan;
+  if (L.entries.empty()) return plan;
+  // Mask coordinates are distinct; int indices may repeat.
+  plan.unique = L.int_indices == 0 && L.masks <= 1;
+  plan.any = true;
+  plan.shape = L.shape;
   struct Entry {
-    int64_t dim;  // the x dim indexed; -1 for a 0-d bool, which indexes none
+    int64_t dim;
     Tensor idx;
   };
-  const int64_t nd = x.dim();
   std::vector<Entry> adv;
-  std::vector<bool> consumed(nd, false);
-  int64_t d = 0, first = -1, int_indices = 0, masks = 0;
-  bool adjacent = true, slice_since_adv = false;
-  auto check_room = [&](int64_t need) {
-    KILN_CHECK(d + need <= nd, IndexError, "{}: too many indices for a tensor of {} dims (shape {})",
-               op, nd, shape_str(x.shape()));
-  };
-  for (const Tensor& t : indices) {
-    if (!t.defined()) {
-      check_room(1);
-      ++d;
-      slice_since_adv = first >= 0;
-      continue;
-    }
-    if (slice_since_adv) adjacent = false;
-    if (first < 0) first = d;
-    if (t.dtype() == DType::Bool) {
-      // A k-dim mask selects over k dims: its nonzero() coordinates index them.
-      const int64_t k = t.dim();
-      check_room(k);
-      for (int64_t j = 0; j < k; ++j)
-        KILN_CHECK(t.shape()[j] == x.shape()[d + j], IndexError,
-                   "{}: the shape of the mask {} at index {} does not match the shape of the "
-                   "indexed tensor {} at index {}",
-                   op, shape_str(t.shape()), j, shape_str(x.shape()), d + j);
-      if (k == 0) {
-        // NumPy: a 0-d True adds a dim of size 1, a 0-d False one of size 0.
-        adv.push_back({-1, zeros({t.item<bool>() ? 1 : 0}, DType::Int64)});
-      } else {
-        Tensor nz = nonzero(t);
-        ++masks;
-        for (int64_t j = 0; j < k; ++j) adv.push_back({d + j, nz.select(1, j)});
-      }
-      for (int64_t j = 0; j < k; ++j) consumed[d + j] = true;
-      d += k;
-    } else if (t.dtype() == DType::Int64 || t.dtype() == DType::Int32) {
-      check_room(1);
-      // index_put_ reads the indices while writing x: they must not change under it.
-      adv.push_back({d, writes_x && t.storage() == x.storage() ? t.clone() : t});
-      consumed[d++] = true;
-      ++int_indices;
-    } else {
-      fail<IndexError>("{}: tensors used as indices must be int64, int32 or bool, got {}", op,
-                       dtype_name(t.dtype()));
-    }
+  for (const IndexEntry& e : L.entries) {
+    const Tensor& t = indices[e.source];
+    if (e.column == -2) adv.push_back({-1, zeros(e.shape, DType::Int64)});
+    else if (e.column >= 0) adv.push_back({e.dim, nz[e.source].select(1, e.column)});
+    // index_put_ reads the indices while writing x: they must not change under it.
+    else adv.push_back({e.dim, writes_x && t.storage() == x.storage() ? t.clone() : t});
   }
-
-  AdvancedPlan plan;
-  if (adv.empty()) return plan;
-  // Mask coordinates are distinct; int indices may repeat.
-  plan.unique = int_indices == 0 && masks <= 1;
-  plan.any = true;
-
-  Shape bshape;
-  try {
-    for (const Entry& e : adv) bshape = broadcast_shapes(bshape, e.idx.shape(), op);
-  } catch (const ShapeError&) {
-    std::string shapes;
-    for (const Entry& e : adv) shapes += (shapes.empty() ? "" : ", ") + shape_str(e.idx.shape());
-    fail<IndexError>("{}: shape mismatch: index tensors could not be broadcast together with "
-                     "shapes {}",
-                     op, shapes);
-  }
-
-  // NumPy's rule: adjacent index tensors put their broadcast dims where they
-  // stood; separated ones put them first.
-  const int64_t bpos = adjacent ? first : 0;
+  const Shape& bshape = L.bshape;
   Strides base_strides;
-  auto push_x_dim = [&](int64_t xd) {
-    plan.shape.push_back(x.shape()[xd]);
-    base_strides.push_back(x.strides()[xd]);
-  };
-  auto push_bdims = [&] {
-    plan.shape.insert(plan.shape.end(), bshape.begin(), bshape.end());
-    base_strides.insert(base_strides.end(), bshape.size(), 0);
-  };
-  if (!adjacent) push_bdims();
-  for (int64_t xd = 0; xd < nd; ++xd) {
-    if (adjacent && xd == bpos) push_bdims();
-    if (!consumed[xd]) push_x_dim(xd);
-  }
-  if (adjacent && bpos == nd) push_bdims();  // a trailing 0-d bool
+  for (int64_t xd : L.from_x) base_strides.push_back(xd < 0 ? 0 : x.strides()[xd]);
   plan.base = x.as_strided(plan.shape, std::move(base_strides), x.offset());
-  const size_t at = adjacent ? static_cast<size_t>(
-                                   std::count_if(consumed.begin(), consumed.begin() + bpos,
-                                                 [](bool c) { return !c; }))
-                             : 0;
+  const size_t at = L.at;
   const int64_t width = static_cast<int64_t>(x.itemsize());
 
   if (adv.size() == 1 && adv[0].dim >= 0) {
@@ -305,12 +446,11 @@ AdvancedPlan plan_advanced(const Tensor& x, const std::vector<Tensor>& indices, 
 }  // namespace
 
 Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index) {
-  KILN_CHECK(index.dim() <= 1, ShapeError, "index_select: index must be 0-d or 1-D, got shape {}",
-             shape_str(index.shape()));
+  index_select_meta(type_of(x_in), dim, type_of(index));
   const Tensor x = as_1d(x_in);
   dim = wrap_dim(dim, x.dim(), "index_select");
   return autograd_op(
-      "index_select", {x_in},
+      "index_select", {x_in, index}, KILN_ATTRS(dim),
       [&] {
         Shape shape = x.shape();
         shape[dim] = index.numel();
@@ -335,17 +475,17 @@ Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index) {
           ishape[dim] = gshape[dim];
           Tensor idx = expand(reshape(sidx.get(), ishape), gshape);
           Tensor gx = scatter_add(zeros(shape, g.dtype()), dim, idx, reshape(g, gshape));
-          return {reshape(gx, in_shape)};
+          return {reshape(gx, in_shape), Tensor()};
         });
       });
 }
 
 Tensor gather(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
+  gather_meta(type_of(x_in), dim, type_of(index_in));
   const Tensor x = as_1d(x_in), index = as_1d(index_in);
   dim = wrap_dim(dim, x.dim(), "gather");
-  check_scatter_shapes("gather", x, dim, index, nullptr);
   return autograd_op(
-      "gather", {x_in},
+      "gather", {x_in, index_in}, KILN_ATTRS(dim),
       [&] {
         Strides base_strides = x.strides();
         base_strides[dim] = 0;
@@ -359,20 +499,17 @@ Tensor gather(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
       [&](const Tensor&) {
         return BackwardFn([shape = x_in.shape(), dim, sidx = SavedTensor(index_in)](const Tensor& g,
                                                                                     const Needs&) -> Grads {
-          return {scatter_add(zeros(shape, g.dtype()), dim, sidx.get(), g)};
+          return {scatter_add(zeros(shape, g.dtype()), dim, sidx.get(), g), Tensor()};
         });
       });
 }
 
 Tensor scatter_add(const Tensor& x_in, int64_t dim, const Tensor& index_in, const Tensor& src_in) {
-  KILN_CHECK(src_in.dtype() == x_in.dtype(), DTypeError,
-             "scatter_add: src ({}) must have the input's dtype ({})", dtype_name(src_in.dtype()),
-             dtype_name(x_in.dtype()));
+  scatter_add_meta(type_of(x_in), dim, type_of(index_in), type_of(src_in));
   const Tensor x = as_1d(x_in), index = as_1d(index_in), src = as_1d(src_in);
   dim = wrap_dim(dim, x.dim(), "scatter_add");
-  check_scatter_shapes("scatter_add", x, dim, index, &src);
   return autograd_op(
-      "scatter_add", {x_in, src_in},
+      "scatter_add", {x_in, index_in, src_in}, KILN_ATTRS(dim),
       [&] {
         Tensor out = x.clone();
         Strides base_strides = out.strides();
@@ -406,7 +543,7 @@ Tensor scatter_add(const Tensor& x_in, int64_t dim, const Tensor& index_in, cons
         return BackwardFn([dim, sidx = SavedTensor(index_in), src_shape = src_in.shape()](
                               const Tensor& g, const Needs& need) -> Grads {
           Tensor gsrc;
-          if (need[1]) {
+          if (need[2]) {
             gsrc = gather(g, dim, sidx.get());
             if (gsrc.shape() != src_shape) {
               Tensor full = zeros(src_shape, g.dtype());
@@ -416,7 +553,7 @@ Tensor scatter_add(const Tensor& x_in, int64_t dim, const Tensor& index_in, cons
               gsrc = full;
             }
           }
-          return {need[0] ? g : Tensor(), gsrc};
+          return {need[0] ? g : Tensor(), Tensor(), gsrc};
         });
       });
 }
@@ -473,12 +610,9 @@ bool try_masked_put(const Tensor& x, const std::vector<Tensor>& indices, const T
 }  // namespace
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, Scalar value) {
-  KILN_CHECK(mask.dtype() == DType::Bool, DTypeError, "masked_fill: the mask must be bool, got {}",
-             dtype_name(mask.dtype()));
-  // torch: the result takes the broadcast shape of x and mask.
-  Shape shape = broadcast_shapes(x.shape(), mask.shape(), "masked_fill");
+  const Shape shape = masked_fill_meta(type_of(x), type_of(mask)).shape;
   return autograd_op(
-      "masked_fill", {x},
+      "masked_fill", {x, mask}, KILN_ATTRS(value),
       [&] {
         Tensor out = Tensor::empty(shape, x.dtype(), x.device());
         masked_store(out, expand(x, shape), expand(mask, shape), value, "masked_fill");
@@ -487,16 +621,14 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, Scalar value) {
       [&](const Tensor&) {
         // Filled elements no longer depend on x.
         return BackwardFn([smask = SavedTensor(mask)](const Tensor& g, const Needs&) -> Grads {
-          return {masked_fill(g, smask.get(), 0)};
+          return {masked_fill(g, smask.get(), 0), Tensor()};
         });
       });
 }
 
 Tensor one_hot(const Tensor& index, int64_t num_classes) {
-  KILN_CHECK(num_classes >= -1, ValueError, "one_hot: num_classes must be -1 or non-negative, got {}",
-             num_classes);
-  KILN_CHECK(index.dtype() == DType::Int64 || index.dtype() == DType::Int32, DTypeError,
-             "one_hot: expected an int64 or int32 index tensor, got {}", dtype_name(index.dtype()));
+  one_hot_meta(type_of(index), num_classes);
+  if (auto traced = trace_if_active("one_hot", {index}, KILN_ATTRS(num_classes))) return (*traced)[0];
   Tensor idx = index.to(DType::Int64).contiguous();
   const int64_t* v = idx.data<int64_t>();
   const int64_t n = idx.numel();
@@ -520,6 +652,7 @@ Tensor one_hot(const Tensor& index, int64_t num_classes) {
 }
 
 Tensor nonzero(const Tensor& x_in) {
+  if (auto traced = trace_if_active("nonzero", {x_in}, KILN_NO_ATTRS)) return (*traced)[0];
   const Tensor x = x_in.contiguous();
   const int64_t n = x.numel(), nd = x.dim();
   // Count per block, then each block writes its coordinates from its prefix
@@ -586,9 +719,16 @@ std::vector<SavedTensor> save_all(const std::vector<Tensor>& ts) { return {ts.be
 std::vector<Tensor> get_all(const std::vector<SavedTensor>& ts) { return {ts.begin(), ts.end()}; }
 }  // namespace
 
+namespace {
+std::vector<Tensor> joined(std::vector<Tensor> head, const std::vector<Tensor>& tail) {
+  head.insert(head.end(), tail.begin(), tail.end());
+  return head;
+}
+}  // namespace
+
 Tensor index(const Tensor& x, const std::vector<Tensor>& indices) {
   return autograd_op(
-      "index", {x},
+      "index", joined({x}, indices), KILN_NO_ATTRS,
       [&] {
         AdvancedPlan plan = plan_advanced(x, indices, "index", /*writes_x=*/false);
         if (!plan.any) return clone(x);
@@ -600,7 +740,9 @@ Tensor index(const Tensor& x, const std::vector<Tensor>& indices) {
         return BackwardFn([shape = x.shape(), sidx = save_all(indices)](const Tensor& g, const Needs&) -> Grads {
           Tensor gx = zeros(shape, g.dtype());
           index_accumulate(gx, get_all(sidx), g);
-          return {gx};
+          Grads grads(sidx.size() + 1);
+          grads[0] = gx;
+          return grads;
         });
       });
 }
@@ -632,8 +774,32 @@ void index_put_impl(const Tensor& x, const std::vector<Tensor>& indices, const T
 }
 }  // namespace
 
+namespace {
+// The overwritten elements of x get no gradient; values get g at the
+// positions they were written to (summed over their broadcast).
+BackwardFn index_put_backward(const std::vector<Tensor>& indices) {
+  return [sidx = save_all(indices)](const Tensor& g, const Needs& need) -> Grads {
+    const std::vector<Tensor> idx = get_all(sidx);
+    Tensor gx, gv;
+    if (need[0]) {
+      gx = clone(g);
+      index_put_(gx, idx, zeros({}, g.dtype()));
+    }
+    if (need[1]) gv = index(g, idx);
+    return {gx, gv};
+  };
+}
+}  // namespace
+
 void index_put_(const Tensor& x, const std::vector<Tensor>& indices, const Tensor& values) {
   check_inplace(x, "index_put");
+  if (TraceHook* trace = active_trace()) {
+    // Recorded out of place (x with the indexed elements replaced), then assigned.
+    const bool grad = should_record({x, values});
+    trace_assign(x, trace->record(op_def("index_put"), joined({x, values}, indices), {})[0], "index_put");
+    if (grad) record("index_put", x, {x, values}, index_put_backward(indices));
+    return;
+  }
   if (!should_record({x, values})) return index_put_impl(x, indices, values);
   // Indices that live in x's storage would see the write; keep them as they were.
   std::vector<Tensor> kept = indices;
@@ -643,21 +809,45 @@ void index_put_(const Tensor& x, const std::vector<Tensor>& indices, const Tenso
     NoGradGuard no_grad;
     index_put_impl(x, kept, values);
   }
-  // The overwritten elements of x get no gradient; values get g at the
-  // positions they were written to (summed over their broadcast).
-  record("index_put", x, {x, values},
-         [sidx = save_all(kept)](const Tensor& g, const Needs& need) -> Grads {
-           const std::vector<Tensor> idx = get_all(sidx);
-           Tensor gx, gv;
-           if (need[0]) {
-             gx = clone(g);
-             index_put_(gx, idx, zeros({}, g.dtype()));
-           }
-           if (need[1]) gv = index(g, idx);
-           return {gx, gv};
-         });
+  record("index_put", x, {x, values}, index_put_backward(kept));
 }
 
-void register_indexing_ops() {}
+void register_indexing_ops() {
+  register_typed<int64_t>({.name = "index_select", .num_inputs = 2, .operands = "x, index"}, "dim",
+                          [](const auto& in, int64_t dim) { return index_select_meta(in[0], dim, in[1]); },
+                          [](const auto& in, int64_t dim) { return index_select(in[0], dim, in[1]); });
+  register_typed<int64_t>({.name = "gather", .num_inputs = 2, .operands = "x, index"}, "dim",
+                          [](const auto& in, int64_t dim) { return gather_meta(in[0], dim, in[1]); },
+                          [](const auto& in, int64_t dim) { return gather(in[0], dim, in[1]); });
+  register_typed<int64_t>({.name = "scatter_add", .num_inputs = 3, .operands = "x, index, src"}, "dim",
+                          [](const auto& in, int64_t dim) { return scatter_add_meta(in[0], dim, in[1], in[2]); },
+                          [](const auto& in, int64_t dim) { return scatter_add(in[0], dim, in[1], in[2]); });
+  register_typed<Scalar>({.name = "masked_fill", .num_inputs = 2, .operands = "x, mask"}, "value",
+                         [](const auto& in, Scalar) { return masked_fill_meta(in[0], in[1]); },
+                         [](const auto& in, Scalar v) { return masked_fill(in[0], in[1], v); });
+  register_typed<int64_t>({.name = "one_hot", .operands = "index"}, "num_classes",
+                          [](const auto& in, int64_t n) { return one_hot_meta(in[0], n); },
+                          [](const auto& in, int64_t n) { return one_hot(in[0], n); });
+  register_typed<>({.name = "nonzero"}, "",
+                   [](const auto& in) {
+                     return TensorType{{kDynamic, static_cast<int64_t>(in[0].shape.size())}, DType::Int64, in[0].device};
+                   },
+                   [](const auto& in) { return nonzero(in[0]); });
+  auto tail = [](const auto& in, size_t from) {
+    using V = std::decay_t<decltype(in)>;
+    return V(in.begin() + static_cast<std::ptrdiff_t>(from), in.end());
+  };
+  register_typed<>({.name = "index", .num_inputs = -1, .operands = "x, indices..."}, "",
+                   [tail](const auto& in) { return index_meta(in[0], tail(in, 1)); },
+                   [tail](const auto& in) { return index(in[0], tail(in, 1)); });
+  // index_put_ out of place: x with x[indices] = values.
+  register_typed<>({.name = "index_put", .num_inputs = -1, .operands = "x, values, indices..."}, "",
+                   [tail](const auto& in) { return index_put_meta(in[0], in[1], tail(in, 2)); },
+                   [tail](const auto& in) {
+                     Tensor out = clone(in[0]);
+                     index_put_(out, tail(in, 2), in[1]);
+                     return out;
+                   });
+}
 
 }  // namespace kiln

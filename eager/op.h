@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <variant>
 #include <vector>
 
@@ -144,6 +145,57 @@ void register_matmul_ops();    // matmul.cpp
 void register_nn_ops();        // nn_ops.cpp (softmax, log_softmax, layer_norm)
 void register_functional_ops();  // nn/*.cpp (linear, conv, pools, norms, losses, dropout...)
 
+// ---- registering an op from typed functions ----
+// The attribute kind of a C++ attribute type (std::optional<T>: T's kind,
+// optional).
+template <class T>
+struct attr_traits;
+template <> struct attr_traits<bool> { static constexpr AttrKind kind = AttrKind::Bool; };
+template <> struct attr_traits<int64_t> { static constexpr AttrKind kind = AttrKind::Int; };
+template <> struct attr_traits<double> { static constexpr AttrKind kind = AttrKind::Float; };
+template <> struct attr_traits<std::string> { static constexpr AttrKind kind = AttrKind::String; };
+template <> struct attr_traits<std::vector<int64_t>> { static constexpr AttrKind kind = AttrKind::Ints; };
+template <> struct attr_traits<DType> { static constexpr AttrKind kind = AttrKind::DType; };
+template <> struct attr_traits<Scalar> { static constexpr AttrKind kind = AttrKind::Scalar; };
+template <class T>
+struct attr_traits<std::optional<T>> {
+  static constexpr AttrKind kind = attr_traits<T>::kind;
+  static constexpr bool optional = true;
+};
+
+// Registers `def` with attributes `attr_names` ("dim, start", as KILN_ATTRS
+// names them) of the C++ types A...: meta(input types, attrs...) and
+// run(inputs, attrs...) get them in that order and return one TensorType /
+// Tensor or a vector of them.
+//   register_typed<int64_t>({.name = "unsqueeze"}, "dim",
+//       [](const auto& in, int64_t dim) { return unsqueeze_meta(in[0], dim); },
+//       [](const auto& in, int64_t dim) { return unsqueeze(in[0], dim); });
+template <class... A, class Meta, class Run>
+void register_typed(OpDef def, const char* attr_names, Meta meta, Run run) {
+  std::vector<std::string> names = sizeof...(A) ? split_attr_names(attr_names) : std::vector<std::string>{};
+  auto optional = []<class T>(const T*) {
+    if constexpr (requires { attr_traits<T>::optional; }) return true;
+    else return false;
+  };
+  size_t i = 0;
+  ((def.attrs.push_back({names.at(i++), attr_traits<A>::kind, optional(static_cast<const A*>(nullptr))})), ...);
+  auto get = [names](const Attrs& attrs) {
+    size_t k = 0;
+    return std::tuple<A...>{attrs.get<A>(names[k++])...};
+  };
+  def.meta = [meta, get](const std::vector<TensorType>& in, const Attrs& attrs) -> std::vector<TensorType> {
+    auto out = std::apply([&](const A&... a) { return meta(in, a...); }, get(attrs));
+    if constexpr (std::is_same_v<decltype(out), TensorType>) return {std::move(out)};
+    else return out;
+  };
+  def.run = [run, get](const std::vector<Tensor>& in, const Attrs& attrs) -> std::vector<Tensor> {
+    auto out = std::apply([&](const A&... a) { return run(in, a...); }, get(attrs));
+    if constexpr (std::is_same_v<decltype(out), Tensor>) return {std::move(out)};
+    else return out;
+  };
+  register_op(std::move(def));
+}
+
 // ---- tracing ----
 struct TraceValue;  // the tracer's handle for a symbolic tensor
 
@@ -179,6 +231,24 @@ class TraceScope {
 Tensor make_symbolic(const TensorType& type, std::shared_ptr<TraceValue> value);
 inline bool is_symbolic(const Tensor& t) { return t.defined() && t.impl_ptr()->traced != nullptr; }
 inline const std::shared_ptr<TraceValue>& trace_value(const Tensor& t) { return t.impl_ptr()->traced; }
+
+// A view taken inside a trace is a value of its own (SSA); it remembers the
+// value it views (`root`, symbolic or a capture) and the view ops that take
+// root to it, so that an in-place write through it is traced as a
+// functional "<view op>_scatter" of the new value into root, assigned to
+// root. A null op: the view cannot be written through (its name says why).
+struct TracedView {
+  Tensor root;
+  uint64_t root_version = 0;  // root's version when the view was taken
+  std::vector<std::pair<const OpDef*, Attrs>> ops;
+  std::string not_writable;  // when an op is null: the op that made it, and why
+};
+// Marks `out` (an op's symbolic result) as the view `op(x; attrs)` of x.
+void note_traced_view(const Tensor& out, const Tensor& x, const OpDef* op, Attrs attrs,
+                      const char* not_writable = "");
+// In a trace, `view` (a TracedView) now holds `value`: records the scatter
+// into its root and assigns it (trace_assign calls this).
+void trace_write_through_view(const Tensor& view, const Tensor& value, const char* op);
 
 // Runs op `name` through the trace when one is active; else nullopt and the
 // caller computes eagerly. For ops that do not go through autograd_op

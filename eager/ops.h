@@ -104,6 +104,9 @@ Tensor unsqueeze(const Tensor& x, int64_t dim);
 Tensor flatten(const Tensor& x, int64_t start_dim = 0, int64_t end_dim = -1);
 // Resolves one -1 in a requested shape; ShapeError when numel differs.
 Shape infer_shape(const Shape& requested, int64_t numel, const char* op);
+// expand's meta rule (also copy_'s: src broadcasts to dst as expand does).
+struct TensorType;
+TensorType expand_meta(const TensorType& x, Shape shape);
 
 // ---- joining and splitting ----
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim = 0);

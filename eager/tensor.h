@@ -15,6 +15,7 @@ namespace kiln {
 struct AutogradMeta;  // eager/autograd.cpp
 struct Node;
 struct TraceValue;  // tracer/: set on symbolic (traced) tensors, which have no storage
+struct TracedView;  // eager/op.h: what a view taken in a trace views
 
 struct TensorImpl {
   std::shared_ptr<Storage> storage;
@@ -27,6 +28,7 @@ struct TensorImpl {
   // so that autograd can route an in-place write through a view to it.
   std::shared_ptr<TensorImpl> view_base;
   std::shared_ptr<TraceValue> traced;
+  std::shared_ptr<TracedView> traced_view;
 };
 
 using DimList = std::vector<int64_t>;
