@@ -837,11 +837,11 @@ void register_indexing_ops() {
     using V = std::decay_t<decltype(in)>;
     return V(in.begin() + static_cast<std::ptrdiff_t>(from), in.end());
   };
-  register_typed<>({.name = "index", .num_inputs = -1, .operands = "x, indices..."}, "",
+  register_typed<>({.name = "index", .num_inputs = -1, .operands = "x, indices?..."}, "",
                    [tail](const auto& in) { return index_meta(in[0], tail(in, 1)); },
                    [tail](const auto& in) { return index(in[0], tail(in, 1)); });
   // index_put_ out of place: x with x[indices] = values.
-  register_typed<>({.name = "index_put", .num_inputs = -1, .operands = "x, values, indices..."}, "",
+  register_typed<>({.name = "index_put", .num_inputs = -1, .operands = "x, values, indices?..."}, "",
                    [tail](const auto& in) { return index_put_meta(in[0], in[1], tail(in, 2)); },
                    [tail](const auto& in) {
                      Tensor out = clone(in[0]);

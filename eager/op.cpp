@@ -115,7 +115,8 @@ std::vector<OperandSpec> operand_specs(const OpDef& op) {
   }
   for (const std::string& item : split_attr_names(op.operands.c_str())) {
     OperandSpec spec{item};
-    if (item.ends_with("...")) spec = {item.substr(0, item.size() - 3), OperandSpec::Variadic};
+    if (item.ends_with("?...")) spec = {item.substr(0, item.size() - 4), OperandSpec::Variadic, true};
+    else if (item.ends_with("...")) spec = {item.substr(0, item.size() - 3), OperandSpec::Variadic};
     else if (item.ends_with("?")) spec = {item.substr(0, item.size() - 1), OperandSpec::Optional};
     specs.push_back(std::move(spec));
   }

@@ -21,6 +21,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -107,7 +108,8 @@ struct OpDef {
   int num_inputs = 1;
   int num_outputs = 1;
   // Operand names for the IR ("x, weight, bias?": a trailing '?' marks an
-  // optional operand, "inputs..." a variadic one). Empty: x / a, b / a, b, c
+  // optional operand, "inputs..." a variadic one, "indices?..." a variadic
+  // one with absent entries). Empty: x / a, b / a, b, c
   // by arity, "inputs..." when variadic.
   std::string operands;
   std::vector<AttrSpec> attrs;
@@ -122,6 +124,10 @@ struct OperandSpec {
   enum Kind : uint8_t { Required, Optional, Variadic };
   std::string name;
   Kind kind = Required;
+  // "name?...": a variadic operand whose entries may be absent (advanced
+  // indexing's None positions); the IR lists the present ones and, when
+  // one is absent, marks them in a `<name>_present` bool-array attribute.
+  bool holes = false;
 };
 std::vector<OperandSpec> operand_specs(const OpDef& op);
 
@@ -170,18 +176,21 @@ struct attr_traits<std::optional<T>> {
 //   register_typed<int64_t>({.name = "unsqueeze"}, "dim",
 //       [](const auto& in, int64_t dim) { return unsqueeze_meta(in[0], dim); },
 //       [](const auto& in, int64_t dim) { return unsqueeze(in[0], dim); });
+template <class T>
+inline constexpr bool is_optional_attr = requires { attr_traits<T>::optional; };
+
 template <class... A, class Meta, class Run>
 void register_typed(OpDef def, const char* attr_names, Meta meta, Run run) {
   std::vector<std::string> names = sizeof...(A) ? split_attr_names(attr_names) : std::vector<std::string>{};
-  auto optional = []<class T>(const T*) {
-    if constexpr (requires { attr_traits<T>::optional; }) return true;
-    else return false;
-  };
-  size_t i = 0;
-  ((def.attrs.push_back({names.at(i++), attr_traits<A>::kind, optional(static_cast<const A*>(nullptr))})), ...);
+  KILN_CHECK(names.size() == sizeof...(A), Error, "op '{}': {} attribute names for {} attribute types", def.name,
+             names.size(), sizeof...(A));
+  [&]<size_t... I>(std::index_sequence<I...>) {
+    (def.attrs.push_back({names[I], attr_traits<A>::kind, is_optional_attr<A>}), ...);
+  }(std::index_sequence_for<A...>{});
   auto get = [names](const Attrs& attrs) {
-    size_t k = 0;
-    return std::tuple<A...>{attrs.get<A>(names[k++])...};
+    return [&]<size_t... I>(std::index_sequence<I...>) {
+      return std::tuple<A...>{attrs.get<A>(names[I])...};
+    }(std::index_sequence_for<A...>{});
   };
   def.meta = [meta, get](const std::vector<TensorType>& in, const Attrs& attrs) -> std::vector<TensorType> {
     auto out = std::apply([&](const A&... a) { return meta(in, a...); }, get(attrs));

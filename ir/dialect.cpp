@@ -152,6 +152,19 @@ std::vector<T> eager_operands(const OpDef& def, llvm::ArrayRef<T> flat, mlir::Di
     KILN_CHECK(sizes[i] >= 0 && next + sizes[i] <= flat.size(), Error, "kiln.{}: operand counts do not add up",
                def.name);
     if (specs[i].kind == OperandSpec::Optional && sizes[i] == 0) out.push_back(T());
+    auto present = attributes && specs[i].holes
+                       ? attributes.getAs<mlir::DenseBoolArrayAttr>(specs[i].name + "_present")
+                       : nullptr;
+    if (present) {
+      int32_t taken = 0;
+      for (bool p : present.asArrayRef()) {
+        out.push_back(p && taken < sizes[i] ? flat[next + taken++] : T());
+      }
+      KILN_CHECK(taken == sizes[i], Error, "kiln.{}: {}_present marks {} operands, there are {}", def.name,
+                 specs[i].name, taken, sizes[i]);
+      next += static_cast<size_t>(sizes[i]);
+      continue;
+    }
     for (int32_t k = 0; k < sizes[i]; ++k) out.push_back(flat[next++]);
   }
   KILN_CHECK(next == flat.size(), Error, "kiln.{}: {} operands, expected {}", def.name, flat.size(), next);

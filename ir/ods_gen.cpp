@@ -102,6 +102,10 @@ int main(int argc, char** argv) {
           ++non_fixed;
           args.push_back("Variadic<AnyRankedTensor>:$" + s.name);
           format_items.push_back("`[` $" + s.name + " `]`");
+          if (s.holes) {
+            claim(s.name + "_present");
+            args.push_back("OptionalAttr<DenseBoolArrayAttr>:$" + s.name + "_present");
+          }
         } else {
           ++non_fixed;
           args.push_back("Optional<AnyRankedTensor>:$" + s.name);

@@ -1,5 +1,7 @@
 #include "tracer/ir_builder.h"
 
+#include <algorithm>
+
 #include <mlir/Bytecode/BytecodeWriter.h>
 #include <mlir/Dialect/Func/IR/FuncOps.h>
 #include <mlir/IR/Builders.h>
@@ -12,6 +14,7 @@
 
 #include "ir/dialect.h"
 #include "ir/dialects.h"
+#include "passes/simplify.h"
 
 namespace kiln {
 
@@ -22,15 +25,22 @@ class Diagnostics {
  public:
   explicit Diagnostics(mlir::MLIRContext* context)
       : handler_(context, [this](mlir::Diagnostic& d) {
-          std::string loc;
-          llvm::raw_string_ostream los(loc);
-          d.getLocation().print(los);
-          text_ += (text_.empty() ? "" : "\n") + loc + ": " + d.str();
+          text_ += (text_.empty() ? "" : "\n") + where(d.getLocation()) + ": " + d.str();
           return mlir::success();
         }) {}
   const std::string& text() const { return text_; }
 
  private:
+  // "file:line:col" as compilers print it; other locations as MLIR does.
+  static std::string where(mlir::Location loc) {
+    if (auto file = mlir::dyn_cast<mlir::FileLineColLoc>(loc))
+      return fmt::format("{}:{}:{}", file.getFilename().str(), file.getLine(), file.getColumn());
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    loc.print(os);
+    return text;
+  }
+
   std::string text_;
   mlir::ScopedDiagnosticHandler handler_;
 };
@@ -98,14 +108,12 @@ class Builder {
                  "op registry)",
                  g.name, name);
       mlir::OperationState state(location_of(context_, node.location), name);
-      std::vector<mlir::Value> operands;
-      for (ValueId id : node.inputs)
-        if (id != kNoValue) operands.push_back(values[id]);
-      state.addOperands(operands);
       for (const auto& [name, value] : node.attrs.items())
         if (mlir::Attribute attr = ir::to_mlir_attr(context_, value)) state.addAttribute(name, attr);
       if (node.regions.empty()) {
-        if (auto sizes = segment_sizes(node)) state.addAttribute("operandSegmentSizes", b_.getDenseI32ArrayAttr(*sizes));
+        add_operands(node, values, state);
+      } else {
+        for (ValueId id : node.inputs) state.addOperands(values[id]);
       }
       for (ValueId id : node.outputs) state.addTypes(type(g.values[id]));
       std::vector<mlir::Region*> regions;
@@ -127,25 +135,32 @@ class Builder {
     b_.create<ir::YieldOp>(b_.getUnknownLoc(), yielded);
   }
 
-  // operandSegmentSizes for ops with more than one optional or variadic
-  // operand (the generated ops carry AttrSizedOperandSegments then).
-  static std::optional<std::vector<int32_t>> segment_sizes(const GraphNode& node) {
+  // The node's inputs as operands, per the op's OperandSpecs: absent
+  // optional operands are left out, and operandSegmentSizes says how many
+  // each operand has when more than one is optional or variadic (the
+  // generated op then carries AttrSizedOperandSegments).
+  void add_operands(const GraphNode& node, const std::vector<mlir::Value>& values, mlir::OperationState& state) {
     std::vector<OperandSpec> specs = operand_specs(*node.op);
-    int non_fixed = 0;
-    for (const OperandSpec& s : specs) non_fixed += s.kind != OperandSpec::Required;
-    if (non_fixed <= 1) return std::nullopt;
     std::vector<int32_t> sizes;
-    int32_t variadic = static_cast<int32_t>(node.inputs.size()) - static_cast<int32_t>(specs.size()) + 1;
+    int non_fixed = 0;
     size_t next = 0;
-    for (const OperandSpec& s : specs) {
-      if (s.kind == OperandSpec::Variadic) {
-        sizes.push_back(variadic);
-        next += static_cast<size_t>(variadic);
-      } else {
-        sizes.push_back(node.inputs.at(next++) == kNoValue ? 0 : 1);
+    for (const OperandSpec& spec : specs) {
+      size_t count = spec.kind == OperandSpec::Variadic ? node.inputs.size() - (specs.size() - 1) : 1;
+      std::vector<bool> present;
+      for (size_t k = 0; k < count; ++k) {
+        ValueId id = node.inputs.at(next++);
+        present.push_back(id != kNoValue);
+        if (id != kNoValue) state.addOperands(values[id]);
+      }
+      int32_t n = static_cast<int32_t>(std::count(present.begin(), present.end(), true));
+      sizes.push_back(n);
+      non_fixed += spec.kind != OperandSpec::Required;
+      if (spec.holes && n != static_cast<int32_t>(count)) {
+        llvm::SmallVector<bool> mask(present.begin(), present.end());
+        state.addAttribute(spec.name + "_present", b_.getDenseBoolArrayAttr(mask));
       }
     }
-    return sizes;
+    if (non_fixed > 1) state.addAttribute("operandSegmentSizes", b_.getDenseI32ArrayAttr(sizes));
   }
 
   mlir::MLIRContext* context_;
@@ -193,9 +208,13 @@ std::string bytecode(mlir::ModuleOp module) {
 
 }  // namespace
 
-std::string traced_ir(const TracedFunction& fn, const IrPrintOptions& options) {
+std::string traced_ir(const TracedFunction& fn, std::string_view stage, const IrPrintOptions& options) {
+  KILN_CHECK(std::find(std::begin(kIrStages), std::end(kIrStages), stage) != std::end(kIrStages), ValueError,
+             "{}: no IR stage '{}'; the stages are 'traced', 'simplified'", fn.graph.name, stage);
   auto context = ir::make_context();
-  return print(*build_verified(context.get(), fn), options);
+  mlir::OwningOpRef<mlir::ModuleOp> module = build_verified(context.get(), fn);
+  if (stage == "simplified") passes::simplify(*module);
+  return print(*module, options);
 }
 
 std::string traced_bytecode(const TracedFunction& fn) {
@@ -206,6 +225,13 @@ std::string traced_bytecode(const TracedFunction& fn) {
 std::string reprint_ir(std::string_view text_or_bytecode, const IrPrintOptions& options) {
   auto context = ir::make_context();
   return print(*parse(context.get(), text_or_bytecode), options);
+}
+
+std::string simplify_ir(std::string_view text_or_bytecode, const IrPrintOptions& options) {
+  auto context = ir::make_context();
+  mlir::OwningOpRef<mlir::ModuleOp> module = parse(context.get(), text_or_bytecode);
+  passes::simplify(*module);
+  return print(*module, options);
 }
 
 std::string ir_to_bytecode(std::string_view text) {

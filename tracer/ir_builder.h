@@ -17,13 +17,18 @@
 
 namespace kiln {
 
+// The stages a traced function can be printed at: "traced" (as recorded)
+// and "simplified" (passes/simplify.h).
+inline constexpr const char* kIrStages[] = {"traced", "simplified"};
+
 struct IrPrintOptions {
   bool locations = true;  // print each op's file:line (as #loc aliases)
   bool generic = false;   // MLIR's generic op form instead of the kiln syntax
 };
 
-// The traced function as kiln-dialect text (verified).
-std::string traced_ir(const TracedFunction& fn, const IrPrintOptions& options = {});
+// The traced function as kiln-dialect text at `stage` (verified);
+// ValueError for an unknown stage.
+std::string traced_ir(const TracedFunction& fn, std::string_view stage = "traced", const IrPrintOptions& options = {});
 // The same module as MLIR bytecode.
 std::string traced_bytecode(const TracedFunction& fn);
 
@@ -32,5 +37,7 @@ std::string traced_bytecode(const TracedFunction& fn);
 std::string reprint_ir(std::string_view text_or_bytecode, const IrPrintOptions& options = {});
 // Parses a kiln module from text and writes it as bytecode.
 std::string ir_to_bytecode(std::string_view text);
+// Parses a kiln module, simplifies it and prints it.
+std::string simplify_ir(std::string_view text_or_bytecode, const IrPrintOptions& options = {});
 
 }  // namespace kiln

@@ -11,6 +11,8 @@
 #include <any>
 #include <map>
 #include <mutex>
+#include <source_location>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -53,7 +55,8 @@ inline void add_structure(const std::vector<Tensor>& v, std::vector<size_t>& s) 
 template <class F>
 class Jit {
  public:
-  explicit Jit(F fn, std::string name = "jit") : fn_(std::move(fn)), name_(std::move(name)) {}
+  Jit(F fn, std::string name, std::string location)
+      : fn_(std::move(fn)), name_(std::move(name)), location_(std::move(location)) {}
 
   template <class... Args>
   auto operator()(const Args&... args) {
@@ -90,7 +93,9 @@ class Jit {
 
   template <class Result, class... Args>
   std::shared_ptr<Entry> trace(const std::vector<Tensor>& flat, const Args&... args) {
-    Tracer tracer(name_);
+    // C++ has no caller frames to walk: every op is located at the line
+    // that made this jit function.
+    Tracer tracer(name_, [this] { return location_; });
     std::vector<Tensor> symbolic;
     for (const Tensor& t : flat) {
       symbolic.push_back(tracer.argument(type_of(t)));
@@ -113,13 +118,14 @@ class Jit {
 
   F fn_;
   std::string name_;
+  std::string location_;  // "file.cpp:line" of the kiln::jit call
   std::mutex mutex_;
   std::map<jit_detail::Key, std::shared_ptr<Entry>> cache_;
 };
 
 template <class F>
-Jit<F> jit(F fn, std::string name = "jit") {
-  return Jit<F>(std::move(fn), std::move(name));
+Jit<F> jit(F fn, std::string name = "jit", std::source_location where = std::source_location::current()) {
+  return Jit<F>(std::move(fn), std::move(name), std::string(where.file_name()) + ":" + std::to_string(where.line()));
 }
 
 }  // namespace kiln

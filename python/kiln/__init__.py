@@ -298,6 +298,6 @@ from . import autograd  # noqa: E402
 from .autograd import no_grad, enable_grad, set_grad_enabled, is_grad_enabled, value_and_grad  # noqa: E402,F401
 from .autograd import grad_of as grad  # noqa: E402,F401  (JAX's kiln.grad(f); torch's is kiln.autograd.grad)
 from . import nn, optim, data  # noqa: E402,F401
-from .jit import jit, config, cond, while_loop, print  # noqa: E402,F401,A001
+from .jit import jit, config, cond, while_loop, print, ir_parse  # noqa: E402,F401,A001
 TraceError = _C.TraceError
 IrError = _C.IrError

@@ -229,6 +229,17 @@ class JitFunction:
         else:
             leaves = []
             structure = _flatten((args, kwargs), leaves)
+        entry = self._entry(structure, leaves, args, kwargs)
+        entry.calls += 1
+        results = entry.traced.run([x for x in leaves if isinstance(x, _C.Tensor)])
+        if entry.single:
+            return results[0]
+        results = iter(results)
+        out = [next(results) if s is None else s[1] for s in entry.out_static]
+        return _unflatten(entry.out_structure, out)
+
+    def _entry(self, structure, leaves, args, kwargs):
+        """The cached variant for these arguments, traced if there is none."""
         if self._dynamic is None:
             self._dynamic = self._resolve_dynamic(args, kwargs, leaves)
         specs = _C._signature(leaves, self._dynamic)
@@ -239,13 +250,18 @@ class JitFunction:
                 entry = self._entries.get(signature.key)
                 if entry is None:
                     entry, signature = self._retrace(signature, structure, leaves, args, kwargs)
-        entry.calls += 1
-        results = entry.traced.run([x for x in leaves if isinstance(x, _C.Tensor)])
-        if entry.single:
-            return results[0]
-        results = iter(results)
-        out = [next(results) if s is None else s[1] for s in entry.out_static]
-        return _unflatten(entry.out_structure, out)
+        return entry
+
+    def lower(self, *args, **kwargs):
+        """The variant these arguments select (traced now if it is new), without running it:
+        ``f.lower(x, y).ir("traced")`` prints it as kiln-dialect MLIR."""
+        if not kwargs and all(type(a) not in _CONTAINERS for a in args):
+            leaves = list(args)  # keyed as __call__ keys it
+            structure = _FLAT_STRUCTURES.get(len(args)) or _flat_structure(len(args))
+        else:
+            leaves = []
+            structure = _flatten((args, kwargs), leaves)
+        return Lowered(self.__name__, self._entry(structure, leaves, args, kwargs))
 
     def _resolve_dynamic(self, args, kwargs, leaves):
         """``dynamic=`` as {leaf index: dims}: an int (dim 0 of every tensor), a dict {arg name: dims}
@@ -386,6 +402,41 @@ class JitFunction:
     @property
     def num_traces(self):
         return len(self._history)
+
+
+class Lowered:
+    """A traced variant of a jit function, as its IR (made by :meth:`JitFunction.lower`)."""
+
+    STAGES = ("traced", "simplified")
+
+    def __init__(self, name, entry):
+        self.name = name
+        self._entry = entry
+
+    def ir(self, stage="traced", *, locations=True, generic=False):
+        """The IR of ``stage`` as text: "traced" is the kiln dialect as recorded, each op located at
+        the user's file:line; "simplified" after folding (constants through the eager kernels,
+        no-op reshapes), dead-op removal and CSE. ``locations=False`` leaves the locations out;
+        ``generic=True`` prints MLIR's generic op form."""
+        if stage not in self.STAGES:
+            raise ValueError(f"kiln.jit: {self.name}: no IR stage {stage!r}; the stages are "
+                             f"{', '.join(map(repr, self.STAGES))} (traced graphs run on the eager kernels)")
+        return self._entry.traced.ir(stage, locations, generic)
+
+    def bytecode(self):
+        """The traced module as MLIR bytecode (bytes), readable by kiln.ir_parse and mlir-opt."""
+        return self._entry.traced.bytecode()
+
+    def __repr__(self):
+        return f"<kiln.jit lowered {self.name}: {self._entry.traced.num_ops} ops>"
+
+
+def ir_parse(source, *, locations=True, generic=False):
+    """Parses kiln-dialect IR (text or bytecode), verifies it and prints it again; raises
+    kiln.IrError with MLIR's diagnostics when it does not parse or verify."""
+    if isinstance(source, str):
+        source = source.encode()
+    return _C._ir_reprint(source, locations, generic)
 
 
 def _describe_spec(spec):

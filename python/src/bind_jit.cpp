@@ -71,10 +71,10 @@ void bind_jit(py::module_& m) {
 #ifdef KILN_HAS_MLIR
       .def(
           "ir",
-          [](const TracedFunction& f, bool locations, bool generic) {
-            return traced_ir(f, {.locations = locations, .generic = generic});
+          [](const TracedFunction& f, const std::string& stage, bool locations, bool generic) {
+            return traced_ir(f, stage, {.locations = locations, .generic = generic});
           },
-          py::arg("locations") = true, py::arg("generic") = false)
+          py::arg("stage") = "traced", py::arg("locations") = true, py::arg("generic") = false)
       .def("bytecode", [](const TracedFunction& f) { return py::bytes(traced_bytecode(f)); })
 #endif
       ;
@@ -86,6 +86,10 @@ void bind_jit(py::module_& m) {
       },
       py::arg("source"), py::arg("locations") = true, py::arg("generic") = false);
   m.def("_ir_to_bytecode", [](const std::string& text) { return py::bytes(ir_to_bytecode(text)); });
+  m.def(
+      "_ir_simplify",
+      [](py::bytes source, bool locations) { return simplify_ir(std::string(source), {.locations = locations}); },
+      py::arg("source"), py::arg("locations") = true);
 #endif
 
   py::class_<PyTracer>(m, "_Tracer")

@@ -37,7 +37,13 @@ def check(f, *args, **jit_kwargs):
         with pytest.raises(type(e)):
             kiln.jit(f, **jit_kwargs)(*args)
         return
-    assert_same(kiln.jit(f, **jit_kwargs)(*args), want)
+    jitted = kiln.jit(f, **jit_kwargs)
+    assert_same(jitted(*args), want)
+    # The trace prints as kiln-dialect IR that parses back to the same text.
+    lowered = jitted.lower(*args)
+    text = lowered.ir()
+    assert kiln.ir_parse(text) == text
+    assert kiln.ir_parse(lowered.bytecode()) == text
 
 
 # Each case: a function of one float tensor of shape (3, 4, 5) or of the

@@ -1,0 +1,15 @@
+#pragma once
+// The "simplified" stage: canonicalization, which runs the kiln dialect's
+// folders (constant operands folded through the eager kernels, reshape-like
+// ops that change nothing removed) and removes dead pure ops, then CSE.
+// Ops with effects (random numbers, kiln.print) stay, in order.
+namespace mlir {
+class ModuleOp;
+}
+
+namespace kiln::passes {
+
+// Simplifies `module` in place; IrError with MLIR's diagnostics on failure.
+void simplify(mlir::ModuleOp module);
+
+}  // namespace kiln::passes
