@@ -30,6 +30,9 @@ bool fusable(const Tensor& param, std::initializer_list<const Tensor*> others) {
 
 bool use_fused(const std::optional<bool>& fused, const char* op, const Tensor& param,
                std::initializer_list<const Tensor*> others) {
+  // In a trace the update is recorded as kiln ops (the same arithmetic, in
+  // the same order, so the traced step equals the fused eager one).
+  if (active_trace()) return false;
   bool ok = fusable(param, others);
   if (fused == true && !ok)
     fail<ValueError>("{}: fused=True needs contiguous float32/float64 CPU parameters, gradients and state "
@@ -46,9 +49,16 @@ void check_grad(const Tensor& param, const Tensor& grad, const char* op) {
              dtype_name(param.dtype()));
 }
 
+// New state is concrete even inside a trace (then it is captured state the
+// graph reads and writes back, not a value computed on every call).
+Tensor concrete_zeros(const Shape& shape, DType dtype) {
+  TraceScope pause(nullptr);
+  return zeros(shape, dtype);
+}
+
 Tensor& state_tensor(ParamState& state, const char* name, const Tensor& like) {
   Tensor& t = state[name];
-  if (!t.defined()) t = zeros(like.shape(), like.dtype());
+  if (!t.defined()) t = concrete_zeros(like.shape(), like.dtype());
   return t;
 }
 
@@ -180,6 +190,23 @@ void sgd_update(const Tensor& param, const Tensor& grad, ParamState& state, cons
   // The same math as the loop, as kiln ops (PyTorch's order of operations).
   Tensor d = o.maximize ? neg(grad) : grad;
   if (o.weight_decay != 0) d = add(d, mul(param, o.weight_decay));
+  if (o.momentum != 0 && first && active_trace()) {
+    // Traced, the first step's buffer is zeros: momentum * 0 + d is d, as
+    // eager's first step; with dampening, a flag picks d on the first call.
+    *buf = concrete_zeros(param.shape(), param.dtype());
+    if (o.dampening != 0) {
+      Tensor& started = state["momentum_started"];
+      started = concrete_zeros({}, DType::Bool);
+      Tensor next = add(mul(*buf, o.momentum), mul(d, 1 - o.dampening));
+      Tensor(*buf).copy_(where(started, next, d));
+      started.fill_(true);
+      first = false;
+      d = o.nesterov ? add(d, mul(*buf, o.momentum)) : *buf;
+      p.sub_(mul(d, o.lr));
+      return;
+    }
+    first = false;
+  }
   if (o.momentum != 0) {
     if (first)
       *buf = clone(d);
@@ -197,7 +224,7 @@ void adam_update(const Tensor& param, const Tensor& grad, ParamState& state, con
   check_grad(param, grad, op);
   Tensor p = param;
   Tensor& step = state["step"];
-  if (!step.defined()) step = zeros({}, DType::Float32);
+  if (!step.defined()) step = concrete_zeros({}, DType::Float32);
   Tensor& m = state_tensor(state, "exp_avg", param);
   Tensor& v = state_tensor(state, "exp_avg_sq", param);
   Tensor vmax = o.amsgrad ? state_tensor(state, "max_exp_avg_sq", param) : Tensor();
@@ -229,14 +256,15 @@ void adam_update(const Tensor& param, const Tensor& grad, ParamState& state, con
   } else if (o.weight_decay != 0) {
     g = add(g, mul(param, o.weight_decay));
   }
+  // Written in the fused loop's order of operations, so both give the same bits.
   m.mul_(o.beta1).add_(mul(g, 1 - o.beta1));
-  v.mul_(o.beta2).add_(mul(mul(g, g), 1 - o.beta2));
+  v.mul_(o.beta2).add_(mul(mul(g, 1 - o.beta2), g));
   Tensor s = step.to(DType::Float64);
   Tensor bias2_sqrt = sqrt(sub(1.0, pow(o.beta2, s)));
-  Tensor step_size = div(o.lr, sub(1.0, pow(o.beta1, s)));
+  Tensor neg_step_size = div(-o.lr, sub(1.0, pow(o.beta1, s)));
   if (o.amsgrad) maximum_(vmax, v);
-  Tensor denom = add(div(sqrt(o.amsgrad ? vmax : v), bias2_sqrt), o.eps);
-  p.sub_(mul(div(m, denom), step_size));
+  Tensor denom = add(div(sqrt(o.amsgrad ? vmax : v), to_dtype(bias2_sqrt, param.dtype())), o.eps);
+  p.add_(div(mul(m, to_dtype(neg_step_size, param.dtype())), denom));
 }
 
 // ---- Optimizer ----

@@ -27,6 +27,8 @@ Tensor dropout(const Tensor& x, double p, bool training) {
       scale = to_dtype(where(keep, 1.0 / (1.0 - p), 0.0), x.dtype());
     }
   }
+  // In a trace the multiply is the op: the scale is a traced random value.
+  if (active_trace()) return mul(x, scale);
   return autograd_op(
       "dropout", {x}, [&] { return mul(x, scale); },
       [&](const Tensor&) {
@@ -143,5 +145,11 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 }  // namespace kiln::nn::functional
 
 namespace kiln {
-void register_functional_ops() {}
+void register_functional_ops() {
+  namespace d = nn::functional::detail;
+  d::register_linear_ops();
+  d::register_loss_ops();
+  d::register_conv_ops();
+  d::register_pool_ops();
+}
 }  // namespace kiln
