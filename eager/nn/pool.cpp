@@ -237,7 +237,6 @@ std::optional<Pair> opt_pair_attr(const Attrs& a, const char* name) {
   return Pair{v->at(0), v->at(1)};
 }
 
-}  // namespace
 
 // ---- backward kernels (ops of their own, for backward() inside a trace) ----
 

@@ -139,7 +139,8 @@ def test_conv_and_pools():
     x, w, b = t(2, 3, 9, 9), t(4, 3, 3, 3), t(4)
     check(lambda a: F.conv2d(a, w, b, stride=(2, 2), padding=(1, 1)), x)
     check(lambda a: F.conv2d(a, w, None, dilation=(2, 2)), x)
-    check(lambda a: F.conv2d(a, t(6, 1, 3, 3), None, groups=3), x)
+    wg = t(6, 1, 3, 3)
+    check(lambda a: F.conv2d(a, wg, None, groups=3), x)
     check(lambda a: F.conv2d(a, w, b), t(3, 9, 9))  # unbatched
     check(lambda a: F.max_pool2d(a, 2), x)
     check(lambda a: F.max_pool2d(a, 3, stride=2, padding=1, ceil_mode=True), x)
