@@ -78,6 +78,8 @@ Tensor max_pool2d_backward(const Tensor& grad, const Tensor& x, const Tensor& in
 Tensor avg_pool2d_backward(const Tensor& grad, const Tensor& x, Pair kernel_size, std::optional<Pair> stride,
                            Pair padding, bool ceil_mode, bool count_include_pad);
 Tensor adaptive_avg_pool2d_backward(const Tensor& grad, const Tensor& x);
+Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights,
+                          std::optional<int64_t> padding_idx);
 Tensor nll_loss_backward(const Tensor& grad, const Tensor& input, const Tensor& target, const Tensor& weight,
                          int64_t ignore_index, const std::string& reduction);
 

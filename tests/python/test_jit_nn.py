@@ -148,6 +148,15 @@ def test_conv_and_pools():
     check(lambda a: F.adaptive_avg_pool2d(a, (4, 3)), x)
 
 
+def test_embedding_and_attention():
+    w = t(7, 4)
+    idx = kiln.from_numpy(rng.integers(0, 7, (3, 5)))
+    check(lambda i: F.embedding(i, w), idx)
+    check(lambda i: F.embedding(i, w, padding_idx=2), idx)
+    q, k, v = t(2, 3, 4), t(2, 5, 4), t(2, 5, 6)
+    check(lambda a, b, c: F.scaled_dot_product_attention(a, b, c), q, k, v)
+
+
 # ---- gradients ----
 
 def grads_equal(f, *arrays):
@@ -192,6 +201,8 @@ GRAD_CASES = {
     "nll": (lambda a: F.nll_loss(kiln.log_softmax(a, 1), y6), [(6, 3)]),
     "mse": (lambda a, b: F.mse_loss(a, b), [(6, 3), (6, 3)]),
     "bce": (lambda a: F.binary_cross_entropy_with_logits(a, kiln.ones(6, 3) * 0.3), [(6, 3)]),
+    "embedding": (lambda w: (F.embedding(kiln.from_numpy(np.array([[0, 2], [2, 3]])), w, padding_idx=3) ** 2).sum(),
+                  [(4, 3)]),
     "conv_pool": (lambda a, w, b: F.max_pool2d(F.conv2d(a, w, b, padding=(1, 1)), 2).sum()
                   + F.avg_pool2d(a, 2).sum() + F.adaptive_avg_pool2d(a, (2, 2)).sum(),
                   [(2, 3, 6, 6), (4, 3, 3, 3), (4,)]),
