@@ -769,6 +769,16 @@ Tensor logsumexp_impl(const Tensor& x, const DimList& dims, bool keepdim) {
 // ---- backward rules ----
 namespace {
 
+// The reduced element count a rule divides by; in a trace it must be known.
+int64_t static_reduced_count(const Tensor& x, const DimList& dims, const char* op) {
+  const int64_t n = reduce_type(type_of(x), dims, false, op).count;
+  KILN_CHECK(!is_dynamic(n), TraceError,
+             "{}: the gradient of a reduction over a dynamic dim cannot be traced yet (input {}); mark fewer dims "
+             "dynamic, or reduce with sum and divide",
+             op, shape_str(x.shape()));
+  return n;
+}
+
 // The keepdim shape of a reduction of `shape` over `dims`: a gradient
 // reshaped to it broadcasts against the input.
 Shape kept_shape(const Shape& shape, const DimList& dims, const char* op) {
@@ -787,7 +797,7 @@ BackwardFn sum_back(const Tensor& x, const DimList& dims, double scale, const ch
 // d var / dx = 2 (x - mean) / (n - correction); std divides that by 2 std.
 BackwardFn var_back(const Tensor& x, const DimList& dims, int64_t correction, const Tensor& std_out,
                     const char* op) {
-  const int64_t n = reduced_count(x.shape(), reduced_mask(dims, x.dim(), op));
+  const int64_t n = static_reduced_count(x, dims, op);
   const double denom = static_cast<double>(std::max<int64_t>(n - correction, 0));
   return [kept = kept_shape(x.shape(), dims, op), sx = SavedTensor(x), sstd = SavedTensor(std_out), dims,
           denom](const Tensor& g, const Needs&) -> Grads {
@@ -1069,7 +1079,7 @@ Tensor mean(const Tensor& x, DimList dims, bool keepdim) {
       "mean", {x}, KILN_ATTRS(dims, keepdim),
       [&] { return reduce<SumOp, OnEmpty::Identity>(x, dims, keepdim, "mean", floating_dtype, AverageStore{}); },
       [&](const Tensor&) {
-        const int64_t n = reduced_count(x.shape(), reduced_mask(dims, x.dim(), "mean"));
+        const int64_t n = static_reduced_count(x, dims, "mean");
         return sum_back(x, dims, 1.0 / static_cast<double>(n), "mean");
       });
 }
