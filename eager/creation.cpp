@@ -5,6 +5,7 @@
 
 #include "eager/loops.h"
 #include "eager/op.h"
+#include "eager/op_util.h"
 #include "eager/ops.h"
 
 namespace kiln {
@@ -163,8 +164,27 @@ void manual_seed(uint64_t seed) {
   generator().offset = 0;
 }
 
-Tensor rand(Shape shape, DType dtype) {
+namespace {
+// Meta rules of the random ops (traced as stateful ops: each run of the
+// graph draws fresh numbers from the global generator, as eager would).
+TensorType rand_meta(const Shape& shape, DType dtype) {
   KILN_CHECK(is_floating(dtype), DTypeError, "rand: dtype must be floating, got {}", dtype_name(dtype));
+  return {shape, dtype};
+}
+TensorType normal_meta(double std, const Shape& shape, DType dtype) {
+  KILN_CHECK(is_floating(dtype), DTypeError, "normal: dtype must be floating, got {}", dtype_name(dtype));
+  KILN_CHECK(std >= 0, ValueError, "normal: std must be non-negative, got {}", std);
+  return {shape, dtype};
+}
+TensorType randint_meta(int64_t low, int64_t high, const Shape& shape, DType dtype) {
+  KILN_CHECK(high > low, ValueError, "randint: high ({}) must be greater than low ({})", high, low);
+  return {shape, dtype};
+}
+}  // namespace
+
+Tensor rand(Shape shape, DType dtype) {
+  rand_meta(shape, dtype);
+  if (auto traced = trace_if_active("rand", {}, KILN_ATTRS(shape, dtype))) return (*traced)[0];
   // As many random bits as the dtype has significand bits, so every value
   // is exact and rounding can never produce 1.0.
   const int bits = dtype == DType::Float32 ? 24 : dtype == DType::Float16 ? 11 : dtype == DType::BFloat16 ? 8 : 53;
@@ -178,8 +198,8 @@ Tensor rand(Shape shape, DType dtype) {
 Tensor randn(Shape shape, DType dtype) { return normal(0.0, 1.0, std::move(shape), dtype); }
 
 Tensor normal(double mean, double std, Shape shape, DType dtype) {
-  KILN_CHECK(is_floating(dtype), DTypeError, "normal: dtype must be floating, got {}", dtype_name(dtype));
-  KILN_CHECK(std >= 0, ValueError, "normal: std must be non-negative, got {}", std);
+  normal_meta(std, shape, dtype);
+  if (auto traced = trace_if_active("normal", {}, KILN_ATTRS(mean, std, shape, dtype))) return (*traced)[0];
   return random_tensor(std::move(shape), dtype, "normal", [mean, std](uint32_t a, uint32_t b) {
     // Box-Muller; u1 in (0, 1] keeps the log finite.
     double u1 = (static_cast<double>(a) + 1.0) * kTwoPow32Inv;
@@ -189,7 +209,8 @@ Tensor normal(double mean, double std, Shape shape, DType dtype) {
 }
 
 Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype) {
-  KILN_CHECK(high > low, ValueError, "randint: high ({}) must be greater than low ({})", high, low);
+  randint_meta(low, high, shape, dtype);
+  if (auto traced = trace_if_active("randint", {}, KILN_ATTRS(low, high, shape, dtype))) return (*traced)[0];
   const uint64_t range = static_cast<uint64_t>(high - low);
   // Computed in integers: a double would lose bits for ranges beyond 2^53.
   Tensor out = Tensor::empty(std::move(shape), dtype);
@@ -213,6 +234,29 @@ Tensor rand_like(const Tensor& x) { return rand(x.shape(), x.dtype()); }
 Tensor randn_like(const Tensor& x) { return randn(x.shape(), x.dtype()); }
 
 void register_creation_ops() {
+  register_op({.name = "rand",
+               .num_inputs = 0,
+               .attrs = {{"shape", AttrKind::Ints}, {"dtype", AttrKind::DType}},
+               .meta = KILN_META(rand_meta(a.get<Shape>("shape"), a.get<DType>("dtype"))),
+               .run = KILN_RUN(rand(a.get<Shape>("shape"), a.get<DType>("dtype"))),
+               .stateful = true});
+  register_op({.name = "normal",
+               .num_inputs = 0,
+               .attrs = {{"mean", AttrKind::Float}, {"std", AttrKind::Float}, {"shape", AttrKind::Ints},
+                         {"dtype", AttrKind::DType}},
+               .meta = KILN_META(normal_meta(a.get<double>("std"), a.get<Shape>("shape"), a.get<DType>("dtype"))),
+               .run = KILN_RUN(normal(a.get<double>("mean"), a.get<double>("std"), a.get<Shape>("shape"),
+                                      a.get<DType>("dtype"))),
+               .stateful = true});
+  register_op({.name = "randint",
+               .num_inputs = 0,
+               .attrs = {{"low", AttrKind::Int}, {"high", AttrKind::Int}, {"shape", AttrKind::Ints},
+                         {"dtype", AttrKind::DType}},
+               .meta = KILN_META(randint_meta(a.get<int64_t>("low"), a.get<int64_t>("high"), a.get<Shape>("shape"),
+                                              a.get<DType>("dtype"))),
+               .run = KILN_RUN(randint(a.get<int64_t>("low"), a.get<int64_t>("high"), a.get<Shape>("shape"),
+                                       a.get<DType>("dtype"))),
+               .stateful = true});
   register_op({.name = "full",
                .num_inputs = 0,
                .attrs = {{"shape", AttrKind::Ints}, {"value", AttrKind::Scalar}, {"dtype", AttrKind::DType, true}},

@@ -10,6 +10,7 @@
 
 #include "eager/autograd.h"
 #include "eager/loops.h"
+#include "eager/op_util.h"
 #include "eager/ops.h"
 #include "runtime/parallel.h"
 
@@ -200,34 +201,45 @@ void integer_matmul(const Tensor& a_in, const Tensor& b_in, Tensor& out, const S
 }  // namespace
 
 namespace {
-Tensor matmul_impl(const Tensor& a_in, const Tensor& b_in) {
-  KILN_CHECK(a_in.dim() >= 1 && b_in.dim() >= 1, ShapeError,
-             "matmul: both arguments need at least 1 dim, got shapes {} and {}", shape_str(a_in.shape()),
-             shape_str(b_in.shape()));
-  KILN_CHECK(a_in.device().is_cpu() && b_in.device().is_cpu(), DeviceError,
-             "matmul: expected cpu tensors, got {} and {}", a_in.device().str(), b_in.device().str());
-  const DType dtype = result_type({{&a_in, {}}, {&b_in, {}}});
+// The meta rule: validation and the result type. 1-D operands count as a
+// row (left) / column (right); the batch dims broadcast.
+TensorType matmul_meta(const TensorType& a, const TensorType& b) {
+  KILN_CHECK(!a.shape.empty() && !b.shape.empty(), ShapeError,
+             "matmul: both arguments need at least 1 dim, got shapes {} and {}", shape_str(a.shape),
+             shape_str(b.shape));
+  KILN_CHECK(a.device.is_cpu() && b.device.is_cpu(), DeviceError, "matmul: expected cpu tensors, got {} and {}",
+             a.device.str(), b.device.str());
+  const DType dtype = result_type({{a.dtype, false}, {b.dtype, false}});
   KILN_CHECK(dtype != DType::Bool, DTypeError, "matmul: not supported for bool tensors (shapes {} and {})",
-             shape_str(a_in.shape()), shape_str(b_in.shape()));
+             shape_str(a.shape), shape_str(b.shape));
+  const bool a_vec = a.shape.size() == 1, b_vec = b.shape.size() == 1;
+  Shape sa = a_vec ? Shape{1, a.shape[0]} : a.shape, sb = b_vec ? Shape{b.shape[0], 1} : b.shape;
+  const int64_t m = sa[sa.size() - 2], k = sa.back(), kb = sb[sb.size() - 2], n = sb.back();
+  KILN_CHECK(k == kb || is_dynamic(k) || is_dynamic(kb), ShapeError,
+             "matmul: shapes {} and {} are not aligned: {} (last dim of the first) != {} ({} dim of "
+             "the second)", shape_str(a.shape), shape_str(b.shape), k, kb, b_vec ? "only" : "second-to-last");
+  Shape batch;
+  try {
+    batch = broadcast_shapes(Shape(sa.begin(), sa.end() - 2), Shape(sb.begin(), sb.end() - 2), "matmul");
+  } catch (const ShapeError&) {
+    fail<ShapeError>("matmul: the batch dims of shapes {} and {} cannot be broadcast together", shape_str(a.shape),
+                     shape_str(b.shape));
+  }
+  if (!a_vec) batch.push_back(m);
+  if (!b_vec) batch.push_back(n);
+  return {batch, dtype, a.device};
+}
+
+Tensor matmul_impl(const Tensor& a_in, const Tensor& b_in) {
+  const TensorType result = matmul_meta(type_of(a_in), type_of(b_in));
+  const DType dtype = result.dtype;
   const DType compute = dtype == DType::Float16 || dtype == DType::BFloat16 ? DType::Float32 : dtype;
   const bool a_vec = a_in.dim() == 1, b_vec = b_in.dim() == 1;
   Tensor a = to_dtype(a_vec ? unsqueeze(a_in, 0) : a_in, compute);
   Tensor b = to_dtype(b_vec ? unsqueeze(b_in, 1) : b_in, compute);
-
-  const int64_t m = a.shape()[a.dim() - 2], k = a.shape()[a.dim() - 1];
-  const int64_t kb = b.shape()[b.dim() - 2], n = b.shape()[b.dim() - 1];
-  KILN_CHECK(k == kb, ShapeError,
-             "matmul: shapes {} and {} are not aligned: {} (last dim of the first) != {} ({} dim of "
-             "the second)", shape_str(a_in.shape()), shape_str(b_in.shape()), k, kb,
-             b_vec ? "only" : "second-to-last");
-  Shape batch;
-  try {
-    batch = broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
-                             Shape(b.shape().begin(), b.shape().end() - 2), "matmul");
-  } catch (const ShapeError&) {
-    fail<ShapeError>("matmul: the batch dims of shapes {} and {} cannot be broadcast together",
-                     shape_str(a_in.shape()), shape_str(b_in.shape()));
-  }
+  const int64_t m = a.shape()[a.dim() - 2], k = a.shape()[a.dim() - 1], n = b.shape()[b.dim() - 1];
+  const Shape batch = broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
+                                       Shape(b.shape().begin(), b.shape().end() - 2), "matmul");
 
   Shape out_shape = batch;
   out_shape.insert(out_shape.end(), {m, n});
@@ -245,10 +257,7 @@ Tensor matmul_impl(const Tensor& a_in, const Tensor& b_in) {
     }
   }
   if (compute != dtype) out = to_dtype(out, dtype);
-  Shape result_shape = batch;
-  if (!a_vec) result_shape.push_back(m);
-  if (!b_vec) result_shape.push_back(n);
-  return view(out, result_shape);
+  return view(out, result.shape);
 }
 
 Tensor mT(const Tensor& t) { return transpose(t, -2, -1); }
@@ -291,10 +300,16 @@ BackwardFn matmul_back(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
-  return autograd_op("matmul", {a, b}, [&] { return matmul_impl(a, b); },
+  matmul_meta(type_of(a), type_of(b));
+  return autograd_op("matmul", {a, b}, KILN_NO_ATTRS, [&] { return matmul_impl(a, b); },
                      [&](const Tensor&) { return matmul_back(a, b); });
 }
 
-void register_matmul_ops() {}
+void register_matmul_ops() {
+  register_op({.name = "matmul",
+               .num_inputs = 2,
+               .meta = KILN_META(matmul_meta(in[0], in[1])),
+               .run = KILN_RUN(matmul(in[0], in[1]))});
+}
 
 }  // namespace kiln

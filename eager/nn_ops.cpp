@@ -9,6 +9,7 @@
 
 #include "eager/autograd.h"
 #include "eager/loops.h"
+#include "eager/op_util.h"
 #include "eager/ops.h"
 #include "eager/scalar_math.h"
 #include "runtime/parallel.h"
@@ -131,12 +132,17 @@ void softmax_cols(const T* x, T* o, int64_t R, int64_t B, int64_t bw) {
     }
 }
 
+TensorType softmax_meta(const TensorType& x, int64_t dim, const char* name) {
+  KILN_CHECK(x.device.is_cpu(), DeviceError, "{}: expected a cpu tensor, got {}", name, x.device.str());
+  KILN_CHECK(is_floating(x.dtype), DTypeError,
+             "{}: expected a floating point tensor, got {} (convert it with .to(float32) first)", name,
+             dtype_name(x.dtype));
+  wrap_dim(dim, static_cast<int64_t>(x.shape.size()), name);
+  return x;
+}
+
 template <bool kLog>
 Tensor softmax_impl(const Tensor& x, int64_t dim, const char* name) {
-  KILN_CHECK(x.device().is_cpu(), DeviceError, "{}: expected a cpu tensor, got {}", name, x.device().str());
-  KILN_CHECK(is_floating(x.dtype()), DTypeError,
-             "{}: expected a floating point tensor, got {} (convert it with .to(float32) first)", name,
-             dtype_name(x.dtype()));
   const int64_t d = wrap_dim(dim, x.dim(), name);
   int64_t A = 1, R = 1, B = 1;
   for (int64_t i = 0; i < x.dim(); ++i) (i < d ? A : i == d ? R : B) *= x.shape()[i];
@@ -180,8 +186,9 @@ Tensor param(const Tensor& p, const Shape& shape, double fallback, const char* w
 // Both rules need only the output y: softmax's Jacobian is diag(y) - y y^T,
 // log_softmax's is I - softmax (= exp(y)) along the dim.
 Tensor softmax(const Tensor& x, int64_t dim) {
+  softmax_meta(type_of(x), dim, "softmax");
   return autograd_op(
-      "softmax", {x}, [&] { return softmax_impl<false>(x, dim, "softmax"); },
+      "softmax", {x}, KILN_ATTRS(dim), [&] { return softmax_impl<false>(x, dim, "softmax"); },
       [&](const Tensor& out) {
         return BackwardFn([y = SavedTensor(out), dim](const Tensor& g, const Needs&) -> Grads {
           return {mul(y.get(), sub(g, sum(mul(g, y.get()), {dim}, /*keepdim=*/true)))};
@@ -190,8 +197,9 @@ Tensor softmax(const Tensor& x, int64_t dim) {
 }
 
 Tensor log_softmax(const Tensor& x, int64_t dim) {
+  softmax_meta(type_of(x), dim, "log_softmax");
   return autograd_op(
-      "log_softmax", {x}, [&] { return softmax_impl<true>(x, dim, "log_softmax"); },
+      "log_softmax", {x}, KILN_ATTRS(dim), [&] { return softmax_impl<true>(x, dim, "log_softmax"); },
       [&](const Tensor& out) {
         return BackwardFn([y = SavedTensor(out), dim](const Tensor& g, const Needs&) -> Grads {
           return {sub(g, mul(exp(y.get()), sum(g, {dim}, /*keepdim=*/true)))};
@@ -200,15 +208,27 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
 }
 
 namespace {
+// A dynamic trailing dim of x matches any size (checked when it runs).
+TensorType layer_norm_meta(const TensorType& x, const Shape& normalized_shape, const TensorType& weight,
+                           const TensorType& bias) {
+  KILN_CHECK(x.device.is_cpu(), DeviceError, "layer_norm: expected a cpu tensor, got {}", x.device.str());
+  KILN_CHECK(is_floating(x.dtype), DTypeError, "layer_norm: expected a floating point tensor, got {}",
+             dtype_name(x.dtype));
+  const size_t nd = normalized_shape.size();
+  KILN_CHECK(nd <= x.shape.size() && std::equal(normalized_shape.begin(), normalized_shape.end(), x.shape.end() - nd,
+                                                [](int64_t n, int64_t d) { return n == d || is_dynamic(d); }),
+             ShapeError, "layer_norm: normalized_shape {} does not match the trailing dims of the input of shape {}",
+             shape_str(normalized_shape), shape_str(x.shape));
+  for (const auto& [p, what] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}})
+    KILN_CHECK(!p->defined || p->shape == normalized_shape, ShapeError,
+               "layer_norm: {} of shape {} does not match normalized_shape {}", what, shape_str(p->shape),
+               shape_str(normalized_shape));
+  return x;
+}
+
 Tensor layer_norm_impl(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
                        double eps) {
-  KILN_CHECK(x.device().is_cpu(), DeviceError, "layer_norm: expected a cpu tensor, got {}", x.device().str());
-  KILN_CHECK(is_floating(x.dtype()), DTypeError, "layer_norm: expected a floating point tensor, got {}",
-             dtype_name(x.dtype()));
   const int64_t nd = static_cast<int64_t>(normalized_shape.size());
-  KILN_CHECK(nd <= x.dim() && std::equal(normalized_shape.begin(), normalized_shape.end(), x.shape().end() - nd),
-             ShapeError, "layer_norm: normalized_shape {} does not match the trailing dims of the input of shape {}",
-             shape_str(normalized_shape), shape_str(x.shape()));
   const int64_t N = numel(normalized_shape);
   int64_t M = 1;
   for (int64_t i = 0; i < x.dim() - nd; ++i) M *= x.shape()[i];
@@ -276,14 +296,30 @@ BackwardFn layer_norm_back(const Tensor& x, int64_t nd, const Tensor& weight, do
 
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
                   double eps) {
+  layer_norm_meta(type_of(x), normalized_shape, type_of(weight), type_of(bias));
   return autograd_op(
-      "native_layer_norm", {x, weight, bias},
+      "native_layer_norm", {x, weight, bias}, KILN_ATTRS(normalized_shape, eps),
       [&] { return layer_norm_impl(x, normalized_shape, weight, bias, eps); },
       [&](const Tensor&) {
         return layer_norm_back(x, static_cast<int64_t>(normalized_shape.size()), weight, eps);
       });
 }
 
-void register_nn_ops() {}
+void register_nn_ops() {
+  register_op({.name = "softmax",
+               .attrs = {{"dim", AttrKind::Int}},
+               .meta = KILN_META(softmax_meta(in[0], a.get<int64_t>("dim"), "softmax")),
+               .run = KILN_RUN(softmax(in[0], a.get<int64_t>("dim")))});
+  register_op({.name = "log_softmax",
+               .attrs = {{"dim", AttrKind::Int}},
+               .meta = KILN_META(softmax_meta(in[0], a.get<int64_t>("dim"), "log_softmax")),
+               .run = KILN_RUN(log_softmax(in[0], a.get<int64_t>("dim")))});
+  register_op({.name = "native_layer_norm",
+               .num_inputs = 3,
+               .operands = "x, weight?, bias?",
+               .attrs = {{"normalized_shape", AttrKind::Ints}, {"eps", AttrKind::Float}},
+               .meta = KILN_META(layer_norm_meta(in[0], a.get<Shape>("normalized_shape"), in[1], in[2])),
+               .run = KILN_RUN(layer_norm(in[0], a.get<Shape>("normalized_shape"), in[1], in[2], a.get<double>("eps")))});
+}
 
 }  // namespace kiln

@@ -228,6 +228,7 @@ void register_all_ops() {
   register_matmul_ops();
   register_nn_ops();
   register_functional_ops();
+  register_optim_ops();
 }
 }  // namespace
 

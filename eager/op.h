@@ -150,6 +150,7 @@ void register_reduce_ops();    // reduce.cpp
 void register_matmul_ops();    // matmul.cpp
 void register_nn_ops();        // nn_ops.cpp (softmax, log_softmax, layer_norm)
 void register_functional_ops();  // nn/*.cpp (linear, conv, pools, norms, losses, dropout...)
+void register_optim_ops();       // optim.cpp (the fused SGD / Adam updates)
 
 // ---- registering an op from typed functions ----
 // The attribute kind of a C++ attribute type (std::optional<T>: T's kind,

@@ -46,9 +46,16 @@ void check_grad(const Tensor& param, const Tensor& grad, const char* op) {
              dtype_name(param.dtype()));
 }
 
+// New state is concrete even inside a trace (then it is captured state the
+// graph reads and writes back, not a value computed on every call).
+Tensor concrete_zeros(const Shape& shape, DType dtype) {
+  TraceScope pause(nullptr);
+  return zeros(shape, dtype);
+}
+
 Tensor& state_tensor(ParamState& state, const char* name, const Tensor& like) {
   Tensor& t = state[name];
-  if (!t.defined()) t = zeros(like.shape(), like.dtype());
+  if (!t.defined()) t = concrete_zeros(like.shape(), like.dtype());
   return t;
 }
 
@@ -160,6 +167,102 @@ void adam_fused(const Tensor& param, const Tensor& grad, const Tensor& m, const 
 
 }  // namespace
 
+namespace {
+// The fused updates as ops (a trace records them; the graph runs the same
+// kernel, so a traced step gives eager's bits, FMA contraction included).
+// They update copies of the parameter and state and return them.
+SGDOptions sgd_options(const Attrs& a) {
+  SGDOptions o;
+  o.lr = a.get<double>("lr");
+  o.momentum = a.get<double>("momentum");
+  o.dampening = a.get<double>("dampening");
+  o.weight_decay = a.get<double>("weight_decay");
+  o.nesterov = a.get<bool>("nesterov");
+  o.maximize = a.get<bool>("maximize");
+  return o;
+}
+
+std::vector<Tensor> sgd_fused_op(const Tensor& param, const Tensor& grad, const Tensor& buf, const SGDOptions& o) {
+  auto attrs = [&] {
+    return make_attrs("lr, momentum, dampening, weight_decay, nesterov, maximize", o.lr, o.momentum, o.dampening,
+                      o.weight_decay, o.nesterov, o.maximize);
+  };
+  if (auto traced = trace_if_active("sgd_step", {param, grad, buf}, attrs)) return *traced;
+  Tensor p = clone(param), b = buf.defined() ? clone(buf) : Tensor();
+  dispatch_float(param.dtype(), [&]<class T>() { sgd_fused<T>(p, contiguous(grad), b, false, o); });
+  return b.defined() ? std::vector<Tensor>{p, b} : std::vector<Tensor>{p};
+}
+
+std::vector<Tensor> adam_fused_op(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                                  const Tensor& vmax, const Tensor& step, const AdamOptions& o, bool decoupled) {
+  auto attrs = [&] {
+    return make_attrs("lr, beta1, beta2, eps, weight_decay, maximize, decoupled", o.lr, o.beta1, o.beta2, o.eps,
+                      o.weight_decay, o.maximize, decoupled);
+  };
+  if (auto traced = trace_if_active("adam_step", {param, grad, m, v, vmax, step}, attrs)) return *traced;
+  std::vector<Tensor> out = {clone(param), clone(m), clone(v)};
+  if (vmax.defined()) out.push_back(clone(vmax));
+  const double s = step.item<double>();
+  AdamCoefs c{};
+  c.beta1 = o.beta1;
+  c.beta2 = o.beta2;
+  c.eps = o.eps;
+  c.l2 = decoupled ? 0 : o.weight_decay;
+  c.decay = decoupled ? 1 - o.lr * o.weight_decay : 1;
+  c.grad_sign = o.maximize ? -1 : 1;
+  c.bias2_sqrt = std::sqrt(1 - std::pow(o.beta2, s));
+  c.neg_step_size = -o.lr / (1 - std::pow(o.beta1, s));
+  dispatch_float(param.dtype(), [&]<class T>() {
+    adam_fused<T>(out[0], contiguous(grad), out[1], out[2], vmax.defined() ? out[3] : Tensor(), c);
+  });
+  return out;
+}
+
+AdamOptions adam_options(const Attrs& a) {
+  AdamOptions o;
+  o.lr = a.get<double>("lr");
+  o.beta1 = a.get<double>("beta1");
+  o.beta2 = a.get<double>("beta2");
+  o.eps = a.get<double>("eps");
+  o.weight_decay = a.get<double>("weight_decay");
+  o.maximize = a.get<bool>("maximize");
+  return o;
+}
+}  // namespace
+
+void register_ops() {
+  auto same_types = [](const std::vector<TensorType>& in, std::initializer_list<size_t> which) {
+    std::vector<TensorType> out;
+    for (size_t i : which)
+      if (in[i].defined) out.push_back(in[i]);
+    return out;
+  };
+  register_op({.name = "sgd_step",
+               .num_inputs = 3,
+               .num_outputs = -1,
+               .operands = "param, grad, momentum_buffer?",
+               .attrs = {{"lr", AttrKind::Float}, {"momentum", AttrKind::Float}, {"dampening", AttrKind::Float},
+                         {"weight_decay", AttrKind::Float}, {"nesterov", AttrKind::Bool}, {"maximize", AttrKind::Bool}},
+               .meta = [same_types](const std::vector<TensorType>& in, const Attrs&) { return same_types(in, {0, 2}); },
+               .run = [](const std::vector<Tensor>& in, const Attrs& a) {
+                 return sgd_fused_op(in[0], in[1], in[2], sgd_options(a));
+               }});
+  register_op({.name = "adam_step",
+               .num_inputs = 6,
+               .num_outputs = -1,
+               .operands = "param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq?, step",
+               .attrs = {{"lr", AttrKind::Float}, {"beta1", AttrKind::Float}, {"beta2", AttrKind::Float},
+                         {"eps", AttrKind::Float}, {"weight_decay", AttrKind::Float}, {"maximize", AttrKind::Bool},
+                         {"decoupled", AttrKind::Bool}},
+               .meta = [same_types](const std::vector<TensorType>& in, const Attrs&) {
+                 return same_types(in, {0, 2, 3, 4});
+               },
+               .run = [](const std::vector<Tensor>& in, const Attrs& a) {
+                 return adam_fused_op(in[0], in[1], in[2], in[3], in[4], in[5], adam_options(a),
+                                      a.get<bool>("decoupled"));
+               }});
+}
+
 void sgd_update(const Tensor& param, const Tensor& grad, ParamState& state, const SGDOptions& o) {
   NoGradGuard no_grad;
   check_grad(param, grad, "SGD");
@@ -170,7 +273,16 @@ void sgd_update(const Tensor& param, const Tensor& grad, ParamState& state, cons
     buf = &state["momentum_buffer"];
     first = !buf->defined();
   }
-  if (use_fused(o.fused, "SGD", param, {&grad, buf && !first ? buf : &grad})) {
+  if (active_trace() && (o.momentum == 0 || o.dampening == 0) &&
+      use_fused(o.fused, "SGD", param, {&grad, buf && !first ? buf : &grad})) {
+    // A new buffer is zeros: momentum * 0 + d is d, eager's first step.
+    if (first) *buf = concrete_zeros(param.shape(), param.dtype());
+    std::vector<Tensor> out = sgd_fused_op(param, grad, buf ? *buf : Tensor(), o);
+    trace_assign(p, out[0], "SGD");
+    if (buf) trace_assign(*buf, out[1], "SGD");
+    return;
+  }
+  if (!active_trace() && use_fused(o.fused, "SGD", param, {&grad, buf && !first ? buf : &grad})) {
     if (first) *buf = Tensor::empty(param.shape(), param.dtype());
     dispatch_float(param.dtype(), [&]<class T>() { sgd_fused<T>(param, grad, buf ? *buf : Tensor(), first, o); });
     p.bump_version();
@@ -180,6 +292,23 @@ void sgd_update(const Tensor& param, const Tensor& grad, ParamState& state, cons
   // The same math as the loop, as kiln ops (PyTorch's order of operations).
   Tensor d = o.maximize ? neg(grad) : grad;
   if (o.weight_decay != 0) d = add(d, mul(param, o.weight_decay));
+  if (o.momentum != 0 && first && active_trace()) {
+    // Traced, the first step's buffer is zeros: momentum * 0 + d is d, as
+    // eager's first step; with dampening, a flag picks d on the first call.
+    *buf = concrete_zeros(param.shape(), param.dtype());
+    if (o.dampening != 0) {
+      Tensor& started = state["momentum_started"];
+      started = concrete_zeros({}, DType::Bool);
+      Tensor next = add(mul(*buf, o.momentum), mul(d, 1 - o.dampening));
+      Tensor(*buf).copy_(where(started, next, d));
+      started.fill_(true);
+      first = false;
+      d = o.nesterov ? add(d, mul(*buf, o.momentum)) : *buf;
+      p.sub_(mul(d, o.lr));
+      return;
+    }
+    first = false;
+  }
   if (o.momentum != 0) {
     if (first)
       *buf = clone(d);
@@ -197,13 +326,21 @@ void adam_update(const Tensor& param, const Tensor& grad, ParamState& state, con
   check_grad(param, grad, op);
   Tensor p = param;
   Tensor& step = state["step"];
-  if (!step.defined()) step = zeros({}, DType::Float32);
+  if (!step.defined()) step = concrete_zeros({}, DType::Float32);
   Tensor& m = state_tensor(state, "exp_avg", param);
   Tensor& v = state_tensor(state, "exp_avg_sq", param);
   Tensor vmax = o.amsgrad ? state_tensor(state, "max_exp_avg_sq", param) : Tensor();
   bool fused = use_fused(o.fused, op, param, {&grad, &m, &v, &vmax});  // may throw: before any write
   step.add_(1);
 
+  if (fused && active_trace()) {
+    std::vector<Tensor> out = adam_fused_op(param, grad, m, v, vmax, step, o, decoupled);
+    trace_assign(p, out[0], op);
+    trace_assign(m, out[1], op);
+    trace_assign(v, out[2], op);
+    if (vmax.defined()) trace_assign(vmax, out[3], op);
+    return;
+  }
   if (fused) {
     double s = step.item<double>();
     AdamCoefs c{};
@@ -229,14 +366,15 @@ void adam_update(const Tensor& param, const Tensor& grad, ParamState& state, con
   } else if (o.weight_decay != 0) {
     g = add(g, mul(param, o.weight_decay));
   }
+  // Written in the fused loop's order of operations, so both give the same bits.
   m.mul_(o.beta1).add_(mul(g, 1 - o.beta1));
-  v.mul_(o.beta2).add_(mul(mul(g, g), 1 - o.beta2));
+  v.mul_(o.beta2).add_(mul(mul(g, 1 - o.beta2), g));
   Tensor s = step.to(DType::Float64);
   Tensor bias2_sqrt = sqrt(sub(1.0, pow(o.beta2, s)));
-  Tensor step_size = div(o.lr, sub(1.0, pow(o.beta1, s)));
+  Tensor neg_step_size = div(-o.lr, sub(1.0, pow(o.beta1, s)));
   if (o.amsgrad) maximum_(vmax, v);
-  Tensor denom = add(div(sqrt(o.amsgrad ? vmax : v), bias2_sqrt), o.eps);
-  p.sub_(mul(div(m, denom), step_size));
+  Tensor denom = add(div(sqrt(o.amsgrad ? vmax : v), to_dtype(bias2_sqrt, param.dtype())), o.eps);
+  p.add_(div(mul(m, to_dtype(neg_step_size, param.dtype())), denom));
 }
 
 // ---- Optimizer ----
@@ -546,3 +684,7 @@ Tensor clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, doubl
 }
 
 }  // namespace kiln::optim
+
+namespace kiln {
+void register_optim_ops() { optim::register_ops(); }
+}  // namespace kiln

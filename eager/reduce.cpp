@@ -15,6 +15,7 @@
 
 #include "eager/autograd.h"
 #include "eager/loops.h"
+#include "eager/op_util.h"
 #include "eager/ops.h"
 #include "eager/scalar_math.h"
 #include "runtime/parallel.h"
@@ -547,10 +548,105 @@ auto any_dtype = [](DType d, const char* op, auto&& fn) { dispatch_all(d, op, fn
 auto floating_dtype = [](DType d, const char* op, auto&& fn) { dispatch_floating(d, op, fn); };
 auto bool_dtype = [](DType, const char*, auto&& fn) { fn.template operator()<bool>(); };
 
-void check_floating(const Tensor& x, const char* op) {
-  KILN_CHECK(is_floating(x.dtype()), DTypeError,
+void check_floating(DType dtype, const char* op) {
+  KILN_CHECK(is_floating(dtype), DTypeError,
              "{}(): could not infer output dtype. Input dtype must be a floating point dtype, "
-             "got {}", op, dtype_name(x.dtype()));
+             "got {}", op, dtype_name(dtype));
+}
+
+// ---------------------------------------------------------------------------
+// Meta rules: validation and the result type from the input's type. Eager
+// calls them before computing; traces reach them through the OpDefs. A
+// dynamic reduced dim makes the count unknown (kDynamic): checks on it wait
+// for the run.
+
+struct ReduceType {
+  std::vector<bool> mask;
+  Shape shape;    // the result's
+  int64_t count;  // elements per result element; kDynamic when unknown
+};
+
+ReduceType reduce_type(const TensorType& x, const DimList& dims, bool keepdim, const char* op) {
+  KILN_CHECK(x.device.is_cpu(), DeviceError, "{}: expected a cpu tensor, got {}", op, x.device.str());
+  ReduceType r{reduced_mask(dims, static_cast<int64_t>(x.shape.size()), op), {}, 1};
+  r.shape = reduced_shape(x.shape, r.mask, keepdim);
+  for (size_t d = 0; d < x.shape.size(); ++d)
+    if (r.mask[d]) r.count = is_dynamic(x.shape[d]) || is_dynamic(r.count) ? kDynamic : r.count * x.shape[d];
+  return r;
+}
+
+TensorType sum_meta(const TensorType& x, const DimList& dims, bool keepdim, std::optional<DType> dtype) {
+  DType in = dtype.value_or(x.dtype);
+  return {reduce_type(x, dims, keepdim, "sum").shape, dtype ? *dtype : is_floating(in) ? in : DType::Int64, x.device};
+}
+
+TensorType prod_meta(const TensorType& x, const DimList& dims, bool keepdim) {
+  return {reduce_type(x, dims, keepdim, "prod").shape, is_floating(x.dtype) ? x.dtype : DType::Int64, x.device};
+}
+
+TensorType mean_meta(const TensorType& x, const DimList& dims, bool keepdim) {
+  check_floating(x.dtype, "mean");
+  return {reduce_type(x, dims, keepdim, "mean").shape, x.dtype, x.device};
+}
+
+// amax/amin have no identity: an empty reduction is an error.
+template <bool kMax>
+TensorType extreme_meta(const TensorType& x, const DimList& dims, bool keepdim) {
+  const char* op = kMax ? "amax" : "amin";
+  ReduceType r = reduce_type(x, dims, keepdim, op);
+  KILN_CHECK(r.count != 0, IndexError,
+             "{}(): cannot reduce over a zero-size dim of a tensor of shape {} (the op has no identity)", op,
+             shape_str(x.shape));
+  return {r.shape, x.dtype, x.device};
+}
+
+template <bool kAny>
+TensorType logical_meta(const TensorType& x, const DimList& dims, bool keepdim) {
+  return {reduce_type(x, dims, keepdim, kAny ? "any" : "all").shape, DType::Bool, x.device};
+}
+
+TensorType var_meta(const TensorType& x, const DimList& dims, bool keepdim, const char* name) {
+  KILN_CHECK(is_floating(x.dtype), DTypeError, "{}(): only supports floating point dtypes, got {}", name,
+             dtype_name(x.dtype));
+  return {reduce_type(x, dims, keepdim, name).shape, x.dtype, x.device};
+}
+
+// Integers promote to the default float dtype, as in current PyTorch.
+TensorType logsumexp_meta(const TensorType& x, const DimList& dims, bool keepdim) {
+  return {reduce_type(x, dims, keepdim, "logsumexp").shape, is_floating(x.dtype) ? x.dtype : DType::Float32,
+          x.device};
+}
+
+// max/min(dim), argmax/argmin: dim nullopt reduces the flattened input (a
+// 0-d result, or all ones with keepdim). The result shape, and the reduced
+// length R (kDynamic when unknown), which must not be 0.
+std::pair<Shape, int64_t> arg_type(const TensorType& x, std::optional<int64_t> dim, bool keepdim, const char* name) {
+  KILN_CHECK(x.device.is_cpu(), DeviceError, "{}: expected a cpu tensor, got {}", name, x.device.str());
+  const int64_t ndim = static_cast<int64_t>(x.shape.size());
+  Shape out = keepdim ? Shape(ndim, 1) : Shape{};
+  int64_t R = static_numel(x.shape);
+  if (dim) {
+    const int64_t d = wrap_dim(*dim, ndim, name);
+    out = x.shape;
+    R = ndim == 0 ? 1 : x.shape[d];
+    if (ndim > 0) {
+      if (keepdim) out[d] = 1;
+      else out.erase(out.begin() + d);
+    }
+  }
+  KILN_CHECK(R != 0, IndexError,
+             "{}(): cannot reduce over a zero-size dim (input of shape {}{}); the op has no identity",
+             name, shape_str(x.shape), dim ? fmt::format(", dim {}", *dim) : std::string(", all dims"));
+  return {out, R};
+}
+
+std::vector<TensorType> max_min_meta(const TensorType& x, int64_t dim, bool keepdim, const char* name) {
+  Shape shape = arg_type(x, dim, keepdim, name).first;
+  return {{shape, x.dtype, x.device}, {shape, DType::Int64, x.device}};
+}
+
+TensorType argmax_meta(const TensorType& x, std::optional<int64_t> dim, bool keepdim, const char* name) {
+  return {arg_type(x, dim, keepdim, name).first, DType::Int64, x.device};
 }
 
 // ---------------------------------------------------------------------------
@@ -673,6 +769,16 @@ Tensor logsumexp_impl(const Tensor& x, const DimList& dims, bool keepdim) {
 // ---- backward rules ----
 namespace {
 
+// The reduced element count a rule divides by; in a trace it must be known.
+int64_t static_reduced_count(const Tensor& x, const DimList& dims, const char* op) {
+  const int64_t n = reduce_type(type_of(x), dims, false, op).count;
+  KILN_CHECK(!is_dynamic(n), TraceError,
+             "{}: the gradient of a reduction over a dynamic dim cannot be traced yet (input {}); mark fewer dims "
+             "dynamic, or reduce with sum and divide",
+             op, shape_str(x.shape()));
+  return n;
+}
+
 // The keepdim shape of a reduction of `shape` over `dims`: a gradient
 // reshaped to it broadcasts against the input.
 Shape kept_shape(const Shape& shape, const DimList& dims, const char* op) {
@@ -691,7 +797,7 @@ BackwardFn sum_back(const Tensor& x, const DimList& dims, double scale, const ch
 // d var / dx = 2 (x - mean) / (n - correction); std divides that by 2 std.
 BackwardFn var_back(const Tensor& x, const DimList& dims, int64_t correction, const Tensor& std_out,
                     const char* op) {
-  const int64_t n = reduced_count(x.shape(), reduced_mask(dims, x.dim(), op));
+  const int64_t n = static_reduced_count(x, dims, op);
   const double denom = static_cast<double>(std::max<int64_t>(n - correction, 0));
   return [kept = kept_shape(x.shape(), dims, op), sx = SavedTensor(x), sstd = SavedTensor(std_out), dims,
           denom](const Tensor& g, const Needs&) -> Grads {
@@ -754,23 +860,28 @@ BackwardFn indexed_back(const Tensor& x, int64_t dim, bool keepdim, const Tensor
 }  // namespace
 
 Tensor var(const Tensor& x, DimList dims, int64_t correction, bool keepdim) {
+  var_meta(type_of(x), dims, keepdim, "var");
   return autograd_op(
-      "var", {x}, [&] { return var_impl(x, dims, correction, keepdim, false, "var"); },
+      "var", {x}, KILN_ATTRS(dims, correction, keepdim), [&] { return var_impl(x, dims, correction, keepdim, false, "var"); },
       [&](const Tensor&) { return var_back(x, dims, correction, Tensor(), "var"); });
 }
 
 Tensor std(const Tensor& x, DimList dims, int64_t correction, bool keepdim) {
+  var_meta(type_of(x), dims, keepdim, "std");
   return autograd_op(
-      "std", {x}, [&] { return var_impl(x, dims, correction, keepdim, true, "std"); },
+      "std", {x}, KILN_ATTRS(dims, correction, keepdim), [&] { return var_impl(x, dims, correction, keepdim, true, "std"); },
       [&](const Tensor& out) { return var_back(x, dims, correction, out, "std"); });
 }
 
 Tensor logsumexp(const Tensor& x_in, DimList dims, bool keepdim) {
-  // Integers promote to the default float dtype, as in current PyTorch.
-  Tensor x = is_floating(x_in.dtype()) ? x_in : to_dtype(x_in, DType::Float32);
+  logsumexp_meta(type_of(x_in), dims, keepdim);
   return autograd_op(
-      "logsumexp", {x}, [&] { return logsumexp_impl(x, dims, keepdim); },
-      [&](const Tensor& out) { return logsumexp_back(x, dims, out); });
+      "logsumexp", {x_in}, KILN_ATTRS(dims, keepdim),
+      [&] {
+        Tensor x = is_floating(x_in.dtype()) ? x_in : to_dtype(x_in, DType::Float32);
+        return logsumexp_impl(x, dims, keepdim);
+      },
+      [&](const Tensor& out) { return logsumexp_back(x_in, dims, out); });
 }
 
 namespace {
@@ -896,23 +1007,16 @@ void arg_reduce(const T* x, T* values, int64_t* indices, int64_t A, int64_t R, i
 template <bool kMax>
 std::pair<Tensor, Tensor> arg_extreme(const Tensor& x, std::optional<int64_t> dim, bool keepdim,
                                       bool want_values, const char* name) {
-  check_cpu(x, name);
+  const Shape out_shape = arg_type(type_of(x), dim, keepdim, name).first;
   int64_t A = 1, R = x.numel(), B = 1;
-  Shape out_shape = keepdim ? Shape(x.dim(), 1) : Shape{};
-  if (dim) {
+  if (dim && x.dim() > 0) {
     const int64_t d = wrap_dim(*dim, x.dim(), name);
-    out_shape = x.shape();
-    R = x.dim() == 0 ? 1 : x.shape()[d];
-    if (x.dim() > 0) {
-      for (int64_t i = 0; i < d; ++i) A *= x.shape()[i];
-      for (int64_t i = d + 1; i < x.dim(); ++i) B *= x.shape()[i];
-      if (keepdim) out_shape[d] = 1;
-      else out_shape.erase(out_shape.begin() + d);
-    }
+    R = x.shape()[d];
+    for (int64_t i = 0; i < d; ++i) A *= x.shape()[i];
+    for (int64_t i = d + 1; i < x.dim(); ++i) B *= x.shape()[i];
+  } else if (dim) {
+    R = 1;
   }
-  KILN_CHECK(R > 0, IndexError,
-             "{}(): cannot reduce over a zero-size dim (input of shape {}{}); the op has no identity",
-             name, shape_str(x.shape()), dim ? fmt::format(", dim {}", *dim) : std::string(", all dims"));
   Tensor indices = Tensor::empty(out_shape, DType::Int64);
   Tensor values = want_values ? Tensor::empty(out_shape, x.dtype()) : Tensor();
   if (indices.numel() == 0) return {values, indices};
@@ -926,42 +1030,41 @@ std::pair<Tensor, Tensor> arg_extreme(const Tensor& x, std::optional<int64_t> di
 
 }  // namespace
 
-std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
-  Tensor indices;
-  Tensor values = autograd_op(
-      "max", {x},
+namespace {
+template <bool kMax>
+std::pair<Tensor, Tensor> max_min(const Tensor& x, int64_t dim, bool keepdim) {
+  const char* name = kMax ? "max" : "min";
+  max_min_meta(type_of(x), dim, keepdim, name);
+  std::vector<Tensor> out = autograd_op_n(
+      name, {x}, KILN_ATTRS(dim, keepdim),
       [&] {
-        auto [v, i] = arg_extreme<true>(x, dim, keepdim, true, "max");
-        indices = i;
-        return v;
+        auto [v, i] = arg_extreme<kMax>(x, dim, keepdim, true, name);
+        return std::vector<Tensor>{v, i};
       },
-      [&](const Tensor&) { return indexed_back(x, dim, keepdim, indices, "max"); });
-  return {values, indices};
+      [&](const std::vector<Tensor>& outs) { return indexed_back(x, dim, keepdim, outs[1], name); });
+  return {out[0], out[1]};
 }
-std::pair<Tensor, Tensor> min(const Tensor& x, int64_t dim, bool keepdim) {
-  Tensor indices;
-  Tensor values = autograd_op(
-      "min", {x},
-      [&] {
-        auto [v, i] = arg_extreme<false>(x, dim, keepdim, true, "min");
-        indices = i;
-        return v;
-      },
-      [&](const Tensor&) { return indexed_back(x, dim, keepdim, indices, "min"); });
-  return {values, indices};
+
+template <bool kMax>
+Tensor arg_op(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
+  const char* name = kMax ? "argmax" : "argmin";
+  argmax_meta(type_of(x), dim, keepdim, name);
+  if (auto traced = trace_if_active(name, {x}, KILN_ATTRS(dim, keepdim))) return (*traced)[0];
+  return arg_extreme<kMax>(x, dim, keepdim, false, name).second;
 }
-Tensor argmax(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
-  return arg_extreme<true>(x, dim, keepdim, false, "argmax").second;
-}
-Tensor argmin(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
-  return arg_extreme<false>(x, dim, keepdim, false, "argmin").second;
-}
+}  // namespace
+
+std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) { return max_min<true>(x, dim, keepdim); }
+std::pair<Tensor, Tensor> min(const Tensor& x, int64_t dim, bool keepdim) { return max_min<false>(x, dim, keepdim); }
+Tensor argmax(const Tensor& x, std::optional<int64_t> dim, bool keepdim) { return arg_op<true>(x, dim, keepdim); }
+Tensor argmin(const Tensor& x, std::optional<int64_t> dim, bool keepdim) { return arg_op<false>(x, dim, keepdim); }
 
 // ---- public ops ----
 
 Tensor sum(const Tensor& x, DimList dims, bool keepdim, std::optional<DType> dtype) {
+  sum_meta(type_of(x), dims, keepdim, dtype);
   return autograd_op(
-      "sum", {x},
+      "sum", {x}, KILN_ATTRS(dims, keepdim, dtype),
       [&] {
         Tensor in = dtype && *dtype != x.dtype() ? to_dtype(x, *dtype) : x;
         Tensor out = reduce<SumOp, OnEmpty::Identity>(in, dims, keepdim, "sum", any_dtype, ConvertStore{});
@@ -971,33 +1074,36 @@ Tensor sum(const Tensor& x, DimList dims, bool keepdim, std::optional<DType> dty
 }
 
 Tensor mean(const Tensor& x, DimList dims, bool keepdim) {
-  check_floating(x, "mean");
+  mean_meta(type_of(x), dims, keepdim);
   return autograd_op(
-      "mean", {x},
+      "mean", {x}, KILN_ATTRS(dims, keepdim),
       [&] { return reduce<SumOp, OnEmpty::Identity>(x, dims, keepdim, "mean", floating_dtype, AverageStore{}); },
       [&](const Tensor&) {
-        const int64_t n = reduced_count(x.shape(), reduced_mask(dims, x.dim(), "mean"));
+        const int64_t n = static_reduced_count(x, dims, "mean");
         return sum_back(x, dims, 1.0 / static_cast<double>(n), "mean");
       });
 }
 
 Tensor prod(const Tensor& x, DimList dims, bool keepdim) {
+  prod_meta(type_of(x), dims, keepdim);
   return autograd_op(
-      "prod", {x},
+      "prod", {x}, KILN_ATTRS(dims, keepdim),
       [&] { return reduce<ProdOp, OnEmpty::Identity>(x, dims, keepdim, "prod", any_dtype, ConvertStore{}); },
       [&](const Tensor&) { return prod_back(x, dims); });
 }
 
 Tensor amax(const Tensor& x, DimList dims, bool keepdim) {
+  extreme_meta<true>(type_of(x), dims, keepdim);
   return autograd_op(
-      "amax", {x},
+      "amax", {x}, KILN_ATTRS(dims, keepdim),
       [&] { return reduce<MaxOp, OnEmpty::Error>(x, dims, keepdim, "amax", any_dtype, ConvertStore{}); },
       [&](const Tensor& out) { return extreme_back(x, dims, out, "amax"); });
 }
 
 Tensor amin(const Tensor& x, DimList dims, bool keepdim) {
+  extreme_meta<false>(type_of(x), dims, keepdim);
   return autograd_op(
-      "amin", {x},
+      "amin", {x}, KILN_ATTRS(dims, keepdim),
       [&] { return reduce<MinOp, OnEmpty::Error>(x, dims, keepdim, "amin", any_dtype, ConvertStore{}); },
       [&](const Tensor& out) { return extreme_back(x, dims, out, "amin"); });
 }
@@ -1005,15 +1111,82 @@ Tensor amin(const Tensor& x, DimList dims, bool keepdim) {
 // Other dtypes compare with zero first (NaN is true): one kernel instead of
 // nine, and these are memory-bound anyway.
 Tensor any(const Tensor& x, DimList dims, bool keepdim) {
+  logical_meta<true>(type_of(x), dims, keepdim);
+  if (auto traced = trace_if_active("any", {x}, KILN_ATTRS(dims, keepdim))) return (*traced)[0];
   Tensor b = x.dtype() == DType::Bool ? x : ne(x, Scalar(0));
   return reduce<AnyOp, OnEmpty::Identity>(b, dims, keepdim, "any", bool_dtype, ConvertStore{});
 }
 
 Tensor all(const Tensor& x, DimList dims, bool keepdim) {
+  logical_meta<false>(type_of(x), dims, keepdim);
+  if (auto traced = trace_if_active("all", {x}, KILN_ATTRS(dims, keepdim))) return (*traced)[0];
   Tensor b = x.dtype() == DType::Bool ? x : ne(x, Scalar(0));
   return reduce<AllOp, OnEmpty::Identity>(b, dims, keepdim, "all", bool_dtype, ConvertStore{});
 }
 
-void register_reduce_ops() {}
+namespace {
+// The ops over (dims, keepdim).
+using DimsOp = Tensor (*)(const Tensor&, DimList, bool);
+using DimsMeta = TensorType (*)(const TensorType&, const DimList&, bool);
+void register_dims_op(const char* name, DimsMeta meta, DimsOp fn) {
+  register_op({.name = name,
+               .attrs = {{"dims", AttrKind::Ints}, {"keepdim", AttrKind::Bool}},
+               .meta = [meta](const std::vector<TensorType>& in, const Attrs& a) -> std::vector<TensorType> {
+                 return {meta(in[0], a.get<DimList>("dims"), a.get<bool>("keepdim"))};
+               },
+               .run = [fn](const std::vector<Tensor>& in, const Attrs& a) -> std::vector<Tensor> {
+                 return {fn(in[0], a.get<DimList>("dims"), a.get<bool>("keepdim"))};
+               }});
+}
+}  // namespace
+
+void register_reduce_ops() {
+  register_dims_op("mean", mean_meta, mean);
+  register_dims_op("prod", prod_meta, prod);
+  register_dims_op("amax", extreme_meta<true>, amax);
+  register_dims_op("amin", extreme_meta<false>, amin);
+  register_dims_op("any", logical_meta<true>, any);
+  register_dims_op("all", logical_meta<false>, all);
+  register_dims_op("logsumexp", logsumexp_meta, logsumexp);
+  register_op({.name = "sum",
+               .attrs = {{"dims", AttrKind::Ints}, {"keepdim", AttrKind::Bool}, {"dtype", AttrKind::DType, true}},
+               .meta = KILN_META(sum_meta(in[0], a.get<DimList>("dims"), a.get<bool>("keepdim"),
+                                          a.get<std::optional<DType>>("dtype"))),
+               .run = KILN_RUN(sum(in[0], a.get<DimList>("dims"), a.get<bool>("keepdim"),
+                                   a.get<std::optional<DType>>("dtype")))});
+  register_op({.name = "var",
+               .attrs = {{"dims", AttrKind::Ints}, {"correction", AttrKind::Int}, {"keepdim", AttrKind::Bool}},
+               .meta = KILN_META(var_meta(in[0], a.get<DimList>("dims"), a.get<bool>("keepdim"), "var")),
+               .run = KILN_RUN(var(in[0], a.get<DimList>("dims"), a.get<int64_t>("correction"), a.get<bool>("keepdim")))});
+  register_op({.name = "std",
+               .attrs = {{"dims", AttrKind::Ints}, {"correction", AttrKind::Int}, {"keepdim", AttrKind::Bool}},
+               .meta = KILN_META(var_meta(in[0], a.get<DimList>("dims"), a.get<bool>("keepdim"), "std")),
+               .run = KILN_RUN(kiln::std(in[0], a.get<DimList>("dims"), a.get<int64_t>("correction"),
+                                         a.get<bool>("keepdim")))});
+  register_op({.name = "max",
+               .num_outputs = 2,
+               .attrs = {{"dim", AttrKind::Int}, {"keepdim", AttrKind::Bool}},
+               .meta = KILN_META(max_min_meta(in[0], a.get<int64_t>("dim"), a.get<bool>("keepdim"), "max")),
+               .run = [](const std::vector<Tensor>& in, const Attrs& a) -> std::vector<Tensor> {
+                 auto [v, i] = max(in[0], a.get<int64_t>("dim"), a.get<bool>("keepdim"));
+                 return {v, i};
+               }});
+  register_op({.name = "min",
+               .num_outputs = 2,
+               .attrs = {{"dim", AttrKind::Int}, {"keepdim", AttrKind::Bool}},
+               .meta = KILN_META(max_min_meta(in[0], a.get<int64_t>("dim"), a.get<bool>("keepdim"), "min")),
+               .run = [](const std::vector<Tensor>& in, const Attrs& a) -> std::vector<Tensor> {
+                 auto [v, i] = min(in[0], a.get<int64_t>("dim"), a.get<bool>("keepdim"));
+                 return {v, i};
+               }});
+  register_op({.name = "argmax",
+               .attrs = {{"dim", AttrKind::Int, true}, {"keepdim", AttrKind::Bool}},
+               .meta = KILN_META(argmax_meta(in[0], a.get<std::optional<int64_t>>("dim"), a.get<bool>("keepdim"), "argmax")),
+               .run = KILN_RUN(argmax(in[0], a.get<std::optional<int64_t>>("dim"), a.get<bool>("keepdim")))});
+  register_op({.name = "argmin",
+               .attrs = {{"dim", AttrKind::Int, true}, {"keepdim", AttrKind::Bool}},
+               .meta = KILN_META(argmax_meta(in[0], a.get<std::optional<int64_t>>("dim"), a.get<bool>("keepdim"), "argmin")),
+               .run = KILN_RUN(argmin(in[0], a.get<std::optional<int64_t>>("dim"), a.get<bool>("keepdim")))});
+}
 
 }  // namespace kiln

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "eager/autograd.h"
+#include "eager/op_util.h"
 #include "eager/ops.h"
 #include "runtime/parallel.h"
 
@@ -35,26 +36,35 @@ void dispatch_compute(DType d, const char* op, F&& fn) {
   fail<DTypeError>("{}: expected float32 or float64 to compute in, got {}", op, dtype_name(d));
 }
 
-inline void check_cpu(const Tensor& t, const char* op, const char* what) {
-  KILN_CHECK(t.device().is_cpu(), DeviceError, "{}: expected a cpu tensor for {}, got {}", op, what,
-             t.device().str());
+// The checks are on types, so meta rules share them; eager passes type_of(t).
+inline void check_cpu(const TensorType& t, const char* op, const char* what) {
+  KILN_CHECK(t.device.is_cpu(), DeviceError, "{}: expected a cpu tensor for {}, got {}", op, what, t.device.str());
 }
+inline void check_cpu(const Tensor& t, const char* op, const char* what) { check_cpu(type_of(t), op, what); }
 
-inline void check_floating(const Tensor& t, const char* op, const char* what) {
+inline void check_floating(const TensorType& t, const char* op, const char* what) {
   check_cpu(t, op, what);
-  KILN_CHECK(is_floating(t.dtype()), DTypeError,
+  KILN_CHECK(is_floating(t.dtype), DTypeError,
              "{}: expected a floating point {}, got {} (convert it with .to(float32) first)", op, what,
-             dtype_name(t.dtype()));
+             dtype_name(t.dtype));
 }
+inline void check_floating(const Tensor& t, const char* op, const char* what) { check_floating(type_of(t), op, what); }
 
 // Parameters (weight, bias, ...) must have the input's dtype, as in PyTorch:
 // silently promoting a float32 layer to float64 would hide a bug.
-inline void check_same_dtype(const Tensor& x, const Tensor& p, const char* op, const char* what) {
-  if (!p.defined()) return;
+inline void check_same_dtype(const TensorType& x, const TensorType& p, const char* op, const char* what) {
+  if (!p.defined) return;
   check_cpu(p, op, what);
-  KILN_CHECK(p.dtype() == x.dtype(), DTypeError, "{}: expected {} of dtype {} (the input's), got {}", op, what,
-             dtype_name(x.dtype()), dtype_name(p.dtype()));
+  KILN_CHECK(p.dtype == x.dtype, DTypeError, "{}: expected {} of dtype {} (the input's), got {}", op, what,
+             dtype_name(x.dtype), dtype_name(p.dtype));
 }
+inline void check_same_dtype(const Tensor& x, const Tensor& p, const char* op, const char* what) {
+  check_same_dtype(type_of(x), type_of(p), op, what);
+}
+
+// Two sizes that may be equal: a dynamic one matches anything (checked when
+// the traced function runs).
+inline bool same_size(int64_t a, int64_t b) { return a == b || is_dynamic(a) || is_dynamic(b); }
 
 inline int blas_int(int64_t v, const char* op) {
   KILN_CHECK(v <= INT_MAX, ValueError, "{}: dimension {} exceeds what BLAS can index", op, v);
@@ -124,5 +134,11 @@ inline Tensor loss_grad_scale(const Tensor& g, Reduction r, int64_t n) {
   if (r == Reduction::Mean) return div(g, static_cast<double>(n));
   return g;
 }
+
+// Each file of eager/nn registers its ops (called by register_functional_ops).
+void register_linear_ops();
+void register_loss_ops();
+void register_conv_ops();
+void register_pool_ops();
 
 }  // namespace kiln::nn::functional::detail

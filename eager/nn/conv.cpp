@@ -176,15 +176,17 @@ void conv_backward(const ConvGeom& g, const T* x, const T* w, const T* gout, T* 
     for (int64_t i = 0; i < wsize; ++i) dw[i] += partial[c][i];
 }
 
-ConvGeom geometry(const Tensor& x4, const Tensor& weight, Pair stride, Pair padding, Pair dilation, int64_t groups) {
+// From the (N, C, H, W) input shape and the weight's; a dynamic H or W
+// gives a dynamic Ho or Wo.
+ConvGeom geometry(const Shape& x4, const Shape& weight, Pair stride, Pair padding, Pair dilation, int64_t groups) {
   ConvGeom g;
-  g.N = x4.shape()[0];
-  g.C = x4.shape()[1];
-  g.H = x4.shape()[2];
-  g.W = x4.shape()[3];
-  g.O = weight.shape()[0];
-  g.kh = weight.shape()[2];
-  g.kw = weight.shape()[3];
+  g.N = x4[0];
+  g.C = x4[1];
+  g.H = x4[2];
+  g.W = x4[3];
+  g.O = weight[0];
+  g.kh = weight[2];
+  g.kw = weight[3];
   g.sh = stride[0];
   g.sw = stride[1];
   g.ph = padding[0];
@@ -192,8 +194,8 @@ ConvGeom geometry(const Tensor& x4, const Tensor& weight, Pair stride, Pair padd
   g.dh = dilation[0];
   g.dw = dilation[1];
   g.groups = groups;
-  g.Ho = (g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
-  g.Wo = (g.W + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  g.Ho = is_dynamic(g.H) ? kDynamic : (g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.Wo = is_dynamic(g.W) ? kDynamic : (g.W + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
   return g;
 }
 
@@ -211,17 +213,19 @@ Tensor conv_forward_tensor(const ConvGeom& g, const Tensor& x4, const Tensor& we
 
 }  // namespace
 
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Pair stride, Pair padding, Pair dilation,
-              int64_t groups) {
+// The meta rule: every check, and the output type.
+TensorType conv2d_meta(const TensorType& x, const TensorType& weight, const TensorType& bias, Pair stride,
+                       Pair padding, Pair dilation, int64_t groups) {
   check_floating(x, "conv2d", "input");
   check_same_dtype(x, weight, "conv2d", "weight");
   check_same_dtype(x, bias, "conv2d", "bias");
-  KILN_CHECK(x.dim() == 3 || x.dim() == 4, ShapeError,
+  const int64_t xdim = static_cast<int64_t>(x.shape.size());
+  KILN_CHECK(xdim == 3 || xdim == 4, ShapeError,
              "conv2d: expected a 4-D input (N, C, H, W) or a 3-D unbatched one (C, H, W), got {}",
-             shape_str(x.shape()));
-  KILN_CHECK(weight.dim() == 4, ShapeError,
+             shape_str(x.shape));
+  KILN_CHECK(weight.shape.size() == 4, ShapeError,
              "conv2d: expected weight of shape (out_channels, in_channels / groups, kH, kW), got {}",
-             shape_str(weight.shape()));
+             shape_str(weight.shape));
   KILN_CHECK(groups >= 1, ValueError, "conv2d: groups must be positive, got {}", groups);
   KILN_CHECK(stride[0] > 0 && stride[1] > 0, ValueError, "conv2d: stride must be positive, got ({}, {})", stride[0],
              stride[1]);
@@ -229,57 +233,122 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Pair st
              dilation[0], dilation[1]);
   KILN_CHECK(padding[0] >= 0 && padding[1] >= 0, ValueError, "conv2d: padding must be non-negative, got ({}, {})",
              padding[0], padding[1]);
-  const int64_t O = weight.shape()[0];
-  KILN_CHECK(O % groups == 0, ShapeError,
-             "conv2d: out_channels ({}, weight {}) must be divisible by groups ({})", O, shape_str(weight.shape()),
+  const int64_t O = weight.shape[0];
+  KILN_CHECK(is_dynamic(O) || O % groups == 0, ShapeError,
+             "conv2d: out_channels ({}, weight {}) must be divisible by groups ({})", O, shape_str(weight.shape),
              groups);
-  const bool batched = x.dim() == 4;
-  const int64_t C = x.shape()[batched ? 1 : 0];
-  if (C != weight.shape()[1] * groups) {
+  const bool batched = xdim == 4;
+  const int64_t C = x.shape[batched ? 1 : 0];
+  if (!is_dynamic(C) && !is_dynamic(weight.shape[1]) && C != weight.shape[1] * groups) {
     const std::string groups_note = groups == 1 ? "" : fmt::format(" * groups {}", groups);
     fail<ShapeError>("conv2d: expected input of shape {} with C = {} (weight {}{}), got {}",
-                     batched ? "(N, C, H, W)" : "(C, H, W)", weight.shape()[1] * groups, shape_str(weight.shape()),
-                     groups_note, shape_str(x.shape()));
+                     batched ? "(N, C, H, W)" : "(C, H, W)", weight.shape[1] * groups, shape_str(weight.shape),
+                     groups_note, shape_str(x.shape));
   }
-  KILN_CHECK(!bias.defined() || (bias.dim() == 1 && bias.shape()[0] == O), ShapeError,
-             "conv2d: expected bias of shape ({}) (weight {}), got {}", O, shape_str(weight.shape()),
-             shape_str(bias.shape()));
-  const Tensor x4 = batched ? x : view(x.detach(), {1, x.shape()[0], x.shape()[1], x.shape()[2]});
-  const ConvGeom g = geometry(x4, weight, stride, padding, dilation, groups);
+  KILN_CHECK(!bias.defined || (bias.shape.size() == 1 && same_size(bias.shape[0], O)), ShapeError,
+             "conv2d: expected bias of shape ({}) (weight {}), got {}", O, shape_str(weight.shape),
+             shape_str(bias.shape));
+  const Shape x4 = batched ? x.shape : Shape{1, x.shape[0], x.shape[1], x.shape[2]};
+  const ConvGeom g = geometry(x4, weight.shape, stride, padding, dilation, groups);
   const int64_t eh = g.dh * (g.kh - 1) + 1, ew = g.dw * (g.kw - 1) + 1;
-  KILN_CHECK(g.H + 2 * g.ph >= eh && g.W + 2 * g.pw >= ew, ShapeError,
+  KILN_CHECK((is_dynamic(g.H) || g.H + 2 * g.ph >= eh) && (is_dynamic(g.W) || g.W + 2 * g.pw >= ew), ShapeError,
              "conv2d: the kernel ({}, {}) (dilated: ({}, {})) is larger than the padded input ({}, {}) (input {})",
-             g.kh, g.kw, eh, ew, g.H + 2 * g.ph, g.W + 2 * g.pw, shape_str(x.shape()));
+             g.kh, g.kw, eh, ew, g.H + 2 * g.ph, g.W + 2 * g.pw, shape_str(x.shape));
+  Shape out = batched ? Shape{g.N, g.O, g.Ho, g.Wo} : Shape{g.O, g.Ho, g.Wo};
+  return {out, x.dtype, x.device};
+}
 
+
+std::vector<Tensor> conv2d_backward(const Tensor& grad, const Tensor& x, const Tensor& weight, Pair stride,
+                                    Pair padding, Pair dilation, int64_t groups, bool need_input, bool need_weight) {
+  if (TraceHook* trace = active_trace())
+    return trace->record(op_def("conv2d_backward"), {grad, x, weight},
+                         make_attrs("stride, padding, dilation, groups, need_input, need_weight", stride, padding,
+                                    dilation, groups, need_input, need_weight));
+  const bool batched = x.dim() == 4;
+  const Tensor x4 = batched ? x : view(x.detach(), {1, x.shape()[0], x.shape()[1], x.shape()[2]});
+  const ConvGeom g = geometry(x4.shape(), weight.shape(), stride, padding, dilation, groups);
+  Tensor xc = as_compute(x4), wc = as_compute(weight);
+  Tensor go = as_compute(reshape(grad, {g.N, g.O, g.Ho, g.Wo}));
+  Tensor dx = need_input ? (g.direct() ? Tensor::empty(xc.shape(), xc.dtype()) : zeros(xc.shape(), xc.dtype()))
+                         : Tensor();
+  Tensor dw = need_weight ? Tensor::empty(wc.shape(), wc.dtype()) : Tensor();
+  if (dw.defined() && (g.N == 0 || g.P() == 0)) fill(dw, 0);
+  if (g.N > 0 && g.P() > 0 && (need_input || need_weight))
+    dispatch_compute(xc.dtype(), "conv2d_backward", [&]<class T>() {
+      conv_backward<T>(g, xc.data<T>(), wc.data<T>(), go.data<T>(), dx.defined() ? dx.data<T>() : nullptr,
+                       dw.defined() ? dw.data<T>() : nullptr);
+    });
+  std::vector<Tensor> out;
+  if (need_input) out.push_back(reshape(dx, x.shape()));
+  if (need_weight) out.push_back(dw);
+  return out;
+}
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Pair stride, Pair padding, Pair dilation,
+              int64_t groups) {
+  conv2d_meta(type_of(x), type_of(weight), type_of(bias), stride, padding, dilation, groups);
+  const bool batched = x.dim() == 4;
   return autograd_op(
-      "conv2d", {x, weight, bias},
+      "conv2d", {x, weight, bias}, KILN_ATTRS(stride, padding, dilation, groups),
       [&] {
+        const Tensor x4 = batched ? x : view(x.detach(), {1, x.shape()[0], x.shape()[1], x.shape()[2]});
+        const ConvGeom g = geometry(x4.shape(), weight.shape(), stride, padding, dilation, groups);
         Tensor out = conv_forward_tensor(g, x4, weight, bias);
         return batched ? out : view(out, {g.O, g.Ho, g.Wo});
       },
       [&](const Tensor&) {
-        SavedTensor sx(x4), sw(weight);
-        const Shape x_shape = x.shape();
-        return BackwardFn([=](const Tensor& gout_in, const Needs& need) -> Grads {
+        SavedTensor sx(x), sw(weight);
+        return BackwardFn([=](const Tensor& gout, const Needs& need) -> Grads {
           Grads grads(3);
-          if (need[2]) grads[2] = sum(gout_in, batched ? DimList{0, 2, 3} : DimList{1, 2});
+          if (need[2]) grads[2] = sum(gout, batched ? DimList{0, 2, 3} : DimList{1, 2});
           if (!need[0] && !need[1]) return grads;
-          Tensor xc = as_compute(sx.get()), wc = as_compute(sw.get());
-          Tensor go = as_compute(reshape(gout_in, {g.N, g.O, g.Ho, g.Wo}));
-          Tensor dx = need[0] ? (g.direct() ? Tensor::empty(xc.shape(), xc.dtype()) : zeros(xc.shape(), xc.dtype()))
-                              : Tensor();
-          Tensor dw = need[1] ? Tensor::empty(wc.shape(), wc.dtype()) : Tensor();
-          if (dw.defined() && (g.N == 0 || g.P() == 0)) fill(dw, 0);
-          if (g.N > 0 && g.P() > 0)
-            dispatch_compute(xc.dtype(), "conv2d_backward", [&]<class T>() {
-              conv_backward<T>(g, xc.data<T>(), wc.data<T>(), go.data<T>(), dx.defined() ? dx.data<T>() : nullptr,
-                               dw.defined() ? dw.data<T>() : nullptr);
-            });
-          if (dx.defined()) grads[0] = reshape(dx, x_shape);
-          grads[1] = dw;
+          std::vector<Tensor> d =
+              conv2d_backward(gout, sx.get(), sw.get(), stride, padding, dilation, groups, need[0], need[1]);
+          if (need[0]) grads[0] = d[0];
+          if (need[1]) grads[1] = d.back();
           return grads;
         });
       });
+}
+
+namespace {
+Pair pair_attr(const Attrs& a, const char* name) {
+  auto v = a.get<std::vector<int64_t>>(name);
+  return {v.at(0), v.at(1)};
+}
+}  // namespace
+
+void detail::register_conv_ops() {
+  const std::vector<AttrSpec> geom = {{"stride", AttrKind::Ints}, {"padding", AttrKind::Ints},
+                                      {"dilation", AttrKind::Ints}, {"groups", AttrKind::Int}};
+  register_op({.name = "conv2d",
+               .num_inputs = 3,
+               .operands = "x, weight, bias?",
+               .attrs = geom,
+               .meta = KILN_META(conv2d_meta(in[0], in[1], in[2], pair_attr(a, "stride"), pair_attr(a, "padding"),
+                                             pair_attr(a, "dilation"), a.get<int64_t>("groups"))),
+               .run = KILN_RUN(conv2d(in[0], in[1], in[2], pair_attr(a, "stride"), pair_attr(a, "padding"),
+                                      pair_attr(a, "dilation"), a.get<int64_t>("groups")))});
+  std::vector<AttrSpec> back = geom;
+  back.push_back({"need_input", AttrKind::Bool});
+  back.push_back({"need_weight", AttrKind::Bool});
+  register_op({.name = "conv2d_backward",
+               .num_inputs = 3,
+               .num_outputs = -1,
+               .operands = "grad, x, weight",
+               .attrs = back,
+               .meta = [](const std::vector<TensorType>& in, const Attrs& a) -> std::vector<TensorType> {
+                 std::vector<TensorType> out;
+                 if (a.get<bool>("need_input")) out.push_back({in[1].shape, compute_dtype(in[1].dtype), in[1].device});
+                 if (a.get<bool>("need_weight")) out.push_back({in[2].shape, compute_dtype(in[2].dtype), in[2].device});
+                 return out;
+               },
+               .run = [](const std::vector<Tensor>& in, const Attrs& a) -> std::vector<Tensor> {
+                 return conv2d_backward(in[0], in[1], in[2], pair_attr(a, "stride"), pair_attr(a, "padding"),
+                                        pair_attr(a, "dilation"), a.get<int64_t>("groups"), a.get<bool>("need_input"),
+                                        a.get<bool>("need_weight"));
+               }});
 }
 
 }  // namespace kiln::nn::functional

@@ -27,6 +27,8 @@ Tensor dropout(const Tensor& x, double p, bool training) {
       scale = to_dtype(where(keep, 1.0 / (1.0 - p), 0.0), x.dtype());
     }
   }
+  // In a trace the multiply is the op: the scale is a traced random value.
+  if (active_trace()) return mul(x, scale);
   return autograd_op(
       "dropout", {x}, [&] { return mul(x, scale); },
       [&](const Tensor&) {
@@ -35,64 +37,92 @@ Tensor dropout(const Tensor& x, double p, bool training) {
       });
 }
 
-Tensor embedding(const Tensor& indices, const Tensor& weight, std::optional<int64_t> padding_idx) {
+namespace {
+TensorType embedding_meta(const TensorType& indices, const TensorType& weight, std::optional<int64_t> padding_idx) {
   check_cpu(indices, "embedding", "indices");
   check_cpu(weight, "embedding", "weight");
-  KILN_CHECK(is_integral(indices.dtype()) && indices.dtype() != DType::Bool, DTypeError,
-             "embedding: expected indices of an integer dtype, got {}", dtype_name(indices.dtype()));
-  KILN_CHECK(weight.dim() == 2, ShapeError, "embedding: expected weight of shape (num_embeddings, embedding_dim), got {}",
-             shape_str(weight.shape()));
-  const int64_t num = weight.shape()[0], dim = weight.shape()[1];
-  int64_t pad = -1;
-  if (padding_idx) {
-    pad = *padding_idx < 0 ? *padding_idx + num : *padding_idx;
+  KILN_CHECK(is_integral(indices.dtype) && indices.dtype != DType::Bool, DTypeError,
+             "embedding: expected indices of an integer dtype, got {}", dtype_name(indices.dtype));
+  KILN_CHECK(weight.shape.size() == 2, ShapeError,
+             "embedding: expected weight of shape (num_embeddings, embedding_dim), got {}", shape_str(weight.shape));
+  const int64_t num = weight.shape[0];
+  if (padding_idx && !is_dynamic(num)) {
+    const int64_t pad = *padding_idx < 0 ? *padding_idx + num : *padding_idx;
     KILN_CHECK(pad >= 0 && pad < num, ValueError, "embedding: padding_idx {} is out of range for {} embeddings",
                *padding_idx, num);
   }
-  const Tensor idx = contiguous(to_dtype(indices.detach(), DType::Int64));
+  Shape out = indices.shape;
+  out.push_back(weight.shape[1]);
+  return {out, weight.dtype, weight.device};
+}
+
+// The indices as contiguous int64, each checked against num rows.
+Tensor checked_indices(const Tensor& indices, int64_t num) {
+  Tensor idx = contiguous(to_dtype(indices.detach(), DType::Int64));
   const int64_t* pi = idx.data<int64_t>();
-  const int64_t count = idx.numel();
-  for (int64_t i = 0; i < count; ++i)
+  for (int64_t i = 0; i < idx.numel(); ++i)
     if (pi[i] < 0 || pi[i] >= num)
       fail<IndexError>("embedding: index {} is out of range for a weight with {} rows (num_embeddings)", pi[i], num);
-  Shape out_shape = indices.shape();
-  out_shape.push_back(dim);
-  return autograd_op(
-      "embedding", {weight},
-      [&] {
+  return idx;
+}
+}  // namespace
+
+// d weight: the rows of grad added into the rows the indices picked (none
+// into padding_idx); (num, dim) in the compute dtype.
+Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights,
+                          std::optional<int64_t> padding_idx) {
+  return trace_or("embedding_backward", {grad, indices}, KILN_ATTRS(num_weights, padding_idx), [&] {
+    const Tensor idx = checked_indices(indices, num_weights);
+    const int64_t count = idx.numel(), num = num_weights, dim = grad.shape().back();
+    const int64_t pad = !padding_idx ? -1 : *padding_idx < 0 ? *padding_idx + num : *padding_idx;
+    const DType cd = compute_dtype(grad.dtype());
+    const Tensor gc = contiguous(to_dtype(grad, cd));
+    Tensor dw = zeros({num, dim}, cd);
+    const int64_t* ix = idx.data<int64_t>();
+    dispatch_compute(cd, "embedding_backward", [&]<class C>() {
+      const C* pg = gc.data<C>();
+      C* pd = dw.data<C>();
+      // Tasks own column ranges, so repeated indices never race.
+      const int64_t cols = std::max<int64_t>(16, 32768 / std::max<int64_t>(1, count));
+      parallel_for(0, dim, cols, [&](int64_t cb, int64_t ce) {
+        for (int64_t i = 0; i < count; ++i) {
+          if (ix[i] == pad) continue;
+          C* row = pd + ix[i] * dim;
+          const C* gr = pg + i * dim;
+          for (int64_t c = cb; c < ce; ++c) row[c] += gr[c];
+        }
+      });
+    });
+    return dw;
+  });
+}
+
+Tensor embedding(const Tensor& indices, const Tensor& weight, std::optional<int64_t> padding_idx) {
+  const TensorType type = embedding_meta(type_of(indices), type_of(weight), padding_idx);
+  return autograd_op_n(
+      "embedding", {indices, weight}, KILN_ATTRS(padding_idx),
+      [&]() -> std::vector<Tensor> {
+        const int64_t num = weight.shape()[0], dim = weight.shape()[1];
+        const Tensor idx = checked_indices(indices, num);
+        const int64_t* pi = idx.data<int64_t>();
+        const int64_t count = idx.numel();
         const Tensor w = contiguous(weight);
-        Tensor out = Tensor::empty(out_shape, weight.dtype());
+        Tensor out = Tensor::empty(type.shape, weight.dtype());
         const size_t row_bytes = static_cast<size_t>(dim) * w.itemsize();
         const char* src = static_cast<const char*>(w.data_ptr());
         char* dst = static_cast<char*>(out.data_ptr());
         parallel_for(0, count, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, dim)), [&](int64_t b, int64_t e) {
           for (int64_t i = b; i < e; ++i) std::memcpy(dst + i * row_bytes, src + pi[i] * row_bytes, row_bytes);
         });
-        return out;
+        return {out};
       },
-      [&](const Tensor&) {
-        const DType cd = compute_dtype(weight.dtype());
+      [&](const std::vector<Tensor>&) {
+        const Tensor idx = indices.detach();
+        const int64_t num = weight.shape()[0];
         return BackwardFn([=](const Tensor& g, const Needs&) -> Grads {
-          const Tensor gc = contiguous(to_dtype(g, cd));
-          Tensor dw = zeros({num, dim}, cd);
-          const int64_t* ix = idx.data<int64_t>();
-          dispatch_compute(cd, "embedding_backward", [&]<class C>() {
-            const C* pg = gc.data<C>();
-            C* pd = dw.data<C>();
-            // Tasks own column ranges, so repeated indices never race.
-            const int64_t cols = std::max<int64_t>(16, 32768 / std::max<int64_t>(1, count));
-            parallel_for(0, dim, cols, [&](int64_t cb, int64_t ce) {
-              for (int64_t i = 0; i < count; ++i) {
-                if (ix[i] == pad) continue;
-                C* row = pd + ix[i] * dim;
-                const C* gr = pg + i * dim;
-                for (int64_t c = cb; c < ce; ++c) row[c] += gr[c];
-              }
-            });
-          });
-          return {dw};
+          return {Tensor(), embedding_backward(g, idx, num, padding_idx)};
         });
-      });
+      })[0];
 }
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& attn_mask,
@@ -143,5 +173,26 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 }  // namespace kiln::nn::functional
 
 namespace kiln {
-void register_functional_ops() {}
+void register_functional_ops() {
+  namespace d = nn::functional::detail;
+  d::register_linear_ops();
+  d::register_loss_ops();
+  d::register_conv_ops();
+  d::register_pool_ops();
+  namespace F = nn::functional;
+  register_op({.name = "embedding",
+               .num_inputs = 2,
+               .operands = "indices, weight",
+               .attrs = {{"padding_idx", AttrKind::Int, true}},
+               .meta = KILN_META(F::embedding_meta(in[0], in[1], a.get<std::optional<int64_t>>("padding_idx"))),
+               .run = KILN_RUN(F::embedding(in[0], in[1], a.get<std::optional<int64_t>>("padding_idx")))});
+  register_op({.name = "embedding_backward",
+               .num_inputs = 2,
+               .operands = "grad, indices",
+               .attrs = {{"num_weights", AttrKind::Int}, {"padding_idx", AttrKind::Int, true}},
+               .meta = KILN_META({{a.get<int64_t>("num_weights"), in[0].shape.back()},
+                                  F::detail::compute_dtype(in[0].dtype), in[0].device}),
+               .run = KILN_RUN(F::embedding_backward(in[0], in[1], a.get<int64_t>("num_weights"),
+                                                     a.get<std::optional<int64_t>>("padding_idx")))});
+}
 }  // namespace kiln

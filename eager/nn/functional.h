@@ -6,6 +6,7 @@
 #include <array>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "eager/ops.h"
 
@@ -64,6 +65,23 @@ Tensor nll_loss(const Tensor& input, const Tensor& target, const Tensor& weight 
 Tensor binary_cross_entropy_with_logits(const Tensor& input, const Tensor& target,
                                         const Tensor& weight = {}, const Tensor& pos_weight = {},
                                         const std::string& reduction = "mean");
+
+// Backward kernels, ops of their own so that backward() inside a trace
+// records them. need_target: also the gradient for a target of class
+// probabilities (a second result).
+std::vector<Tensor> cross_entropy_backward(const Tensor& grad, const Tensor& input, const Tensor& target,
+                                           const Tensor& weight, int64_t ignore_index, const std::string& reduction,
+                                           double label_smoothing, bool need_target);
+std::vector<Tensor> conv2d_backward(const Tensor& grad, const Tensor& x, const Tensor& weight, Pair stride,
+                                    Pair padding, Pair dilation, int64_t groups, bool need_input, bool need_weight);
+Tensor max_pool2d_backward(const Tensor& grad, const Tensor& x, const Tensor& indices);
+Tensor avg_pool2d_backward(const Tensor& grad, const Tensor& x, Pair kernel_size, std::optional<Pair> stride,
+                           Pair padding, bool ceil_mode, bool count_include_pad);
+Tensor adaptive_avg_pool2d_backward(const Tensor& grad, const Tensor& x);
+Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights,
+                          std::optional<int64_t> padding_idx);
+Tensor nll_loss_backward(const Tensor& grad, const Tensor& input, const Tensor& target, const Tensor& weight,
+                         int64_t ignore_index, const std::string& reduction);
 
 // q (..., L, E), k (..., S, E), v (..., S, Ev). attn_mask: bool (true =
 // attend) or float (added to the scores), broadcastable to (..., L, S).

@@ -65,37 +65,54 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias)
 
 }  // namespace
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+TensorType linear_meta(const TensorType& x, const TensorType& weight, const TensorType& bias) {
   check_cpu(x, "linear", "input");
   check_cpu(weight, "linear", "weight");
-  KILN_CHECK(weight.dim() == 2, ShapeError, "linear: expected weight of shape (out_features, in_features), got {}",
-             shape_str(weight.shape()));
-  KILN_CHECK(x.dim() >= 1 && x.shape().back() == weight.shape()[1], ShapeError,
-             "linear: expected input of shape (..., {}) (weight {}), got {}", weight.shape()[1],
-             shape_str(weight.shape()), shape_str(x.shape()));
-  KILN_CHECK(x.dtype() != DType::Bool, DTypeError, "linear: not supported for bool tensors");
+  KILN_CHECK(weight.shape.size() == 2, ShapeError,
+             "linear: expected weight of shape (out_features, in_features), got {}", shape_str(weight.shape));
+  KILN_CHECK(!x.shape.empty() && same_size(x.shape.back(), weight.shape[1]), ShapeError,
+             "linear: expected input of shape (..., {}) (weight {}), got {}", weight.shape[1],
+             shape_str(weight.shape), shape_str(x.shape));
+  KILN_CHECK(x.dtype != DType::Bool, DTypeError, "linear: not supported for bool tensors");
   check_same_dtype(x, weight, "linear", "weight");
   check_same_dtype(x, bias, "linear", "bias");
-  KILN_CHECK(!bias.defined() || (bias.dim() == 1 && bias.shape()[0] == weight.shape()[0]), ShapeError,
-             "linear: expected bias of shape ({}) (weight {}), got {}", weight.shape()[0], shape_str(weight.shape()),
-             shape_str(bias.shape()));
+  KILN_CHECK(!bias.defined || (bias.shape.size() == 1 && same_size(bias.shape[0], weight.shape[0])), ShapeError,
+             "linear: expected bias of shape ({}) (weight {}), got {}", weight.shape[0], shape_str(weight.shape),
+             shape_str(bias.shape));
+  Shape out = x.shape;
+  out.back() = weight.shape[0];
+  return {out, x.dtype, x.device};
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  linear_meta(type_of(x), type_of(weight), type_of(bias));
   return autograd_op(
-      "linear", {x, weight, bias}, [&] { return linear_forward(x, weight, bias); },
+      "linear", {x, weight, bias}, KILN_NO_ATTRS, [&] { return linear_forward(x, weight, bias); },
       [&](const Tensor&) {
         // Each operand is needed only for the other's gradient.
         SavedTensor sx = weight.requires_grad() ? SavedTensor(x) : SavedTensor();
         SavedTensor sw = x.requires_grad() ? SavedTensor(weight) : SavedTensor();
         const int64_t in = weight.shape()[1], out = weight.shape()[0];
-        const int64_t rows = numel(Shape(x.shape().begin(), x.shape().end() - 1));
+        // -1 when a traced batch dim is dynamic.
+        const int64_t rows = static_numel(Shape(x.shape().begin(), x.shape().end() - 1));
+        const int64_t rows_or_infer = is_dynamic(rows) ? -1 : rows;
         return BackwardFn([=](const Tensor& g, const Needs& need) -> Grads {
           Grads grads(3);
-          const Tensor g2 = reshape(g, {rows, out});
+          const Tensor g2 = reshape(g, {rows_or_infer, out});
           if (need[0]) grads[0] = matmul(g, sw.get());
-          if (need[1]) grads[1] = matmul(transpose(g2, 0, 1), reshape(sx.get(), {rows, in}));
+          if (need[1]) grads[1] = matmul(transpose(g2, 0, 1), reshape(sx.get(), {rows_or_infer, in}));
           if (need[2]) grads[2] = sum(g2, {0});
           return grads;
         });
       });
+}
+
+void detail::register_linear_ops() {
+  register_op({.name = "linear",
+               .num_inputs = 3,
+               .operands = "x, weight, bias?",
+               .meta = KILN_META(linear_meta(in[0], in[1], in[2])),
+               .run = KILN_RUN(linear(in[0], in[1], in[2]))});
 }
 
 }  // namespace kiln::nn::functional
