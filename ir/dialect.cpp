@@ -231,6 +231,15 @@ Tensor tensor_from_attr(mlir::DenseElementsAttr attr) {
   return from_blob_copy(values.data(), type->shape, DType::Int64).to(type->dtype);
 }
 
+// All elements equal (and at least one): a splat constant prints as one value.
+bool same_bits(const llvm::APFloat& a, const llvm::APFloat& b) { return a.bitwiseIsEqual(b); }
+bool same_bits(const llvm::APInt& a, const llvm::APInt& b) { return a == b; }
+template <class V>
+bool uniform(const std::vector<V>& values) {
+  return !values.empty() &&
+         std::all_of(values.begin(), values.end(), [&](const V& v) { return same_bits(v, values.front()); });
+}
+
 mlir::DenseElementsAttr attr_from_tensor(mlir::MLIRContext* context, const Tensor& t) {
   auto type = tensor_type(context, type_of(t));
   if (is_floating(t.dtype())) {
@@ -243,14 +252,16 @@ mlir::DenseElementsAttr attr_from_tensor(mlir::MLIRContext* context, const Tenso
       v.convert(semantics, llvm::APFloat::rmNearestTiesToEven, &lost);
       values.push_back(v);
     }
-    return mlir::DenseElementsAttr::get(type, values);
+    return uniform(values) ? mlir::DenseElementsAttr::get(type, values.front())
+                           : mlir::DenseElementsAttr::get(type, values);
   }
   Tensor n = t.to(DType::Int64).contiguous();
   unsigned width = type.getElementType().getIntOrFloatBitWidth();
   std::vector<llvm::APInt> values;
   for (int64_t i = 0; i < n.numel(); ++i)
     values.emplace_back(width, static_cast<uint64_t>(n.data<int64_t>()[i]), /*isSigned=*/width > 1);
-  return mlir::DenseElementsAttr::get(type, values);
+  return uniform(values) ? mlir::DenseElementsAttr::get(type, values.front())
+                         : mlir::DenseElementsAttr::get(type, values);
 }
 }  // namespace
 
@@ -265,7 +276,7 @@ mlir::LogicalResult fold_eager_op(mlir::Operation* op, llvm::ArrayRef<mlir::Attr
     }
   }
   const OpDef* def = find_op(std::string_view(name.data(), name.size()));
-  if (!def || def->stateful || operands.empty()) return mlir::failure();
+  if (!def || def->stateful) return mlir::failure();
   int64_t elements = 0;
   for (mlir::Attribute a : operands) {
     auto dense = mlir::dyn_cast_if_present<mlir::DenseElementsAttr>(a);

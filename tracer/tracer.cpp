@@ -28,6 +28,14 @@ int Tracer::capture(const Tensor& t) {
 
 ValueId Tracer::value_of(const Tensor& t) {
   if (!t.defined()) return kNoValue;
+  // Eager code reading a view sees later in-place updates of its base; in
+  // the graph a view is a value computed when it was taken. Refuse the read
+  // rather than give the old values.
+  if (const auto& view = t.impl_ptr()->traced_view; view && view->root.version() != view->root_version)
+    fail<TraceError>("a view (shape {}) of a tensor that was updated in place after the view was taken is read "
+                     "here: eager code would see the update, a traced graph cannot; take the view again after the "
+                     "update",
+                     shape_str(t.shape()));
   if (is_symbolic(t) && trace_value(t)->owner == this) return trace_value(t)->id;
   if (parent_) {
     // In a region, anything from outside is read through an extra argument.

@@ -140,5 +140,6 @@ void register_linear_ops();
 void register_loss_ops();
 void register_conv_ops();
 void register_pool_ops();
+void register_norm_ops();
 
 }  // namespace kiln::nn::functional::detail

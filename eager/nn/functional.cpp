@@ -179,6 +179,7 @@ void register_functional_ops() {
   d::register_loss_ops();
   d::register_conv_ops();
   d::register_pool_ops();
+  d::register_norm_ops();
   namespace F = nn::functional;
   register_op({.name = "embedding",
                .num_inputs = 2,
