@@ -87,14 +87,6 @@ Tensor from_rows(const Tensor& g, const Rows& r, const Shape& shape) {
   return reshape(contiguous(permute(reshape(g, {r.N, r.S, r.C}), {0, 2, 1})), shape);
 }
 
-// The shape of a per-row ("none") loss.
-Shape row_shape(const Tensor& input) {
-  if (input.dim() <= 1) return {};
-  Shape s = input.shape();
-  s.erase(s.begin() + 1);
-  return s;
-}
-
 template <class C>
 C row_max(const C* p, int64_t n) {
   constexpr int L = 16;
