@@ -167,18 +167,34 @@ void manual_seed(uint64_t seed) {
 namespace {
 // Meta rules of the random ops (traced as stateful ops: each run of the
 // graph draws fresh numbers from the global generator, as eager would).
+// A shape given as numbers cannot follow a dynamic dim of a traced tensor
+// (x.shape() reads it as kDynamic): the *_like ops take x itself.
+void check_static_shape(const Shape& shape, const char* op) {
+  KILN_CHECK(!has_dynamic_dims(shape), TraceError,
+             "{}: shape {} has a dynamic dim of a traced tensor; use {}_like(x), which follows x's shape on every "
+             "call",
+             op, shape_str(shape), op);
+}
 TensorType rand_meta(const Shape& shape, DType dtype) {
+  check_static_shape(shape, "rand");
   KILN_CHECK(is_floating(dtype), DTypeError, "rand: dtype must be floating, got {}", dtype_name(dtype));
   return {shape, dtype};
 }
 TensorType normal_meta(double std, const Shape& shape, DType dtype) {
+  check_static_shape(shape, "randn");
   KILN_CHECK(is_floating(dtype), DTypeError, "normal: dtype must be floating, got {}", dtype_name(dtype));
   KILN_CHECK(std >= 0, ValueError, "normal: std must be non-negative, got {}", std);
   return {shape, dtype};
 }
 TensorType randint_meta(int64_t low, int64_t high, const Shape& shape, DType dtype) {
+  check_static_shape(shape, "randint");
   KILN_CHECK(high > low, ValueError, "randint: high ({}) must be greater than low ({})", high, low);
   return {shape, dtype};
+}
+TensorType random_like_meta(const TensorType& x, std::optional<DType> dtype, const char* op) {
+  DType d = dtype.value_or(x.dtype);
+  KILN_CHECK(is_floating(d), DTypeError, "{}: dtype must be floating, got {}", op, dtype_name(d));
+  return {x.shape, d, x.device};
 }
 }  // namespace
 
@@ -230,10 +246,29 @@ Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype) {
   return out;
 }
 
-Tensor rand_like(const Tensor& x) { return rand(x.shape(), x.dtype()); }
-Tensor randn_like(const Tensor& x) { return randn(x.shape(), x.dtype()); }
+Tensor rand_like(const Tensor& x, std::optional<DType> dtype) {
+  random_like_meta(type_of(x), dtype, "rand_like");
+  if (auto traced = trace_if_active("rand_like", {x}, KILN_ATTRS(dtype))) return (*traced)[0];
+  return rand(x.shape(), dtype.value_or(x.dtype()));
+}
+Tensor randn_like(const Tensor& x, std::optional<DType> dtype) {
+  random_like_meta(type_of(x), dtype, "randn_like");
+  if (auto traced = trace_if_active("randn_like", {x}, KILN_ATTRS(dtype))) return (*traced)[0];
+  return randn(x.shape(), dtype.value_or(x.dtype()));
+}
 
 void register_creation_ops() {
+  for (const char* name : {"rand_like", "randn_like"})
+    register_op({.name = name,
+                 .attrs = {{"dtype", AttrKind::DType, true}},
+                 .meta = [name](const std::vector<TensorType>& in, const Attrs& a) -> std::vector<TensorType> {
+                   return {random_like_meta(in[0], a.get<std::optional<DType>>("dtype"), name)};
+                 },
+                 .run = [name](const std::vector<Tensor>& in, const Attrs& a) -> std::vector<Tensor> {
+                   auto dtype = a.get<std::optional<DType>>("dtype");
+                   return {std::string_view(name) == "rand_like" ? rand_like(in[0], dtype) : randn_like(in[0], dtype)};
+                 },
+                 .stateful = true});
   register_op({.name = "rand",
                .num_inputs = 0,
                .attrs = {{"shape", AttrKind::Ints}, {"dtype", AttrKind::DType}},

@@ -84,8 +84,9 @@ Tensor rand(Shape shape, DType dtype = DType::Float32);
 Tensor randn(Shape shape, DType dtype = DType::Float32);
 Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype = DType::Int64);
 Tensor normal(double mean, double std, Shape shape, DType dtype = DType::Float32);
-Tensor rand_like(const Tensor& x);
-Tensor randn_like(const Tensor& x);
+// Traced with x as an operand, so x's shape may be dynamic.
+Tensor rand_like(const Tensor& x, std::optional<DType> dtype = std::nullopt);
+Tensor randn_like(const Tensor& x, std::optional<DType> dtype = std::nullopt);
 
 // ---- views (share storage) ----
 Tensor view(const Tensor& x, Shape shape);

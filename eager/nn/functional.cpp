@@ -23,7 +23,7 @@ Tensor dropout(const Tensor& x, double p, bool training) {
     if (p == 1.0) {
       scale = zeros(x.shape(), x.dtype());
     } else {
-      Tensor keep = lt(rand(x.shape(), compute_dtype(x.dtype())), 1.0 - p);
+      Tensor keep = lt(rand_like(x, compute_dtype(x.dtype())), 1.0 - p);
       scale = to_dtype(where(keep, 1.0 / (1.0 - p), 0.0), x.dtype());
     }
   }

@@ -73,6 +73,10 @@ def _creation(fn):
 def _size(size):
     if len(size) == 1 and not isinstance(size[0], (_builtin_int, _np.integer)):
         size = tuple(size[0])
+    if None in size:
+        raise TraceError(f"size {tuple(size)} has a dynamic dim (None) of a traced tensor: use the *_like "
+                         "functions (zeros_like, full_like, rand_like, randn_like), which follow a tensor's shape on "
+                         "every call, or -1 in reshape")
     return [_builtin_int(s) for s in size]
 
 
@@ -106,22 +110,27 @@ def full(size, fill_value, dtype=None, device=None):
 
 @_creation
 def zeros_like(x, dtype=None, device=None):
-    return zeros(x.shape, dtype=dtype or x.dtype, device=device)
+    _device(device, "zeros_like")
+    return _C._full_like(x, 0, dtype)
 
 
 @_creation
 def ones_like(x, dtype=None, device=None):
-    return ones(x.shape, dtype=dtype or x.dtype, device=device)
+    _device(device, "ones_like")
+    return _C._full_like(x, 1, dtype)
 
 
 @_creation
 def empty_like(x, dtype=None, device=None):
+    if _C._is_tracing():  # traced values have no memory to leave uninitialized
+        return zeros_like(x, dtype=dtype, device=device)
     return empty(x.shape, dtype=dtype or x.dtype, device=device)
 
 
 @_creation
 def full_like(x, fill_value, dtype=None, device=None):
-    return full(x.shape, fill_value, dtype=dtype or x.dtype, device=device)
+    _device(device, "full_like")
+    return _C._full_like(x, fill_value, dtype)
 
 
 @_creation
@@ -173,12 +182,12 @@ def normal(mean, std, size, dtype=None, device=None):
 
 @_creation
 def rand_like(x, dtype=None):
-    return rand(x.shape, dtype=dtype or x.dtype)
+    return _C._rand_like(x, dtype)
 
 
 @_creation
 def randn_like(x, dtype=None):
-    return randn(x.shape, dtype=dtype or x.dtype)
+    return _C._randn_like(x, dtype)
 
 
 _NUMPY_OF = {bool: _np.bool_, uint8: _np.uint8, int8: _np.int8, int32: _np.int32,

@@ -362,6 +362,11 @@ void bind_functions(py::module_& m) {
     KILN_CHECK(sv, DTypeError, "full: fill_value must be a number, got {}", py::repr(v).cast<std::string>());
     return full(s, *sv, to_dtype(dtype));
   });
+  m.def("_full_like", [](const Tensor& x, py::handle v, py::object dtype) {
+    auto sv = to_scalar(v);
+    KILN_CHECK(sv, DTypeError, "full_like: fill_value must be a number, got {}", py::repr(v).cast<std::string>());
+    return full_like(x, *sv, to_dtype(dtype));
+  });
   m.def("_empty", [](const Shape& s, py::object dtype) {
     return Tensor::empty(s, to_dtype(dtype).value_or(DType::Float32));
   });
@@ -376,6 +381,8 @@ void bind_functions(py::module_& m) {
     return eye(n, m, to_dtype(dtype).value_or(DType::Float32));
   });
   m.def("_rand", [](const Shape& s, py::object dtype) { return rand(s, to_dtype(dtype).value_or(DType::Float32)); });
+  m.def("_rand_like", [](const Tensor& x, py::object dtype) { return rand_like(x, to_dtype(dtype)); });
+  m.def("_randn_like", [](const Tensor& x, py::object dtype) { return randn_like(x, to_dtype(dtype)); });
   m.def("_randn", [](const Shape& s, py::object dtype) { return randn(s, to_dtype(dtype).value_or(DType::Float32)); });
   m.def("_normal", [](double mean, double std, const Shape& s, py::object dtype) {
     return normal(mean, std, s, to_dtype(dtype).value_or(DType::Float32));

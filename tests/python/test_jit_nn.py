@@ -359,3 +359,25 @@ def test_batch_norm_prints_as_ir_with_write_backs():
     text = jf.lower(t(4, 3)).ir()
     assert "kiln.batch_norm" in text and "kiln.writeback" in text
     assert kiln.ir_parse(text) == text
+
+
+def test_random_ops_follow_a_dynamic_dim():
+    f = kiln.jit(lambda x: F.dropout(x, 0.5, training=True) + kiln.randn_like(x) * 0 + kiln.rand_like(x) * 0,
+                 dynamic=0)
+    for n in (4, 7):
+        y = f(kiln.ones(n, 3))
+        assert y.shape == (n, 3)
+        assert set(np.unique(y.numpy())) <= {0.0, 2.0}
+    kiln.manual_seed(1)
+    want = kiln.randn_like(kiln.ones(5, 2))
+    kiln.manual_seed(1)
+    got = kiln.jit(lambda x: kiln.randn_like(x), dynamic=0)(kiln.ones(5, 2))
+    same(got, want)
+
+
+def test_a_static_shape_from_a_dynamic_dim_names_the_like_op():
+    f = kiln.jit(lambda x: x + kiln.rand(x.shape), dynamic=0)
+    with pytest.raises(kiln.TraceError, match="rand_like"):
+        f(kiln.ones(4, 3))
+    g = kiln.jit(lambda x: kiln.zeros_like(x) + F.dropout(x, 0.2, training=True), dynamic=0)
+    assert g(kiln.ones(6, 3)).shape == (6, 3)
