@@ -360,7 +360,21 @@ void fuse_elementwise(mlir::ModuleOp module) {
   mlir::RewritePatternSet patterns(context);
   // Fuse every elementwise producer, also one with several uses: it is
   // recomputed in each consumer (cheap next to a round trip through memory).
-  mlir::linalg::populateElementwiseOpsFusionPatterns(patterns, [](mlir::OpOperand*) { return true; });
+  // Two guards against exponential growth of the fused body: a value the
+  // consumer reads through several operands is not fused until the
+  // canonicalizer has merged those operands (same value, same indexing map),
+  // otherwise each operand would inline its own copy of the producer; and
+  // no fused body grows beyond kMaxBodyOps.
+  constexpr size_t kMaxBodyOps = 2000;
+  mlir::linalg::populateElementwiseOpsFusionPatterns(patterns, [](mlir::OpOperand* operand) {
+    mlir::Operation* consumer = operand->getOwner();
+    for (mlir::OpOperand& other : consumer->getOpOperands())
+      if (&other != operand && other.get() == operand->get()) return false;
+    size_t size = consumer->getRegion(0).front().getOperations().size();
+    if (auto producer = operand->get().getDefiningOp<mlir::linalg::GenericOp>())
+      size += producer.getRegion().front().getOperations().size();
+    return size <= kMaxBodyOps;
+  });
   mlir::linalg::GenericOp::getCanonicalizationPatterns(patterns, context);
   mlir::tensor::EmptyOp::getCanonicalizationPatterns(patterns, context);
   if (mlir::failed(mlir::applyPatternsAndFoldGreedily(module, std::move(patterns))))
