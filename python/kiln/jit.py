@@ -424,7 +424,8 @@ class JitFunction:
             specs = ", ".join(_describe_spec(s) for s in entry.signature.specs)
             lines.append(f"  [{n}] ({specs}): {entry.traced.num_ops} ops, {entry.traced.num_captures} captured, "
                          f"{entry.traced.num_writebacks} written back; traced in {entry.trace_ms:.1f} ms "
-                         f"because {entry.reason}; {entry.calls} call(s)")
+                         f"because {entry.reason}; {entry.calls} call(s)"
+                         + (f"; {entry.compile_note}" if entry.compile_note else ""))
         text = "\n".join(lines)
         builtins.print(text)
         return text
