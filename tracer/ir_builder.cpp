@@ -14,6 +14,7 @@
 
 #include "ir/dialect.h"
 #include "ir/dialects.h"
+#include "codegen/cpu_compiler.h"
 #include "passes/simplify.h"
 
 namespace kiln {
@@ -210,9 +211,12 @@ std::string bytecode(mlir::ModuleOp module) {
 
 std::string traced_ir(const TracedFunction& fn, std::string_view stage, const IrPrintOptions& options) {
   KILN_CHECK(std::find(std::begin(kIrStages), std::end(kIrStages), stage) != std::end(kIrStages), ValueError,
-             "{}: no IR stage '{}'; the stages are 'traced', 'simplified'", fn.graph.name, stage);
+             "{}: no IR stage '{}'; the stages are 'traced', 'simplified', 'linalg', 'fused', 'bufferized', 'llvm'",
+             fn.graph.name, stage);
   auto context = ir::make_context();
   mlir::OwningOpRef<mlir::ModuleOp> module = build_verified(context.get(), fn);
+  if (stage != "traced" && stage != "simplified")
+    return codegen::compile_stage_ir(print(*module, {.locations = true}), stage, options.locations);
   if (stage == "simplified") passes::simplify(*module);
   return print(*module, options);
 }

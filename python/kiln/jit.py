@@ -188,6 +188,8 @@ class _Entry:
         self.reason = reason
         self.trace_ms = trace_ms
         self.calls = 0
+        self.runner = None  # traced.run, or a compiled function's run (kiln.jit(compile=True))
+        self.compile_note = None  # why it was not compiled, or the compile time
         self.single = out_structure == ("leaf",) and out_static == [None]  # returns one tensor
 
 
@@ -206,12 +208,13 @@ def _user_frame(tb):
 class JitFunction:
     """A function traced once per signature and then run as a graph. Made by :func:`jit`."""
 
-    def __init__(self, fn, dynamic=None, max_traces=8, policy="generalize"):
+    def __init__(self, fn, dynamic=None, max_traces=8, policy="generalize", compile=False):
         if policy not in ("generalize", "warn", "error"):
             raise ValueError(f"kiln.jit: policy must be 'generalize', 'warn' or 'error', got {policy!r}")
         self.fn = fn
         self.max_traces = max_traces
         self.policy = policy
+        self.compile = bool(compile)
         self._dynamic_spec = dynamic
         self._dynamic = None  # leaf index -> set of dims, resolved on the first call
         self._entries = collections.OrderedDict()
@@ -231,12 +234,39 @@ class JitFunction:
             structure = _flatten((args, kwargs), leaves)
         entry = self._entry(structure, leaves, args, kwargs)
         entry.calls += 1
-        results = entry.traced.run([x for x in leaves if isinstance(x, _C.Tensor)])
+        runner = entry.runner
+        if runner is None:
+            runner = entry.runner = self._runner(entry, leaves)
+        results = runner([x for x in leaves if isinstance(x, _C.Tensor)])
         if entry.single:
             return results[0]
         results = iter(results)
         out = [next(results) if s is None else s[1] for s in entry.out_static]
         return _unflatten(entry.out_structure, out)
+
+    def _runner(self, entry, leaves):
+        """How a variant runs: compiled to native code when ``compile=True`` and its whole graph
+        lowers, else on the graph executor (``KILN_LOG=compile`` says which and why)."""
+        if not self.compile:
+            return entry.traced.run
+        import time
+        reason = None
+        if _C.is_grad_enabled() and any(isinstance(x, _C.Tensor) and x.requires_grad for x in leaves):
+            reason = "an argument requires grad (compiled code does not record gradients yet)"
+        else:
+            try:
+                compiled = _C._CompiledFunction(entry.traced)
+            except _C.KilnError as e:
+                reason = str(e)
+        if reason is not None:
+            entry.compile_note = f"not compiled: {reason}"
+            if _log_enabled("compile"):
+                sys.stderr.write(f"kiln.jit: {self.__name__}: running the graph executor: {reason}\n")
+            return entry.traced.run
+        entry.compile_note = f"compiled in {compiled.compile_ms:.1f} ms"
+        if _log_enabled("compile"):
+            sys.stderr.write(f"kiln.jit: {self.__name__}: {entry.compile_note}\n")
+        return compiled.run
 
     def _entry(self, structure, leaves, args, kwargs):
         """The cached variant for these arguments, traced if there is none."""
@@ -394,7 +424,8 @@ class JitFunction:
             specs = ", ".join(_describe_spec(s) for s in entry.signature.specs)
             lines.append(f"  [{n}] ({specs}): {entry.traced.num_ops} ops, {entry.traced.num_captures} captured, "
                          f"{entry.traced.num_writebacks} written back; traced in {entry.trace_ms:.1f} ms "
-                         f"because {entry.reason}; {entry.calls} call(s)")
+                         f"because {entry.reason}; {entry.calls} call(s)"
+                         + (f"; {entry.compile_note}" if entry.compile_note else ""))
         text = "\n".join(lines)
         builtins.print(text)
         return text
@@ -407,7 +438,7 @@ class JitFunction:
 class Lowered:
     """A traced variant of a jit function, as its IR (made by :meth:`JitFunction.lower`)."""
 
-    STAGES = ("traced", "simplified")
+    STAGES = ("traced", "simplified", "linalg", "fused", "bufferized", "llvm")
 
     def __init__(self, name, entry):
         self.name = name
@@ -417,7 +448,10 @@ class Lowered:
         """The IR of ``stage`` as text: "traced" is the kiln dialect as recorded, each op located at
         the user's file:line; "simplified" after folding (constants through the eager kernels,
         no-op reshapes), dead-op removal and CSE. ``locations=False`` leaves the locations out;
-        ``generic=True`` prints MLIR's generic op form."""
+        ``generic=True`` prints MLIR's generic op form. The compiler's stages: "linalg" (elementwise
+        ops as linalg.generic on tensors), "fused" (elementwise fusion), "bufferized" (memrefs,
+        results as out-parameters), "llvm" (the llvm dialect); they raise kiln.KilnError for a
+        function the compiler does not handle yet, saying why."""
         if stage not in self.STAGES:
             raise ValueError(f"kiln.jit: {self.name}: no IR stage {stage!r}; the stages are "
                              f"{', '.join(map(repr, self.STAGES))} (traced graphs run on the eager kernels)")
@@ -498,14 +532,17 @@ def _returns_tuple(fn, operands):
     return False  # single-tensor branches return a tensor; tuples come back as tuples (len > 1)
 
 
-def jit(fn=None, *, dynamic=None, max_traces=8, policy="generalize"):
+def jit(fn=None, *, dynamic=None, max_traces=8, policy="generalize", compile=False):
     """Trace ``fn`` per signature and run the traced graph (see the module docstring).
 
     dynamic: dims that may change without a retrace: an int (that dim of every tensor argument),
       {argument name: dim or dims}, or a sequence per positional argument.
     max_traces, policy: after ``max_traces`` variants, 'warn' warns and 'error' raises; 'generalize'
       (default) makes a dim that changed between calls dynamic instead of tracing a new variant.
+    compile: opt-in (for now) native CPU code: a variant whose whole graph is elementwise ops on
+      static float32/float64 shapes, with no captured tensors, is compiled (linalg, fusion, LLVM);
+      any other variant runs on the graph executor. ``KILN_LOG=compile`` prints which and why.
     """
     if fn is None:
-        return lambda f: jit(f, dynamic=dynamic, max_traces=max_traces, policy=policy)
-    return JitFunction(fn, dynamic=dynamic, max_traces=max_traces, policy=policy)
+        return lambda f: jit(f, dynamic=dynamic, max_traces=max_traces, policy=policy, compile=compile)
+    return JitFunction(fn, dynamic=dynamic, max_traces=max_traces, policy=policy, compile=compile)

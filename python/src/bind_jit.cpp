@@ -6,6 +6,7 @@
 #include "tracer/tracer.h"
 #ifdef KILN_HAS_MLIR
 #include "tracer/ir_builder.h"
+#include "tracer/compiled.h"
 #endif
 
 namespace kiln::python {
@@ -79,6 +80,19 @@ void bind_jit(py::module_& m) {
 #endif
       ;
 #ifdef KILN_HAS_MLIR
+  // kiln.jit(f, compile=True): a traced variant compiled to native code.
+  py::class_<CompiledFunction, std::shared_ptr<CompiledFunction>>(m, "_CompiledFunction")
+      .def(py::init([](const TracedFunction& f) {
+             py::gil_scoped_release no_gil;
+             return std::make_shared<CompiledFunction>(f);
+           }),
+           py::arg("traced"))
+      .def("run",
+           [](const CompiledFunction& f, const std::vector<Tensor>& args) {
+             py::gil_scoped_release no_gil;
+             return f.run(args);
+           })
+      .def_property_readonly("compile_ms", &CompiledFunction::compile_ms);
   m.def(
       "_ir_reprint",
       [](py::bytes source, bool locations, bool generic) {

@@ -70,5 +70,5 @@ func.func @f(%a: tensor<3xf32>, %b: tensor<4xf32>) -> tensor<4xf32> {
 })"),
                     Contains("add") && Contains("(3,)") && Contains("kiln-ir:3:"));
   CHECK_THROWS_AS(reprint_ir(std::string("ML\xef" "R\x01\x02garbage", 12)), IrError);
-  CHECK_THROWS_AS(traced_ir(*trace_example(), "llvm"), ValueError);
+  CHECK_THROWS_AS(traced_ir(*trace_example(), "ptx"), ValueError);
 }

@@ -57,8 +57,8 @@ def test_lower_traces_without_running_and_shares_the_cache():
     assert len(calls) == 1 and "kiln.mul" in lowered.ir()
     jf(t(2, 2))
     assert len(calls) == 1, "the call reuses the variant lower() traced"
-    with pytest.raises(ValueError, match="no IR stage 'llvm'"):
-        lowered.ir("llvm")
+    with pytest.raises(ValueError, match="no IR stage 'ptx'"):
+        lowered.ir("ptx")
 
 
 def test_dynamic_dims_print_as_question_marks():
