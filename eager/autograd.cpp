@@ -101,14 +101,7 @@ const Tensor& SavedTensor::get() const {
   return data_;
 }
 
-bool should_record(std::initializer_list<Tensor> inputs) {
-  if (!t_grad_mode) return false;
-  for (const Tensor& t : inputs)
-    if (tracked(t)) return true;
-  return false;
-}
-
-bool should_record(const std::vector<Tensor>& inputs) {
+bool should_record(std::span<const Tensor> inputs) {
   if (!t_grad_mode) return false;
   for (const Tensor& t : inputs)
     if (tracked(t)) return true;

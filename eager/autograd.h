@@ -23,6 +23,7 @@
 #include <functional>
 #include <initializer_list>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -86,8 +87,10 @@ constexpr bool mentions(std::string_view expr, char id) {
 
 // Whether recording `op(inputs)` is needed: grad mode on and an input that
 // requires grad.
-bool should_record(std::initializer_list<Tensor> inputs);
-bool should_record(const std::vector<Tensor>& inputs);
+bool should_record(std::span<const Tensor> inputs);
+inline bool should_record(std::initializer_list<Tensor> inputs) {
+  return should_record(std::span<const Tensor>(inputs.begin(), inputs.size()));
+}
 
 // Attaches a new Node to `output` with edges to `inputs` (their grad_fn, or
 // the accumulator of a leaf). In-place ops pass self as both an input and
@@ -101,12 +104,13 @@ void record(const char* op, const Tensor& output, const std::vector<Tensor>& inp
 // (saving what it needs) and the output joins the autograd graph, so
 // backward() inside a trace records the gradient ops too.
 template <class AttrsFn, class Compute, class MakeBackward>
-Tensor autograd_op(const char* op, std::initializer_list<Tensor> inputs, AttrsFn&& attrs, Compute&& compute,
+Tensor autograd_op(const char* op, std::span<const Tensor> inputs, AttrsFn&& attrs, Compute&& compute,
                    MakeBackward&& make_backward) {
   Tensor out;
   if (TraceHook* trace = active_trace()) {
-    out = trace->record(op_def(op), std::vector<Tensor>(inputs), attrs())[0];
-    if (should_record(inputs)) record(op, out, std::vector<Tensor>(inputs), make_backward(out));
+    std::vector<Tensor> in(inputs.begin(), inputs.end());
+    out = trace->record(op_def(op), in, attrs())[0];
+    if (should_record(inputs)) record(op, out, in, make_backward(out));
     return out;
   }
   if (!should_record(inputs)) return compute();
@@ -118,47 +122,16 @@ Tensor autograd_op(const char* op, std::initializer_list<Tensor> inputs, AttrsFn
   // tensor) still needs an output of its own to carry the new history.
   for (const Tensor& in : inputs)
     if (out.is_same(in)) out = out.as_strided(out.shape(), out.strides(), out.offset());
-  record(op, out, std::vector<Tensor>(inputs), make_backward(out));
+  record(op, out, std::vector<Tensor>(inputs.begin(), inputs.end()), make_backward(out));
   return out;
 }
 
-// The same for a list of inputs (cat, index: a variadic operand).
+// The same with the inputs as a braced list: autograd_op("mul", {a, b}, ...).
 template <class AttrsFn, class Compute, class MakeBackward>
-Tensor autograd_op(const char* op, const std::vector<Tensor>& inputs, AttrsFn&& attrs, Compute&& compute,
+Tensor autograd_op(const char* op, std::initializer_list<Tensor> inputs, AttrsFn&& attrs, Compute&& compute,
                    MakeBackward&& make_backward) {
-  Tensor out;
-  if (TraceHook* trace = active_trace()) {
-    out = trace->record(op_def(op), inputs, attrs())[0];
-    if (should_record(inputs)) record(op, out, inputs, make_backward(out));
-    return out;
-  }
-  if (!should_record(inputs)) return compute();
-  {
-    NoGradGuard no_grad;
-    out = compute();
-  }
-  for (const Tensor& in : inputs)
-    if (out.is_same(in)) out = out.as_strided(out.shape(), out.strides(), out.offset());
-  record(op, out, inputs, make_backward(out));
-  return out;
-}
-
-// The same for an op that has no registered definition yet: it cannot be
-// traced (a TraceError names it).
-template <class Compute, class MakeBackward>
-Tensor autograd_op(const char* op, std::initializer_list<Tensor> inputs, Compute&& compute,
-                   MakeBackward&& make_backward) {
-  KILN_CHECK(!active_trace(), TraceError, "{}: this op cannot be traced yet; call it outside kiln.jit", op);
-  if (!should_record(inputs)) return compute();
-  Tensor out;
-  {
-    NoGradGuard no_grad;
-    out = compute();
-  }
-  for (const Tensor& in : inputs)
-    if (out.is_same(in)) out = out.as_strided(out.shape(), out.strides(), out.offset());
-  record(op, out, std::vector<Tensor>(inputs), make_backward(out));
-  return out;
+  return autograd_op(op, std::span<const Tensor>(inputs.begin(), inputs.size()), std::forward<AttrsFn>(attrs),
+                     std::forward<Compute>(compute), std::forward<MakeBackward>(make_backward));
 }
 
 // In-place ops call this before writing: raises for a leaf that requires

@@ -126,8 +126,8 @@ Value sigmoid_of(mlir::OpBuilder& b, mlir::Location loc, Value x, mlir::Type r) 
   return b.create<mlir::arith::DivFOp>(loc, one, b.create<mlir::arith::AddFOp>(loc, one, e));
 }
 
-// The ops that lower, by kiln op name. `float_result`: the result must be
-// f32/f64 (else bool).
+// The ops that lower, by kiln op name. `bool_result`: the result is bool
+// (comparisons, logical ops); otherwise it must be f32/f64.
 struct Rule {
   Body body;
   bool bool_result = false;

@@ -15,26 +15,20 @@ Tensor dropout(const Tensor& x, double p, bool training) {
   KILN_CHECK(p >= 0.0 && p <= 1.0, ValueError, "dropout: probability has to be between 0 and 1, but got {}", p);
   if (!training || p == 0.0) return x;
   check_floating(x, "dropout", "input");
-  // One multiplier per element, 0 or 1 / (1 - p): the forward and the
-  // backward are then both a single multiply.
+  // One multiplier per element, 0 or 1 / (1 - p): the output is x * scale,
+  // so mul's backward rule is dropout's, and a trace records rand_like,
+  // where and mul.
   Tensor scale;
   {
     NoGradGuard no_grad;
     if (p == 1.0) {
-      scale = zeros(x.shape(), x.dtype());
+      scale = zeros_like(x);
     } else {
       Tensor keep = lt(rand_like(x, compute_dtype(x.dtype())), 1.0 - p);
       scale = to_dtype(where(keep, 1.0 / (1.0 - p), 0.0), x.dtype());
     }
   }
-  // In a trace the multiply is the op: the scale is a traced random value.
-  if (active_trace()) return mul(x, scale);
-  return autograd_op(
-      "dropout", {x}, [&] { return mul(x, scale); },
-      [&](const Tensor&) {
-        const Tensor s = scale;
-        return BackwardFn([=](const Tensor& g, const Needs&) -> Grads { return {mul(g, s)}; });
-      });
+  return mul(x, scale);
 }
 
 namespace {

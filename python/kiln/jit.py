@@ -205,6 +205,14 @@ def _user_frame(tb):
     return where
 
 
+def _arguments(args, kwargs):
+    """(structure, leaves) of a call's arguments: the cache key's first half."""
+    if not kwargs and all(type(a) not in _CONTAINERS for a in args):
+        return _FLAT_STRUCTURES.get(len(args)) or _flat_structure(len(args)), list(args)  # no nesting to walk
+    leaves = []
+    return _flatten((args, kwargs), leaves), leaves
+
+
 class JitFunction:
     """A function traced once per signature and then run as a graph. Made by :func:`jit`."""
 
@@ -226,12 +234,7 @@ class JitFunction:
     def __call__(self, *args, **kwargs):
         if config.functions_run_eagerly:
             return self.fn(*args, **kwargs)
-        if not kwargs and all(type(a) not in _CONTAINERS for a in args):
-            leaves = list(args)  # the common case: no nesting to walk
-            structure = _FLAT_STRUCTURES.get(len(args)) or _flat_structure(len(args))
-        else:
-            leaves = []
-            structure = _flatten((args, kwargs), leaves)
+        structure, leaves = _arguments(args, kwargs)
         entry = self._entry(structure, leaves, args, kwargs)
         entry.calls += 1
         runner = entry.runner
@@ -285,12 +288,7 @@ class JitFunction:
     def lower(self, *args, **kwargs):
         """The variant these arguments select (traced now if it is new), without running it:
         ``f.lower(x, y).ir("traced")`` prints it as kiln-dialect MLIR."""
-        if not kwargs and all(type(a) not in _CONTAINERS for a in args):
-            leaves = list(args)  # keyed as __call__ keys it
-            structure = _FLAT_STRUCTURES.get(len(args)) or _flat_structure(len(args))
-        else:
-            leaves = []
-            structure = _flatten((args, kwargs), leaves)
+        structure, leaves = _arguments(args, kwargs)
         return Lowered(self.__name__, self._entry(structure, leaves, args, kwargs))
 
     def _resolve_dynamic(self, args, kwargs, leaves):
