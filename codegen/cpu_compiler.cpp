@@ -116,8 +116,9 @@ struct Compilation {
   // Runs stages 0..last (kCompileStages), after simplification.
   void to(int last) {
     passes::simplify(*module);
-    std::string why = passes::lower_to_linalg(*module);
-    if (!why.empty()) fail<NotCompilable>("{}: not compiled: {}", display, why);
+    std::vector<passes::NotLowered> kept = passes::lower_to_linalg(*module);
+    if (!kept.empty())
+      fail<NotCompilable>("{}: not compiled: {} at {}: {}", display, kept[0].op, kept[0].location, kept[0].reason);
     if (last == 0) return;
     passes::fuse_elementwise(*module);
     if (last == 1) return;

@@ -319,35 +319,28 @@ Value lower(mlir::OpBuilder& b, mlir::Operation* op) {
 
 }  // namespace
 
-std::string lower_to_linalg(mlir::ModuleOp module) {
-  // Check everything first, so a refused module is left as it was.
-  std::string reason;
-  module.walk([&](mlir::func::FuncOp func) {
-    for (mlir::Operation& op : func.getBody().getOps()) {
-      std::string why = refusal(&op);
-      if (!why.empty()) {
-        reason = fmt::format("{} at {}: {}", op.getName().getStringRef().str(), where(op.getLoc()), why);
-        return mlir::WalkResult::interrupt();
-      }
-    }
-    return mlir::WalkResult::advance();
-  });
-  if (!reason.empty()) return reason;
+std::vector<NotLowered> lower_to_linalg(mlir::ModuleOp module) {
   module.getContext()->loadDialect<mlir::arith::ArithDialect, mlir::linalg::LinalgDialect, mlir::math::MathDialect,
                                    mlir::tensor::TensorDialect>();
+  std::vector<NotLowered> kept;
   mlir::OpBuilder b(module.getContext());
   for (auto func : module.getOps<mlir::func::FuncOp>()) {
     llvm::SmallVector<mlir::Operation*> ops;
     for (mlir::Operation& op : func.getBody().getOps())
       if (!mlir::isa<mlir::func::ReturnOp>(op)) ops.push_back(&op);
     for (mlir::Operation* op : ops) {
+      std::string why = refusal(op);
+      if (!why.empty()) {
+        kept.push_back({op->getName().getStringRef().str(), where(op->getLoc()), std::move(why)});
+        continue;
+      }
       b.setInsertionPoint(op);
       Value v = lower(b, op);
       op->getResult(0).replaceAllUsesWith(v);
       op->erase();
     }
   }
-  return {};
+  return kept;
 }
 
 void fuse_elementwise(mlir::ModuleOp module) {

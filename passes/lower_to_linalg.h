@@ -7,13 +7,15 @@
 // their indexing maps (a size-1 or missing dim reads index 0) and arith
 // conversions where an operand's element type differs from the computation's.
 // Only float32 and float64 results are computed (bool for comparisons).
-// All or nothing: if any op cannot be lowered, the module is left untouched
-// and the reason names the first such op and its location.
+// Partial: an op that cannot be lowered stays a kiln op (kiln ops and linalg
+// results are the same builtin tensors, so they mix freely); the compiler runs
+// it on the eager kernels.
 //
 // fuse_elementwise: linalg elementwise fusion, producers with several uses
 // included (they are recomputed in each consumer), so an elementwise chain
 // becomes one linalg.generic.
 #include <string>
+#include <vector>
 
 namespace mlir {
 class ModuleOp;
@@ -21,10 +23,16 @@ class ModuleOp;
 
 namespace kiln::passes {
 
-// Empty on success; otherwise why the module does not lower
-// ("kiln.softmax at model.py:12: not an elementwise op"). Never throws for
-// unsupported input.
-std::string lower_to_linalg(mlir::ModuleOp module);
+// An op left in the kiln dialect, and why ("not an elementwise op").
+struct NotLowered {
+  std::string op;        // "kiln.softmax"
+  std::string location;  // "model.py:12"
+  std::string reason;
+};
+
+// Lowers what it can; returns the ops it left, in program order. Never throws
+// for unsupported input.
+std::vector<NotLowered> lower_to_linalg(mlir::ModuleOp module);
 
 // Fuses elementwise linalg.generic ops; IrError with diagnostics on failure.
 void fuse_elementwise(mlir::ModuleOp module);
