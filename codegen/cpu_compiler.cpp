@@ -1,7 +1,7 @@
 #include "codegen/cpu_compiler.h"
 
 #include <algorithm>
-#include <cctype>
+#include <fmt/format.h>
 #include <chrono>
 #include <utility>
 #include <optional>
@@ -19,7 +19,12 @@
 #include <mlir/Dialect/Bufferization/Pipelines/Passes.h>
 #include <mlir/Dialect/Bufferization/Transforms/OneShotAnalysis.h>
 #include <mlir/Dialect/Bufferization/Transforms/Passes.h>
+#include <mlir/Dialect/Arith/IR/Arith.h>
 #include <mlir/Dialect/Func/IR/FuncOps.h>
+#include <mlir/Dialect/SCF/IR/SCF.h>
+#include <mlir/Dialect/Tensor/IR/Tensor.h>
+#include <mlir/Dialect/Utils/StaticValueUtils.h>
+#include <mlir/Interfaces/SideEffectInterfaces.h>
 #include <mlir/Dialect/Linalg/Passes.h>
 #include <mlir/Dialect/Math/Transforms/Approximation.h>
 #include <mlir/Dialect/Math/Transforms/Passes.h>
@@ -35,6 +40,7 @@
 #include "ir/dialect.h"
 #include "ir/dialects.h"
 #include "passes/lower_to_linalg.h"
+#include "passes/outline_kernels.h"
 #include "passes/simplify.h"
 
 namespace kiln::codegen {
@@ -63,14 +69,31 @@ int stage_index(std::string_view stage) {
   fail<ValueError>("no compile stage '{}'; the stages are 'linalg', 'fused', 'bufferized', 'llvm'", stage);
 }
 
+std::string where(mlir::Location loc) {
+  if (auto file = loc->findInstanceOf<mlir::FileLineColLoc>())
+    return fmt::format("{}:{}", file.getFilename().str(), file.getLine());
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  loc.print(os);
+  return text;
+}
+
+std::string type_text(mlir::Type t) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  t.print(os);
+  return s;
+}
+
 // One compilation: the module, walked through the stages in order.
 struct Compilation {
   std::unique_ptr<mlir::MLIRContext> context = ir::make_context();
   Diagnostics diags{context.get()};
   mlir::OwningOpRef<mlir::ModuleOp> module;
-  std::string name;     // the symbol: kiln_<function name>
+  mlir::func::FuncOp entry;
   std::string display;  // the function's name, for messages
-  std::vector<BufferType> inputs, outputs;
+  Program program;
+  std::vector<std::string> host_ops;
 
   explicit Compilation(std::string_view source) {
     mlir::ParserConfig config(context.get());
@@ -78,35 +101,13 @@ struct Compilation {
     if (!module) fail<IrError>("the kiln IR does not parse:\n{}", diags.take());
     auto funcs = llvm::to_vector(module->getOps<mlir::func::FuncOp>());
     if (funcs.size() != 1) fail<NotCompilable>("expected one function in the module, got {}", funcs.size());
-    mlir::func::FuncOp func = funcs[0];
-    // A C-friendly symbol that cannot collide with the libm functions the
-    // code calls (a function named `cos` would call itself): kiln_<name>.
-    std::string original = func.getName().str();
-    bool plain = !original.empty() && std::all_of(original.begin(), original.end(), [](char c) {
-      return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+    entry = funcs[0];
+    display = entry.getName().str();
+    entry.walk([&](mlir::Operation* op) {
+      if (op->getNumRegions() != 0 && op != entry.getOperation())
+        fail<NotCompilable>("{}: not compiled: {} at {}: control flow is not compiled yet", display,
+                            op->getName().getStringRef().str(), where(op->getLoc()));
     });
-    name = plain ? "kiln_" + original : "kiln_function";
-    display = original;
-    func.setName(name);
-    auto collect = [&](mlir::TypeRange types, std::vector<BufferType>& out) {
-      for (mlir::Type t : types) {
-        auto rt = mlir::dyn_cast<mlir::RankedTensorType>(t);
-        std::optional<DType> dtype = rt ? ir::dtype_of(rt.getElementType()) : std::nullopt;
-        if (!rt || !rt.hasStaticShape() || !dtype)
-          fail<NotCompilable>("{}: argument or result type {} is not compiled yet (static shapes only)", display,
-                              type_text(t));
-        out.push_back({Shape(rt.getShape().begin(), rt.getShape().end()), *dtype});
-      }
-    };
-    collect(func.getArgumentTypes(), inputs);
-    collect(func.getResultTypes(), outputs);
-  }
-
-  static std::string type_text(mlir::Type t) {
-    std::string s;
-    llvm::raw_string_ostream os(s);
-    t.print(os);
-    return s;
   }
 
   void run(mlir::PassManager& pm, std::string_view what) {
@@ -116,45 +117,156 @@ struct Compilation {
   // Runs stages 0..last (kCompileStages), after simplification.
   void to(int last) {
     passes::simplify(*module);
-    std::vector<passes::NotLowered> kept = passes::lower_to_linalg(*module);
-    if (!kept.empty())
-      fail<NotCompilable>("{}: not compiled: {} at {}: {}", display, kept[0].op, kept[0].location, kept[0].reason);
+    for (const passes::NotLowered& op : passes::lower_to_linalg(*module))
+      host_ops.push_back(fmt::format("{} at {}: {}", op.op, op.location, op.reason));
     if (last == 0) return;
     passes::fuse_elementwise(*module);
+    passes::outline_kernels(*module);
     if (last == 1) return;
-    {
-      mlir::PassManager pm(context.get());
-      pm.addPass(mlir::bufferization::createEmptyTensorToAllocTensorPass());
-      mlir::bufferization::OneShotBufferizationOptions options;
-      options.bufferizeFunctionBoundaries = true;
-      options.setFunctionBoundaryTypeConversion(mlir::bufferization::LayoutMapOption::IdentityLayoutMap);
-      pm.addPass(mlir::bufferization::createOneShotBufferizePass(options));
-      mlir::bufferization::BufferResultsToOutParamsOpts out_params;
-      // Returned buffers allocated in the function become the out-parameters
-      // (no copy). LLVM 19's hoisting dereferences the defining op of every
-      // returned value, so it crashes on a returned argument: hoist only when
-      // no argument is returned (otherwise results are copied out).
-      bool returns_argument = false;
-      module->walk([&](mlir::func::ReturnOp ret) {
-        for (mlir::Value v : ret.getOperands()) returns_argument |= mlir::isa<mlir::BlockArgument>(v);
-      });
-      out_params.hoistStaticAllocs = !returns_argument;
-      pm.addPass(mlir::bufferization::createBufferResultsToOutParamsPass(out_params));
-      pm.addPass(mlir::createCanonicalizerPass());
-      mlir::bufferization::BufferDeallocationPipelineOptions dealloc;
-      mlir::bufferization::buildBufferDeallocationPipeline(pm, dealloc);
-      pm.addPass(mlir::createBufferizationToMemRefPass());
-      pm.addPass(mlir::createCanonicalizerPass());
-      run(pm, "bufferization");
-    }
+    extract_program();
+    bufferize();
     if (last == 2) return;
-    for (auto func : module->getOps<mlir::func::FuncOp>())
-      func->setAttr("llvm.emit_c_interface", mlir::UnitAttr::get(context.get()));
+    lower_to_llvm();
+  }
+
+  // The entry function becomes the Program; the module keeps the kernels.
+  void extract_program() {
+    llvm::DenseMap<mlir::Value, ProgramValueId> ids;
+    auto id_of = [&](mlir::Value v) {
+      if (auto it = ids.find(v); it != ids.end()) return it->second;
+      std::optional<TensorType> type = ir::kiln_type(v.getType());
+      if (!type) fail<NotCompilable>("{}: not compiled: a value of type {}", display, type_text(v.getType()));
+      auto id = static_cast<ProgramValueId>(program.values.size());
+      program.values.push_back(*type);
+      ids[v] = id;
+      return id;
+    };
+    for (mlir::Value arg : entry.getArguments()) program.arguments.push_back(id_of(arg));
+    llvm::StringMap<int> kernel_index;
+    for (mlir::Operation& op : entry.getBody().front()) {
+      if (auto ret = mlir::dyn_cast<mlir::func::ReturnOp>(op)) {
+        for (mlir::Value v : ret.getOperands()) program.results.push_back(id_of(v));
+        continue;
+      }
+      Step step;
+      step.location = where(op.getLoc());
+      if (auto call = mlir::dyn_cast<mlir::func::CallOp>(op)) {
+        step.kind = Step::Kind::Kernel;
+        auto [it, added] = kernel_index.try_emplace(call.getCallee(), static_cast<int>(program.kernels.size()));
+        if (added) {
+          auto kernel = module->lookupSymbol<mlir::func::FuncOp>(call.getCallee());
+          program.kernels.push_back({.symbol = call.getCallee().str(),
+                                     .tile_extent = kernel->getAttrOfType<mlir::IntegerAttr>("kiln.tile_extent").getInt(),
+                                     .work = kernel->getAttrOfType<mlir::IntegerAttr>("kiln.work").getInt()});
+        }
+        step.kernel = it->second;
+      } else if (auto constant = mlir::dyn_cast<mlir::arith::ConstantOp>(op)) {
+        auto dense = mlir::dyn_cast<mlir::DenseElementsAttr>(constant.getValue());
+        if (!dense) fail<NotCompilable>("{}: not compiled: a constant at {} is not a dense tensor", display, step.location);
+        step.kind = Step::Kind::Constant;
+        step.constant = ir::tensor_from_attr(dense);
+      } else if (mlir::isa<mlir::tensor::ExpandShapeOp, mlir::tensor::CollapseShapeOp>(op)) {
+        step.kind = Step::Kind::Reshape;
+      } else if (std::optional<ir::EagerCall> call = ir::eager_call(&op)) {
+        step.kind = Step::Kind::Host;
+        step.op = call->def;
+        step.attrs = std::move(call->attrs);
+        for (int operand : call->operands)
+          step.inputs.push_back(operand < 0 ? kAbsent : id_of(op.getOperand(static_cast<unsigned>(operand))));
+      } else {
+        fail<NotCompilable>("{}: not compiled: {} at {} is not something the CPU program runs", display,
+                            op.getName().getStringRef().str(), step.location);
+      }
+      if (step.kind != Step::Kind::Host)
+        for (mlir::Value v : op.getOperands()) step.inputs.push_back(id_of(v));
+      for (mlir::Value v : op.getResults()) step.outputs.push_back(id_of(v));
+      program.steps.push_back(std::move(step));
+    }
+    program.compute_liveness();
+    entry.erase();
+    for (auto kernel : module->getOps<mlir::func::FuncOp>()) {
+      kernel.setPublic();
+      // Inputs belong to the caller: bufferization must not write into them.
+      for (unsigned i = 0; i < kernel.getNumArguments(); ++i)
+        kernel.setArgAttr(i, "bufferization.writable", mlir::BoolAttr::get(context.get(), false));
+    }
+  }
+
+  void bufferize() {
+    mlir::PassManager pm(context.get());
+    pm.addPass(mlir::bufferization::createEmptyTensorToAllocTensorPass());
+    mlir::bufferization::OneShotBufferizationOptions options;
+    options.bufferizeFunctionBoundaries = true;
+    options.setFunctionBoundaryTypeConversion(mlir::bufferization::LayoutMapOption::IdentityLayoutMap);
+    pm.addPass(mlir::bufferization::createOneShotBufferizePass(options));
+    // Returned buffers allocated in a kernel become its out-parameters, which
+    // the runtime allocates (no copy).
+    mlir::bufferization::BufferResultsToOutParamsOpts out_params;
+    out_params.hoistStaticAllocs = true;
+    pm.addPass(mlir::bufferization::createBufferResultsToOutParamsPass(out_params));
+    pm.addPass(mlir::createCanonicalizerPass());
+    mlir::bufferization::BufferDeallocationPipelineOptions dealloc;
+    mlir::bufferization::buildBufferDeallocationPipeline(pm, dealloc);
+    pm.addPass(mlir::createBufferizationToMemRefPass());
+    pm.addPass(mlir::createCanonicalizerPass());
+    run(pm, "bufferization");
+    mlir::OpBuilder b(context.get());
+    for (auto kernel : module->getOps<mlir::func::FuncOp>()) {
+      // Every buffer is its own allocation (inputs may repeat, but are only
+      // read), so LLVM need not guard its vector loops with alias checks.
+      for (unsigned i = 0; i < kernel.getNumArguments(); ++i) {
+        kernel.removeArgAttr(i, "bufferization.writable");
+        kernel.setArgAttr(i, "llvm.noalias", b.getUnitAttr());
+      }
+      // The outer-loop range [begin, end) this call runs (see tile_loops).
+      kernel.insertArgument(0, b.getIndexType(), {}, kernel.getLoc());
+      kernel.insertArgument(1, b.getIndexType(), {}, kernel.getLoc());
+      kernel->setAttr("llvm.emit_c_interface", b.getUnitAttr());
+    }
+  }
+
+  // A tileable kernel's top-level loops all run its outer parallel dim
+  // [0, extent): they now run [begin, end), the range the runtime hands
+  // each thread. Anything else at top level that has effects makes the
+  // kernel run whole.
+  void tile_loops() {
+    for (auto kernel : module->getOps<mlir::func::FuncOp>()) {
+      auto attr = kernel->getAttrOfType<mlir::IntegerAttr>("kiln.tile_extent");
+      int64_t extent = attr ? attr.getInt() : 0;
+      if (extent == 0) continue;
+      mlir::Block& body = kernel.getBody().front();
+      llvm::SmallVector<mlir::scf::ForOp> loops;
+      bool ok = true;
+      for (mlir::Operation& op : body) {
+        if (auto loop = mlir::dyn_cast<mlir::scf::ForOp>(op)) {
+          auto lb = mlir::getConstantIntValue(loop.getLowerBound());
+          auto ub = mlir::getConstantIntValue(loop.getUpperBound());
+          auto st = mlir::getConstantIntValue(loop.getStep());
+          ok &= lb == 0 && ub == extent && st == 1;
+          loops.push_back(loop);
+        } else if (!mlir::isa<mlir::func::ReturnOp>(op) && !mlir::isMemoryEffectFree(&op)) {
+          ok = false;
+        }
+      }
+      if (!ok || loops.empty()) extent = 0;
+      for (mlir::scf::ForOp loop : loops) {
+        if (extent == 0) break;
+        loop.getLowerBoundMutable().assign(body.getArgument(0));
+        loop.getUpperBoundMutable().assign(body.getArgument(1));
+      }
+      kernel->setAttr("kiln.tile_extent", mlir::IntegerAttr::get(attr.getType(), extent));
+      for (Kernel& k : program.kernels)
+        if (k.symbol == kernel.getName()) k.tile_extent = extent;
+    }
+  }
+
+  void lower_to_llvm() {
     {
       mlir::PassManager pm(context.get());
       pm.addNestedPass<mlir::func::FuncOp>(mlir::createConvertLinalgToLoopsPass());
       run(pm, "linalg to loops");
     }
+    tile_loops();
     {
       // Polynomial approximations of exp, tanh, log, erf, sin, ... (float32),
       // so that the loops they sit in vectorize instead of calling libm.
@@ -163,20 +275,18 @@ struct Compilation {
       if (mlir::failed(mlir::applyPatternsAndFoldGreedily(*module, std::move(patterns))))
         fail<JitError>("kiln::codegen: math approximation did not converge:\n{}", diags.take());
     }
-    {
-      mlir::PassManager pm(context.get());
-      pm.addPass(mlir::memref::createExpandStridedMetadataPass());
-      pm.addPass(mlir::createLowerAffinePass());
-      pm.addPass(mlir::createConvertSCFToCFPass());
-      pm.addPass(mlir::createConvertMathToLLVMPass());
-      pm.addPass(mlir::createConvertMathToLibmPass());  // what has no LLVM intrinsic (tanh, erf in float64)
-      pm.addPass(mlir::createFinalizeMemRefToLLVMConversionPass());
-      pm.addPass(mlir::createArithToLLVMConversionPass());
-      pm.addPass(mlir::createConvertFuncToLLVMPass());
-      pm.addPass(mlir::createConvertControlFlowToLLVMPass());
-      pm.addPass(mlir::createReconcileUnrealizedCastsPass());
-      run(pm, "lowering to the llvm dialect");
-    }
+    mlir::PassManager pm(context.get());
+    pm.addPass(mlir::memref::createExpandStridedMetadataPass());
+    pm.addPass(mlir::createLowerAffinePass());
+    pm.addPass(mlir::createConvertSCFToCFPass());
+    pm.addPass(mlir::createConvertMathToLLVMPass());
+    pm.addPass(mlir::createConvertMathToLibmPass());  // what has no LLVM intrinsic (tanh, erf in float64)
+    pm.addPass(mlir::createFinalizeMemRefToLLVMConversionPass());
+    pm.addPass(mlir::createArithToLLVMConversionPass());
+    pm.addPass(mlir::createConvertFuncToLLVMPass());
+    pm.addPass(mlir::createConvertControlFlowToLLVMPass());
+    pm.addPass(mlir::createReconcileUnrealizedCastsPass());
+    run(pm, "lowering to the llvm dialect");
   }
 
   std::string print(bool locations) {
@@ -199,10 +309,11 @@ std::string compile_stage_ir(std::string_view kiln_module, std::string_view stag
 }
 
 struct CpuFunction::Impl {
-  std::vector<BufferType> inputs, outputs;
-  std::string entry;
+  Program program;
+  std::vector<std::string> host_ops;
   std::optional<CpuJit> jit;
   double compile_ms = 0;
+  mutable std::atomic<int64_t> peak_bytes{0};
 };
 
 CpuFunction::CpuFunction(std::string_view kiln_module) : impl_(std::make_unique<Impl>()) {
@@ -211,12 +322,14 @@ CpuFunction::CpuFunction(std::string_view kiln_module) : impl_(std::make_unique<
   {
     Compilation c(kiln_module);
     c.to(3);
-    impl_->inputs = c.inputs;
-    impl_->outputs = c.outputs;
-    impl_->entry = "_mlir_ciface_" + c.name;
-    llvm_text = c.print(false);
+    impl_->program = std::move(c.program);
+    impl_->host_ops = std::move(c.host_ops);
+    if (!impl_->program.kernels.empty()) llvm_text = c.print(false);
   }
-  impl_->jit.emplace(llvm_text);
+  if (!llvm_text.empty()) {
+    impl_->jit.emplace(llvm_text);
+    for (Kernel& k : impl_->program.kernels) k.address = impl_->jit->lookup("_mlir_ciface_" + k.symbol);
+  }
   impl_->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -224,37 +337,17 @@ CpuFunction::~CpuFunction() = default;
 CpuFunction::CpuFunction(CpuFunction&&) noexcept = default;
 CpuFunction& CpuFunction::operator=(CpuFunction&&) noexcept = default;
 
-const std::vector<BufferType>& CpuFunction::inputs() const { return impl_->inputs; }
-const std::vector<BufferType>& CpuFunction::outputs() const { return impl_->outputs; }
+const Program& CpuFunction::program() const { return impl_->program; }
+const std::vector<std::string>& CpuFunction::host_ops() const { return impl_->host_ops; }
+int CpuFunction::num_kernels() const { return static_cast<int>(impl_->program.kernels.size()); }
 double CpuFunction::compile_ms() const { return impl_->compile_ms; }
+int64_t CpuFunction::peak_intermediate_bytes() const { return impl_->peak_bytes.load(); }
 
-void CpuFunction::run(std::span<void* const> inputs, std::span<void* const> outputs) const {
-  KILN_CHECK(inputs.size() == impl_->inputs.size() && outputs.size() == impl_->outputs.size(), ValueError,
-             "compiled function: expected {} inputs and {} outputs, got {} and {}", impl_->inputs.size(),
-             impl_->outputs.size(), inputs.size(), outputs.size());
-  // Memref descriptors of contiguous buffers: {allocated, aligned, offset,
-  // sizes[rank], strides[rank]}, passed by pointer to _mlir_ciface_<f>.
-  std::vector<std::vector<int64_t>> descriptors;
-  auto describe = [&](void* data, const BufferType& type) {
-    size_t rank = type.shape.size();
-    std::vector<int64_t> d(3 + 2 * rank);
-    d[0] = d[1] = static_cast<int64_t>(reinterpret_cast<intptr_t>(data));
-    d[2] = 0;
-    int64_t stride = 1;
-    for (size_t i = rank; i-- > 0;) {
-      d[3 + i] = type.shape[i];
-      d[3 + rank + i] = stride;
-      stride *= type.shape[i];
-    }
-    descriptors.push_back(std::move(d));
-  };
-  for (size_t i = 0; i < inputs.size(); ++i) describe(inputs[i], impl_->inputs[i]);
-  for (size_t i = 0; i < outputs.size(); ++i) describe(outputs[i], impl_->outputs[i]);
-  std::vector<void*> pointers;
-  for (auto& d : descriptors) pointers.push_back(d.data());
-  std::vector<void*> args;
-  for (void*& p : pointers) args.push_back(&p);
-  impl_->jit->invoke_packed(impl_->entry, args);
+std::vector<Tensor> CpuFunction::run(const std::vector<Tensor>& inputs) const {
+  RunStats stats;
+  std::vector<Tensor> results = run_program(impl_->program, inputs, &stats);
+  impl_->peak_bytes.store(stats.peak_intermediate_bytes);
+  return results;
 }
 
 }  // namespace kiln::codegen

@@ -1,24 +1,22 @@
 #pragma once
 // Compiling a kiln module (a traced function's IR) to native CPU code:
-//   simplified -> linalg -> fused -> bufferized -> llvm -> ORC JIT.
-// Elementwise functions on static shapes only in this increment
-// (passes/lower_to_linalg.h says which ops); anything else is refused with
-// NotCompilable, naming the first op that does not lower and its location.
-// The header is free of MLIR/LLVM types.
-#include <cstdint>
+//   simplified -> linalg -> fused (kernels outlined) -> bufferized -> llvm -> ORC JIT,
+// and running it. What lowers to linalg becomes kernels; every other op stays
+// a step that runs on the eager kernels (codegen/cpu_program.h), so any
+// function without control flow compiles. The header is free of MLIR/LLVM.
+#include <atomic>
 #include <memory>
-#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "codegen/cpu_program.h"
 #include "codegen/jit_smoke.h"
-#include "runtime/dtype.h"
-#include "runtime/shape.h"
 
 namespace kiln::codegen {
 
-// The function is outside what the compiler handles yet; what() says why.
+// The function is outside what the compiler handles (control flow); what()
+// says why.
 class NotCompilable : public JitError {
  public:
   using JitError::JitError;
@@ -28,31 +26,28 @@ class NotCompilable : public JitError {
 inline constexpr const char* kCompileStages[] = {"linalg", "fused", "bufferized", "llvm"};
 
 // `kiln_module` (text or bytecode of a kiln module with one func.func)
-// simplified and compiled up to `stage`, as text.
+// simplified and compiled up to `stage`, as text. From "bufferized" on it
+// holds the kernels only (the schedule is the entry function of "fused").
 std::string compile_stage_ir(std::string_view kiln_module, std::string_view stage, bool locations = true);
 
-struct BufferType {
-  Shape shape;
-  DType dtype;
-};
-
-// A compiled kiln function: it reads contiguous input buffers and writes
-// contiguous output buffers that the caller allocates.
 class CpuFunction {
  public:
-  // Compiles; NotCompilable when the function does not lower, JitError or
+  // Compiles; NotCompilable for what the compiler refuses, JitError or
   // IrError when compilation itself fails.
   explicit CpuFunction(std::string_view kiln_module);
   ~CpuFunction();
   CpuFunction(CpuFunction&&) noexcept;
   CpuFunction& operator=(CpuFunction&&) noexcept;
 
-  const std::vector<BufferType>& inputs() const;
-  const std::vector<BufferType>& outputs() const;
-  double compile_ms() const;
+  // The function's arguments (contiguous or not), its results.
+  std::vector<Tensor> run(const std::vector<Tensor>& inputs) const;
 
-  // inputs[i] / outputs[i]: the data of contiguous buffers of the types above.
-  void run(std::span<void* const> inputs, std::span<void* const> outputs) const;
+  const Program& program() const;
+  // One line per op left to the eager kernels: "kiln.matmul at net.py:3: not an elementwise op".
+  const std::vector<std::string>& host_ops() const;
+  int num_kernels() const;
+  double compile_ms() const;
+  int64_t peak_intermediate_bytes() const;  // of the last run
 
  private:
   struct Impl;

@@ -216,6 +216,8 @@ bool is_identity_for_equal_types(llvm::StringRef op) {
 // IR and take longer than the compiled code.
 constexpr int64_t kMaxFoldElements = 1 << 12;
 
+}  // namespace
+
 Tensor tensor_from_attr(mlir::DenseElementsAttr attr) {
   std::optional<TensorType> type = kiln_type(attr.getType());
   KILN_CHECK(type, Error, "constant of an unsupported type");
@@ -231,6 +233,7 @@ Tensor tensor_from_attr(mlir::DenseElementsAttr attr) {
   return from_blob_copy(values.data(), type->shape, DType::Int64).to(type->dtype);
 }
 
+namespace {
 // All elements equal (and at least one): a splat constant prints as one value.
 bool same_bits(const llvm::APFloat& a, const llvm::APFloat& b) { return a.bitwiseIsEqual(b); }
 bool same_bits(const llvm::APInt& a, const llvm::APInt& b) { return a == b; }
@@ -264,6 +267,19 @@ mlir::DenseElementsAttr attr_from_tensor(mlir::MLIRContext* context, const Tenso
                          : mlir::DenseElementsAttr::get(type, values);
 }
 }  // namespace
+
+std::optional<EagerCall> eager_call(mlir::Operation* op) {
+  if (op->getName().getDialectNamespace() != "kiln") return std::nullopt;
+  llvm::StringRef name = op->getName().stripDialect();
+  const OpDef* def = find_op(std::string_view(name.data(), name.size()));
+  if (!def) return std::nullopt;
+  // Operand i is numbered i + 1 so that an absent one (0) stands out.
+  llvm::SmallVector<int> numbers;
+  for (unsigned i = 0; i < op->getNumOperands(); ++i) numbers.push_back(static_cast<int>(i) + 1);
+  EagerCall call{def, {}, op_attrs(*def, op->getAttrDictionary())};
+  for (int n : eager_operands<int>(*def, numbers, op->getAttrDictionary())) call.operands.push_back(n - 1);
+  return call;
+}
 
 mlir::LogicalResult fold_eager_op(mlir::Operation* op, llvm::ArrayRef<mlir::Attribute> operands,
                                   llvm::SmallVectorImpl<mlir::OpFoldResult>& results) {

@@ -35,6 +35,19 @@ std::optional<AttrValue> from_mlir_attr(mlir::Attribute attr, AttrKind kind);
 // The kiln Attrs of a kiln-dialect op (of an eager OpDef).
 Attrs op_attrs(const OpDef& def, mlir::DictionaryAttr attributes);
 
+// The eager call a kiln-dialect op stands for: its OpDef, which of the op's
+// operands feed each of the OpDef's inputs (-1: an absent optional operand),
+// and its attributes. nullopt for an op that is not an eager op.
+struct EagerCall {
+  const OpDef* def = nullptr;
+  std::vector<int> operands;
+  Attrs attrs;
+};
+std::optional<EagerCall> eager_call(mlir::Operation* op);
+
+// A dense constant as a tensor of its dtype.
+Tensor tensor_from_attr(mlir::DenseElementsAttr attr);
+
 // Result types of eager op `op` from its meta rule; a meta-rule error is
 // reported at `location`.
 mlir::LogicalResult infer_result_types(llvm::StringRef op, mlir::MLIRContext* context,

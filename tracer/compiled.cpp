@@ -1,48 +1,56 @@
 #include "tracer/compiled.h"
 
 #include "codegen/cpu_compiler.h"
-#include "eager/ops.h"
+#include "eager/autograd.h"
 #include "tracer/ir_builder.h"
 
 namespace kiln {
 
-CompiledFunction::CompiledFunction(const TracedFunction& fn) : name_(fn.graph.name) {
-  const Graph& g = fn.graph;
-  if (!g.captures.empty())
-    fail<codegen::NotCompilable>("{}: not compiled: it captures {} tensors (not compiled yet)", name_, g.captures.size());
-  if (!g.writebacks.empty() || !fn.grad_writebacks.empty())
-    fail<codegen::NotCompilable>("{}: not compiled: it updates captured tensors (not compiled yet)", name_);
-  if (g.results.empty()) fail<codegen::NotCompilable>("{}: not compiled: it returns no tensors", name_);
-  for (ValueId id : g.arguments)
-    if (g.values[id].device != kCPU) fail<codegen::NotCompilable>("{}: not compiled: a non-CPU argument", name_);
-  fn_ = std::make_unique<codegen::CpuFunction>(traced_ir(fn, "traced", {.locations = true}));
+CompiledFunction::CompiledFunction(std::shared_ptr<const TracedFunction> fn) : fn_(std::move(fn)) {
+  const Graph& g = fn_->graph;
+  for (const TensorType& t : g.values)
+    if (t.device != kCPU)
+      fail<codegen::NotCompilable>("{}: not compiled: it uses {} tensors (the compiler targets the CPU)", g.name,
+                                   t.device.str());
+  code_ = std::make_unique<codegen::CpuFunction>(traced_ir(*fn_, "traced", {.locations = true}));
 }
 
 CompiledFunction::~CompiledFunction() = default;
 
-double CompiledFunction::compile_ms() const { return fn_->compile_ms(); }
+double CompiledFunction::compile_ms() const { return code_->compile_ms(); }
+int CompiledFunction::num_kernels() const { return code_->num_kernels(); }
+int CompiledFunction::num_host_ops() const { return static_cast<int>(code_->host_ops().size()); }
+const std::vector<std::string>& CompiledFunction::host_ops() const { return code_->host_ops(); }
+int64_t CompiledFunction::peak_intermediate_bytes() const { return code_->peak_intermediate_bytes(); }
 
 std::vector<Tensor> CompiledFunction::run(const std::vector<Tensor>& args) const {
-  const auto& in_types = fn_->inputs();
-  KILN_CHECK(args.size() == in_types.size(), ValueError, "{}: expected {} tensor arguments, got {}", name_,
-             in_types.size(), args.size());
-  std::vector<Tensor> inputs;
-  std::vector<void*> in_ptrs, out_ptrs;
+  const Graph& g = fn_->graph;
+  KILN_CHECK(args.size() == g.arguments.size(), ValueError, "{}: expected {} tensor arguments, got {}", g.name,
+             g.arguments.size(), args.size());
   for (size_t i = 0; i < args.size(); ++i) {
-    KILN_CHECK(args[i].shape() == in_types[i].shape && args[i].dtype() == in_types[i].dtype && args[i].device() == kCPU,
-               ValueError, "{}: argument {} has shape {} and dtype {}; the compiled code takes {} {}", name_, i,
-               shape_str(args[i].shape()), dtype_name(args[i].dtype()), shape_str(in_types[i].shape),
-               dtype_name(in_types[i].dtype));
-    inputs.push_back(args[i].is_contiguous() ? args[i] : args[i].contiguous());
-    in_ptrs.push_back(inputs.back().data_ptr());
+    const TensorType& want = g.values[g.arguments[i]];
+    bool shape_ok = args[i].shape().size() == want.shape.size();
+    for (size_t d = 0; shape_ok && d < want.shape.size(); ++d)
+      shape_ok = is_dynamic(want.shape[d]) || want.shape[d] == args[i].shape()[d];
+    KILN_CHECK(shape_ok && args[i].dtype() == want.dtype && args[i].device() == want.device, ValueError,
+               "{}: argument {} is {}; the compiled code takes {}", g.name, i, type_str(type_of(args[i])),
+               type_str(want));
   }
-  std::vector<Tensor> outputs;
-  for (const auto& t : fn_->outputs()) {
-    outputs.push_back(Tensor::empty(t.shape, t.dtype));
-    out_ptrs.push_back(outputs.back().data_ptr());
+  std::vector<Tensor> inputs = args;
+  inputs.insert(inputs.end(), fn_->captures.begin(), fn_->captures.end());
+  std::vector<Tensor> results = code_->run(inputs);
+  {
+    NoGradGuard no_grad;
+    for (size_t k = 0; k < g.writebacks.size(); ++k) {
+      const Tensor& target = fn_->captures[g.writebacks[k].capture_index];
+      const Tensor& value = results[g.results.size() + k];
+      if (!value.is_same(target)) Tensor(target).copy_(value);
+    }
   }
-  fn_->run(in_ptrs, out_ptrs);
-  return outputs;
+  for (const auto& wb : fn_->grad_writebacks)
+    fn_->captures[wb.capture_index].set_grad(wb.value == kNoValue ? Tensor() : results[static_cast<size_t>(wb.value)]);
+  results.resize(g.results.size() - fn_->grad_results);
+  return results;
 }
 
 }  // namespace kiln

@@ -1,11 +1,12 @@
 #pragma once
-// A traced function compiled to native CPU code (codegen/cpu_compiler.h),
-// for callers that hold a TracedFunction. This increment compiles whole
-// graphs of elementwise ops on static float shapes, with no captures,
-// write-backs or control flow; construction throws codegen::NotCompilable
-// (a kiln::Error) saying why otherwise, and the caller keeps running the
-// graph executor (TracedFunction::run).
+// A traced function compiled to native CPU code (codegen/cpu_compiler.h):
+// the ops that lower run as fused kernels, the others on the eager kernels.
+// Captured tensors are read and written back as TracedFunction::run does.
+// Construction throws codegen::NotCompilable (a kiln::Error) for what the
+// compiler refuses (control flow, non-CPU tensors); the caller then keeps the
+// graph executor.
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "tracer/tracer.h"
@@ -17,16 +18,21 @@ class CpuFunction;
 
 class CompiledFunction {
  public:
-  explicit CompiledFunction(const TracedFunction& fn);
+  explicit CompiledFunction(std::shared_ptr<const TracedFunction> fn);
   ~CompiledFunction();
 
   // Same contract as TracedFunction::run (no gradients are recorded).
   std::vector<Tensor> run(const std::vector<Tensor>& args) const;
+
   double compile_ms() const;
+  int num_kernels() const;
+  int num_host_ops() const;
+  const std::vector<std::string>& host_ops() const;  // "kiln.matmul at net.py:3: why"
+  int64_t peak_intermediate_bytes() const;           // of the last call
 
  private:
-  std::string name_;
-  std::unique_ptr<codegen::CpuFunction> fn_;
+  std::shared_ptr<const TracedFunction> fn_;
+  std::unique_ptr<codegen::CpuFunction> code_;
 };
 
 }  // namespace kiln

@@ -190,6 +190,7 @@ class _Entry:
         self.calls = 0
         self.runner = None  # traced.run, or a compiled function's run (kiln.jit(compile=True))
         self.compile_note = None  # why it was not compiled, or the compile time
+        self.compiled = None  # the _CompiledFunction, when compiled
         self.single = out_structure == ("leaf",) and out_static == [None]  # returns one tensor
 
 
@@ -248,11 +249,11 @@ class JitFunction:
         return _unflatten(entry.out_structure, out)
 
     def _runner(self, entry, leaves):
-        """How a variant runs: compiled to native code when ``compile=True`` and its whole graph
-        lowers, else on the graph executor (``KILN_LOG=compile`` says which and why)."""
+        """How a variant runs: compiled to native code when ``compile=True`` (ops the compiler does
+        not lower run on the eager kernels between its kernels), else on the graph executor.
+        ``KILN_LOG=compile`` says which and why."""
         if not self.compile:
             return entry.traced.run
-        import time
         reason = None
         if _C.is_grad_enabled() and any(isinstance(x, _C.Tensor) and x.requires_grad for x in leaves):
             reason = "an argument requires grad (compiled code does not record gradients yet)"
@@ -261,14 +262,20 @@ class JitFunction:
                 compiled = _C._CompiledFunction(entry.traced)
             except _C.KilnError as e:
                 reason = str(e)
+        log = _log_enabled("compile")
         if reason is not None:
             entry.compile_note = f"not compiled: {reason}"
-            if _log_enabled("compile"):
+            if log:
                 sys.stderr.write(f"kiln.jit: {self.__name__}: running the graph executor: {reason}\n")
             return entry.traced.run
-        entry.compile_note = f"compiled in {compiled.compile_ms:.1f} ms"
-        if _log_enabled("compile"):
+        entry.compiled = compiled
+        host = compiled.host_ops
+        entry.compile_note = (f"compiled in {compiled.compile_ms:.1f} ms: {compiled.num_kernels} kernel(s)"
+                              + (f", {len(host)} op(s) on the eager kernels" if host else ""))
+        if log:
             sys.stderr.write(f"kiln.jit: {self.__name__}: {entry.compile_note}\n")
+            for line in host:
+                sys.stderr.write(f"kiln.jit: {self.__name__}:   eager: {line}\n")
         return compiled.run
 
     def _entry(self, structure, leaves, args, kwargs):
@@ -427,6 +434,27 @@ class JitFunction:
         text = "\n".join(lines)
         builtins.print(text)
         return text
+
+    def stats(self):
+        """Per traced variant (a list of dicts, in cache order): calls, trace and compile times,
+        whether it runs compiled, kernels and eager ops per call (with the reason each op was not
+        compiled), and the peak bytes of intermediates its last call held at once."""
+        out = []
+        for entry in self._entries.values():
+            c = entry.compiled
+            out.append({
+                "signature": ", ".join(_describe_spec(s) for s in entry.signature.specs),
+                "calls": entry.calls,
+                "trace_ms": entry.trace_ms,
+                "compiled": c is not None,
+                "compile_ms": c.compile_ms if c else None,
+                "kernels_per_call": c.num_kernels if c else 0,
+                "eager_ops_per_call": len(c.host_ops) if c else entry.traced.num_ops,
+                "eager_ops": list(c.host_ops) if c else [],
+                "peak_intermediate_bytes": c.peak_intermediate_bytes if c else None,
+                "note": entry.compile_note,
+            })
+        return out
 
     @property
     def num_traces(self):

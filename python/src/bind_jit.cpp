@@ -82,9 +82,9 @@ void bind_jit(py::module_& m) {
 #ifdef KILN_HAS_MLIR
   // kiln.jit(f, compile=True): a traced variant compiled to native code.
   py::class_<CompiledFunction, std::shared_ptr<CompiledFunction>>(m, "_CompiledFunction")
-      .def(py::init([](const TracedFunction& f) {
+      .def(py::init([](std::shared_ptr<TracedFunction> f) {
              py::gil_scoped_release no_gil;
-             return std::make_shared<CompiledFunction>(f);
+             return std::make_shared<CompiledFunction>(std::move(f));
            }),
            py::arg("traced"))
       .def("run",
@@ -92,7 +92,10 @@ void bind_jit(py::module_& m) {
              py::gil_scoped_release no_gil;
              return f.run(args);
            })
-      .def_property_readonly("compile_ms", &CompiledFunction::compile_ms);
+      .def_property_readonly("compile_ms", &CompiledFunction::compile_ms)
+      .def_property_readonly("num_kernels", &CompiledFunction::num_kernels)
+      .def_property_readonly("host_ops", &CompiledFunction::host_ops)
+      .def_property_readonly("peak_intermediate_bytes", &CompiledFunction::peak_intermediate_bytes);
   m.def(
       "_ir_reprint",
       [](py::bytes source, bool locations, bool generic) {

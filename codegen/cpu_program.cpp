@@ -1,0 +1,146 @@
+#include "codegen/cpu_program.h"
+
+#include <algorithm>
+#include <array>
+#include <utility>
+
+#include "eager/autograd.h"
+#include "runtime/parallel.h"
+
+namespace kiln::codegen {
+namespace {
+
+// A strided memref descriptor as MLIR's C interface lays it out for rank N:
+// {allocated, aligned, offset, sizes[N], strides[N]} (all 64-bit).
+std::vector<int64_t> describe(const Tensor& t) {
+  size_t rank = t.shape().size();
+  std::vector<int64_t> d(3 + 2 * rank);
+  d[0] = d[1] = static_cast<int64_t>(reinterpret_cast<intptr_t>(t.data_ptr()));
+  int64_t stride = 1;
+  for (size_t i = rank; i-- > 0;) {
+    d[3 + i] = t.shape()[i];
+    d[3 + rank + i] = stride;
+    stride *= t.shape()[i];
+  }
+  return d;
+}
+
+// Calls kernel(begin, end, d0, d1, ...) through its exact prototype: every
+// memref argument of the C interface is a pointer to its descriptor.
+constexpr size_t kMaxKernelArgs = 48;
+using Caller = void (*)(void* fn, int64_t begin, int64_t end, void* const* args);
+
+template <size_t... I>
+void call_with(void* fn, int64_t begin, int64_t end, void* const* args, std::index_sequence<I...>) {
+  using Fn = void (*)(int64_t, int64_t, decltype((void)I, static_cast<void*>(nullptr))...);
+  reinterpret_cast<Fn>(fn)(begin, end, args[I]...);
+}
+template <size_t... N>
+constexpr std::array<Caller, sizeof...(N)> make_callers(std::index_sequence<N...>) {
+  return {[](void* fn, int64_t b, int64_t e, void* const* args) { call_with(fn, b, e, args, std::make_index_sequence<N>()); }...};
+}
+constexpr auto kCallers = make_callers(std::make_index_sequence<kMaxKernelArgs + 1>());
+
+void run_kernel(const Kernel& kernel, const std::vector<Tensor>& args) {
+  KILN_CHECK(args.size() <= kMaxKernelArgs, Error, "kernel {} takes {} buffers; at most {} are supported",
+             kernel.symbol, args.size(), kMaxKernelArgs);
+  std::vector<std::vector<int64_t>> descriptors;
+  descriptors.reserve(args.size());
+  std::vector<void*> pointers;
+  for (const Tensor& t : args) {
+    descriptors.push_back(describe(t));
+    pointers.push_back(descriptors.back().data());
+  }
+  Caller call = kCallers[args.size()];
+  if (kernel.tile_extent == 0) {
+    call(kernel.address, 0, 0, pointers.data());
+    return;
+  }
+  // Enough outer iterations per task that the pool's wake-up cost is noise.
+  constexpr int64_t kWorkPerTask = 1 << 15;
+  int64_t per_row = std::max<int64_t>(1, kernel.work / kernel.tile_extent);
+  int64_t grain = std::max<int64_t>(1, kWorkPerTask / per_row);
+  parallel_for(0, kernel.tile_extent, grain,
+               [&](int64_t begin, int64_t end) { call(kernel.address, begin, end, pointers.data()); });
+}
+
+bool is_static(const TensorType& t) {
+  return std::none_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return is_dynamic(d); });
+}
+
+int64_t bytes_of(const Tensor& t) { return t.defined() ? t.numel() * static_cast<int64_t>(itemsize(t.dtype())) : 0; }
+
+}  // namespace
+
+void Program::compute_liveness() {
+  std::vector<int> last_use(values.size(), -1);
+  for (size_t i = 0; i < steps.size(); ++i)
+    for (ProgramValueId v : steps[i].inputs)
+      if (v != kAbsent) last_use[v] = static_cast<int>(i);
+  for (ProgramValueId v : results) last_use[v] = static_cast<int>(steps.size());
+  release_after.assign(steps.size(), {});
+  for (size_t v = 0; v < values.size(); ++v)
+    if (last_use[v] >= 0 && last_use[v] < static_cast<int>(steps.size()))
+      release_after[last_use[v]].push_back(static_cast<ProgramValueId>(v));
+}
+
+std::vector<Tensor> run_program(const Program& program, const std::vector<Tensor>& inputs, RunStats* stats) {
+  KILN_CHECK(inputs.size() == program.arguments.size(), ValueError, "compiled program: expected {} inputs, got {}",
+             program.arguments.size(), inputs.size());
+  NoGradGuard no_grad;
+  std::vector<Tensor> values(program.values.size());
+  for (size_t i = 0; i < inputs.size(); ++i) values[program.arguments[i]] = inputs[i];
+  int64_t live = 0, peak = 0;
+  std::vector<char> owned(program.values.size(), 0);  // allocated by this run (counted in `live`)
+  for (size_t s = 0; s < program.steps.size(); ++s) {
+    const Step& step = program.steps[s];
+    std::vector<Tensor> in;
+    for (ProgramValueId v : step.inputs) in.push_back(v == kAbsent ? Tensor() : values[v]);
+    std::vector<Tensor> out;
+    switch (step.kind) {
+      case Step::Kind::Kernel: {
+        std::vector<Tensor> args;
+        for (Tensor& t : in) args.push_back(t.is_contiguous() ? t : t.contiguous());
+        for (ProgramValueId v : step.outputs) {
+          const TensorType& type = program.values[v];
+          KILN_CHECK(is_static(type), Error, "kernel {}: output of dynamic shape", program.kernels[step.kernel].symbol);
+          out.push_back(Tensor::empty(type.shape, type.dtype));
+          args.push_back(out.back());
+        }
+        run_kernel(program.kernels[step.kernel], args);
+        break;
+      }
+      case Step::Kind::Host:
+        out = step.op->run(in, step.attrs);
+        break;
+      case Step::Kind::Reshape:
+        out.push_back(in[0].contiguous().reshape(program.values[step.outputs[0]].shape));
+        break;
+      case Step::Kind::Constant:
+        out.push_back(step.constant);
+        break;
+    }
+    KILN_CHECK(out.size() == step.outputs.size(), Error, "compiled program: step {} made {} values, expected {}", s,
+               out.size(), step.outputs.size());
+    for (size_t k = 0; k < out.size(); ++k) {
+      ProgramValueId v = step.outputs[k];
+      values[v] = std::move(out[k]);
+      if (step.kind != Step::Kind::Constant && step.kind != Step::Kind::Reshape) {
+        owned[v] = 1;
+        live += bytes_of(values[v]);
+      }
+    }
+    peak = std::max(peak, live);
+    for (ProgramValueId v : program.release_after[s]) {
+      if (owned[v]) live -= bytes_of(values[v]);
+      owned[v] = 0;
+      values[v] = Tensor();
+    }
+  }
+  if (stats) stats->peak_intermediate_bytes = peak;
+  std::vector<Tensor> results;
+  for (ProgramValueId v : program.results) results.push_back(values[v]);
+  return results;
+}
+
+}  // namespace kiln::codegen

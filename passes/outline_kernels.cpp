@@ -1,0 +1,165 @@
+#include "passes/outline_kernels.h"
+
+#include <cctype>
+#include <functional>
+
+#include <llvm/ADT/SmallPtrSet.h>
+
+#include <fmt/format.h>
+#include <mlir/Dialect/Arith/IR/Arith.h>
+#include <mlir/Dialect/Func/IR/FuncOps.h>
+#include <mlir/Dialect/Linalg/IR/Linalg.h>
+#include <mlir/Dialect/Tensor/IR/Tensor.h>
+#include <mlir/IR/Builders.h>
+#include <mlir/IR/BuiltinOps.h>
+#include <mlir/IR/IRMapping.h>
+#include <mlir/Interfaces/SideEffectInterfaces.h>
+#include <mlir/Transforms/RegionUtils.h>
+
+#include "runtime/error.h"
+
+namespace kiln::passes {
+namespace {
+
+// "k3_model_py_12" from the first file:line in the generic's (fused) location.
+std::string kernel_name(int index, mlir::Location loc) {
+  std::string name = fmt::format("k{}", index);
+  mlir::FileLineColLoc file;
+  loc->walk([&](mlir::Location l) {
+    if (auto f = mlir::dyn_cast<mlir::FileLineColLoc>(l)) {
+      file = f;
+      return mlir::WalkResult::interrupt();
+    }
+    return mlir::WalkResult::advance();
+  });
+  if (!file) return name;
+  std::string stem = file.getFilename().str();
+  if (size_t slash = stem.find_last_of('/'); slash != std::string::npos) stem = stem.substr(slash + 1);
+  for (char& c : stem)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return fmt::format("{}_{}_{}", name, stem, file.getLine());
+}
+
+// A constant small enough to live in the kernel's code.
+bool inlinable_constant(mlir::Value v) {
+  auto constant = v.getDefiningOp<mlir::arith::ConstantOp>();
+  if (!constant) return false;
+  auto dense = mlir::dyn_cast<mlir::DenseElementsAttr>(constant.getValue());
+  return !dense || dense.isSplat() || dense.getNumElements() <= 4096;
+}
+
+// A generic that only fills its output (no inputs) and feeds one consumer:
+// it belongs to that consumer's kernel (the zero a reduction starts from).
+bool is_fill_for(mlir::Value v) {
+  auto fill = v.getDefiningOp<mlir::linalg::GenericOp>();
+  return fill && fill.getNumDpsInputs() == 0 && v.hasOneUse() &&
+         llvm::all_of(fill.getDpsInits(), [](mlir::Value init) { return init.getDefiningOp<mlir::tensor::EmptyOp>(); });
+}
+
+// Outer parallel loop that indexes dim 0 of every output: its trip count.
+int64_t tile_extent(mlir::linalg::GenericOp op) {
+  if (op.getNumLoops() == 0 || op.getIteratorTypesArray()[0] != mlir::utils::IteratorType::parallel) return 0;
+  for (mlir::OpOperand& init : op.getDpsInitsMutable()) {
+    mlir::AffineMap map = op.getMatchingIndexingMap(&init);
+    if (map.getNumResults() == 0 || map.getResult(0) != mlir::getAffineDimExpr(0, op.getContext())) return 0;
+  }
+  llvm::SmallVector<int64_t> ranges = op.getStaticLoopRanges();
+  return ranges[0] > 1 && !mlir::ShapedType::isDynamic(ranges[0]) ? ranges[0] : 0;
+}
+
+int64_t work(mlir::linalg::GenericOp op) {
+  int64_t n = 1;
+  for (int64_t r : op.getStaticLoopRanges()) n *= mlir::ShapedType::isDynamic(r) ? 1 : r;
+  return n;
+}
+
+void outline(mlir::ModuleOp module, mlir::linalg::GenericOp generic, int index) {
+  mlir::MLIRContext* context = module.getContext();
+  mlir::OpBuilder b(context);
+  mlir::IRMapping map;
+  llvm::SmallVector<mlir::Value> arguments;  // what the entry passes
+  llvm::SmallVector<mlir::Operation*> prologue;  // ops cloned ahead of the generic
+
+  // Values the kernel receives, the constants and fills it takes along.
+  auto take = [&](mlir::Value v, bool as_init) {
+    if (map.contains(v)) return;
+    mlir::Operation* def = v.getDefiningOp();
+    if (def && (inlinable_constant(v) || (as_init && (mlir::isa<mlir::tensor::EmptyOp>(def) || is_fill_for(v))))) {
+      prologue.push_back(def);
+      return;
+    }
+    map.map(v, v);  // placeholder: becomes a block argument below
+    arguments.push_back(v);
+  };
+  for (mlir::Value v : generic.getDpsInputs()) take(v, false);
+  for (mlir::Value v : generic.getDpsInits()) take(v, true);
+  llvm::SetVector<mlir::Value> above;
+  mlir::getUsedValuesDefinedAbove(generic.getRegion(), above);
+  for (mlir::Value v : above) {
+    KILN_CHECK(inlinable_constant(v), IrError, "outline_kernels: a generic reads a non-constant value from outside");
+    take(v, false);
+  }
+
+  llvm::SmallVector<mlir::Type> argument_types;
+  for (mlir::Value v : arguments) argument_types.push_back(v.getType());
+  b.setInsertionPointToEnd(module.getBody());
+  auto kernel = b.create<mlir::func::FuncOp>(generic.getLoc(), kernel_name(index, generic.getLoc()),
+                                             b.getFunctionType(argument_types, generic.getResultTypes()));
+  kernel.setPrivate();
+  kernel->setAttr("kiln.kernel", b.getUnitAttr());
+  kernel->setAttr("kiln.tile_extent", b.getI64IntegerAttr(tile_extent(generic)));
+  kernel->setAttr("kiln.work", b.getI64IntegerAttr(work(generic)));
+  mlir::Block* body = kernel.addEntryBlock();
+  for (auto [v, arg] : llvm::zip(arguments, body->getArguments())) map.map(v, arg);
+  b.setInsertionPointToStart(body);
+  // A fill's own init (tensor.empty) comes first.
+  std::function<void(mlir::Operation*)> clone = [&](mlir::Operation* op) {
+    if (map.contains(op->getResult(0))) return;
+    for (mlir::Value operand : op->getOperands())
+      if (mlir::Operation* def = operand.getDefiningOp(); def && !map.contains(operand)) clone(def);
+    b.clone(*op, map);
+  };
+  for (mlir::Operation* op : prologue) clone(op);
+  mlir::Operation* copy = b.clone(*generic, map);
+  b.create<mlir::func::ReturnOp>(generic.getLoc(), copy->getResults());
+
+  b.setInsertionPoint(generic);
+  auto call = b.create<mlir::func::CallOp>(generic.getLoc(), kernel, arguments);
+  generic->replaceAllUsesWith(call.getResults());
+  generic->erase();
+  // What only the generic used (its fill, that fill's tensor.empty, ...) goes.
+  llvm::SmallVector<mlir::Operation*> dead(prologue.begin(), prologue.end());
+  llvm::SmallPtrSet<mlir::Operation*, 8> erased;
+  while (!dead.empty()) {
+    mlir::Operation* op = dead.pop_back_val();
+    if (erased.contains(op) || !mlir::isOpTriviallyDead(op)) continue;
+    erased.insert(op);
+    for (mlir::Value operand : op->getOperands())
+      if (mlir::Operation* def = operand.getDefiningOp()) dead.push_back(def);
+    op->erase();
+  }
+}
+
+}  // namespace
+
+int outline_kernels(mlir::ModuleOp module) {
+  llvm::SmallVector<mlir::linalg::GenericOp> generics;
+  for (auto func : module.getOps<mlir::func::FuncOp>()) {
+    if (func->hasAttr("kiln.kernel")) continue;
+    func.walk([&](mlir::linalg::GenericOp op) {
+      // a fill moves into the kernel of the generic it initializes
+      bool fill = false;
+      if (op.getNumDpsInputs() == 0 && op->hasOneUse()) {
+        mlir::OpOperand& use = *op->getUses().begin();
+        auto consumer = mlir::dyn_cast<mlir::linalg::GenericOp>(use.getOwner());
+        fill = consumer && consumer.isDpsInit(&use) && is_fill_for(use.get());
+      }
+      if (!fill) generics.push_back(op);
+    });
+  }
+  int index = 0;
+  for (mlir::linalg::GenericOp op : generics) outline(module, op, index++);
+  return index;
+}
+
+}  // namespace kiln::passes
