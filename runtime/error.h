@@ -47,6 +47,13 @@ class IrError : public Error {
   using Error::Error;
 };
 
+// kiln.jit(f, check=True): compiled and eager results differ beyond the
+// tolerance.
+class CheckError : public Error {
+ public:
+  using Error::Error;
+};
+
 template <class Kind = Error, class... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {
   throw Kind(fmt::format(format, std::forward<Args>(args)...));

@@ -1,5 +1,9 @@
 #include "tracer/compiled.h"
 
+#include <cmath>
+
+#include <fmt/format.h>
+
 #include "codegen/cpu_compiler.h"
 #include "eager/autograd.h"
 #include "tracer/ir_builder.h"
@@ -23,7 +27,7 @@ int CompiledFunction::num_host_ops() const { return static_cast<int>(code_->host
 const std::vector<std::string>& CompiledFunction::host_ops() const { return code_->host_ops(); }
 int64_t CompiledFunction::peak_intermediate_bytes() const { return code_->peak_intermediate_bytes(); }
 
-std::vector<Tensor> CompiledFunction::run(const std::vector<Tensor>& args) const {
+std::vector<Tensor> CompiledFunction::inputs_for(const std::vector<Tensor>& args) const {
   const Graph& g = fn_->graph;
   KILN_CHECK(args.size() == g.arguments.size(), ValueError, "{}: expected {} tensor arguments, got {}", g.name,
              g.arguments.size(), args.size());
@@ -38,7 +42,11 @@ std::vector<Tensor> CompiledFunction::run(const std::vector<Tensor>& args) const
   }
   std::vector<Tensor> inputs = args;
   inputs.insert(inputs.end(), fn_->captures.begin(), fn_->captures.end());
-  std::vector<Tensor> results = code_->run(inputs);
+  return inputs;
+}
+
+std::vector<Tensor> CompiledFunction::finish(std::vector<Tensor> results) const {
+  const Graph& g = fn_->graph;
   {
     NoGradGuard no_grad;
     for (size_t k = 0; k < g.writebacks.size(); ++k) {
@@ -51,6 +59,89 @@ std::vector<Tensor> CompiledFunction::run(const std::vector<Tensor>& args) const
     fn_->captures[wb.capture_index].set_grad(wb.value == kNoValue ? Tensor() : results[static_cast<size_t>(wb.value)]);
   results.resize(g.results.size() - fn_->grad_results);
   return results;
+}
+
+std::vector<Tensor> CompiledFunction::run(const std::vector<Tensor>& args) const {
+  return finish(code_->run(inputs_for(args)));
+}
+
+namespace {
+// Empty if `got` matches `want`; else what differs.
+std::string difference(const Tensor& got, const Tensor& want, double rtol, double atol) {
+  if (got.defined() != want.defined()) return "one of them is undefined";
+  if (!got.defined()) return {};
+  if (got.shape() != want.shape() || got.dtype() != want.dtype())
+    return fmt::format("compiled {} vs eager {}", type_str(type_of(got)), type_str(type_of(want)));
+  NoGradGuard no_grad;
+  Tensor g = got.to(DType::Float64).contiguous(), w = want.to(DType::Float64).contiguous();
+  bool exact = !is_floating(want.dtype());
+  for (int64_t i = 0; i < g.numel(); ++i) {
+    double a = g.data<double>()[i], b = w.data<double>()[i];
+    bool same = exact ? a == b
+                      : (std::isnan(b) ? std::isnan(a)
+                                       : (std::isinf(b) ? a == b : std::abs(a - b) <= atol + rtol * std::abs(b)));
+    if (!same)
+      return fmt::format("at flat index {} compiled {} vs eager {} (|diff| {:.3g}; rtol {}, atol {})", i, a, b,
+                         std::abs(a - b), rtol, atol);
+  }
+  return {};
+}
+}  // namespace
+
+bool CompiledFunction::comparable() const {
+  for (const GraphNode& node : fn_->graph.nodes)
+    if (node.op->stateful || !node.regions.empty()) return false;
+  return true;
+}
+
+std::vector<Tensor> CompiledFunction::run_checked(const std::vector<Tensor>& args, double rtol, double atol) const {
+  std::vector<Tensor> inputs = inputs_for(args);
+  std::vector<Tensor> compiled = code_->run(inputs);
+  if (!comparable()) return finish(std::move(compiled));
+  std::vector<Tensor> eager;
+  {
+    NoGradGuard no_grad;
+    eager = execute(fn_->graph, inputs);
+  }
+  for (size_t i = 0; i < eager.size(); ++i) {
+    std::string why = difference(compiled[i], eager[i], rtol, atol);
+    if (!why.empty()) {
+      const Graph& g = fn_->graph;
+      std::string which = i < g.results.size() ? fmt::format("result {}", i)
+                                               : fmt::format("the value written back into captured tensor {}",
+                                                             g.writebacks[i - g.results.size()].capture_index);
+      report_divergence(inputs, rtol, atol, fmt::format("{}: {}", which, why));
+    }
+  }
+  return finish(std::move(compiled));
+}
+
+void CompiledFunction::report_divergence(const std::vector<Tensor>& inputs, double rtol, double atol,
+                                         const std::string& fallback) const {
+  const Graph& g = fn_->graph;
+  if (!observed_)
+    observed_ = std::make_unique<codegen::CpuFunction>(
+        traced_ir(*fn_, "traced", {.locations = true, .observe_all = true}));
+  std::vector<Tensor> compiled = observed_->run(inputs);
+  std::vector<Tensor> eager;
+  {
+    NoGradGuard no_grad;
+    execute(g, inputs, &eager);
+  }
+  size_t k = g.results.size() + g.writebacks.size();
+  for (const GraphNode& node : g.nodes) {
+    for (ValueId id : node.outputs) {
+      std::string why = difference(compiled[k++], eager[id], rtol, atol);
+      if (!why.empty())
+        fail<CheckError>(
+            "{}: compiled and eager results differ, first at kiln.{} ({}): {}. Run without check=True to keep the "
+            "compiled result, or compile=False to run eagerly; please report it with the function's IR "
+            "(f.lower(*args).ir('traced')).",
+            g.name, node.op->name, node.location.empty() ? "unknown location" : node.location, why);
+    }
+  }
+  fail<CheckError>("{}: compiled and eager results differ in {} (no single op's result differs on its own)", g.name,
+                   fallback);
 }
 
 }  // namespace kiln

@@ -24,6 +24,15 @@ class CompiledFunction {
   // Same contract as TracedFunction::run (no gradients are recorded).
   std::vector<Tensor> run(const std::vector<Tensor>& args) const;
 
+  // run, shadowed by the graph executor (the eager kernels, op by op): if a
+  // result differs beyond |compiled - eager| <= atol + rtol * |eager| (NaNs
+  // where eager has NaNs), nothing is written back and CheckError names the
+  // first op whose compiled result differs, with its location. Functions
+  // with random ops are not compared (both runs would draw different
+  // numbers): comparable() says whether calls are compared.
+  std::vector<Tensor> run_checked(const std::vector<Tensor>& args, double rtol, double atol) const;
+  bool comparable() const;
+
   double compile_ms() const;
   int num_kernels() const;
   int num_host_ops() const;
@@ -31,8 +40,14 @@ class CompiledFunction {
   int64_t peak_intermediate_bytes() const;           // of the last call
 
  private:
+  std::vector<Tensor> inputs_for(const std::vector<Tensor>& args) const;
+  std::vector<Tensor> finish(std::vector<Tensor> results) const;
+  [[noreturn]] void report_divergence(const std::vector<Tensor>& inputs, double rtol, double atol,
+                                      const std::string& fallback) const;
+
   std::shared_ptr<const TracedFunction> fn_;
   std::unique_ptr<codegen::CpuFunction> code_;
+  mutable std::unique_ptr<codegen::CpuFunction> observed_;  // every intermediate kept (check mode)
 };
 
 }  // namespace kiln

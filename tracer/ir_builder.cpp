@@ -62,14 +62,18 @@ class Builder {
     context->loadDialect<mlir::func::FuncDialect, ir::KilnDialect>();
   }
 
-  mlir::OwningOpRef<mlir::ModuleOp> build(const TracedFunction& fn) {
+  mlir::OwningOpRef<mlir::ModuleOp> build(const TracedFunction& fn, bool observe_all = false) {
     const Graph& g = fn.graph;
+    std::vector<ValueId> observed;
+    if (observe_all)
+      for (const GraphNode& node : g.nodes) observed.insert(observed.end(), node.outputs.begin(), node.outputs.end());
     auto module = mlir::ModuleOp::create(b_.getUnknownLoc());
     std::vector<mlir::Type> arg_types, result_types;
     for (ValueId id : g.arguments) arg_types.push_back(type(g.values[id]));
     for (ValueId id : g.captures) arg_types.push_back(type(g.values[id]));
     for (ValueId id : g.results) result_types.push_back(type(g.values[id]));
     for (const auto& wb : g.writebacks) result_types.push_back(type(g.values[wb.value]));
+    for (ValueId id : observed) result_types.push_back(type(g.values[id]));
 
     b_.setInsertionPointToEnd(module.getBody());
     auto func = b_.create<mlir::func::FuncOp>(mlir::NameLoc::get(b_.getStringAttr(g.name)), g.name,
@@ -82,6 +86,9 @@ class Builder {
     for (size_t k = 0; k < g.writebacks.size(); ++k)
       func.setResultAttr(static_cast<unsigned>(g.results.size() + k), "kiln.writeback",
                          b_.getI64IntegerAttr(g.writebacks[k].capture_index));
+    size_t first_observed = g.results.size() + g.writebacks.size();
+    for (size_t k = 0; k < observed.size(); ++k)
+      func.setResultAttr(static_cast<unsigned>(first_observed + k), "kiln.observe", b_.getI64IntegerAttr(observed[k]));
 
     mlir::Block* entry = func.addEntryBlock();
     std::vector<mlir::Value> values(g.values.size());
@@ -93,6 +100,7 @@ class Builder {
     std::vector<mlir::Value> returned;
     for (ValueId id : g.results) returned.push_back(values[id]);
     for (const auto& wb : g.writebacks) returned.push_back(values[wb.value]);
+    for (ValueId id : observed) returned.push_back(values[id]);
     b_.create<mlir::func::ReturnOp>(func.getLoc(), returned);
     return module;
   }
@@ -183,9 +191,10 @@ void verify(mlir::ModuleOp module, const Diagnostics& diagnostics, std::string_v
     fail<IrError>("{}: the kiln IR does not verify:\n{}", what, diagnostics.text());
 }
 
-mlir::OwningOpRef<mlir::ModuleOp> build_verified(mlir::MLIRContext* context, const TracedFunction& fn) {
+mlir::OwningOpRef<mlir::ModuleOp> build_verified(mlir::MLIRContext* context, const TracedFunction& fn,
+                                                 bool observe_all = false) {
   Diagnostics diagnostics(context);
-  mlir::OwningOpRef<mlir::ModuleOp> module = Builder(context).build(fn);
+  mlir::OwningOpRef<mlir::ModuleOp> module = Builder(context).build(fn, observe_all);
   verify(*module, diagnostics, fn.graph.name);
   return module;
 }
@@ -214,7 +223,7 @@ std::string traced_ir(const TracedFunction& fn, std::string_view stage, const Ir
              "{}: no IR stage '{}'; the stages are 'traced', 'simplified', 'linalg', 'fused', 'bufferized', 'llvm'",
              fn.graph.name, stage);
   auto context = ir::make_context();
-  mlir::OwningOpRef<mlir::ModuleOp> module = build_verified(context.get(), fn);
+  mlir::OwningOpRef<mlir::ModuleOp> module = build_verified(context.get(), fn, options.observe_all);
   if (stage != "traced" && stage != "simplified")
     return codegen::compile_stage_ir(print(*module, {.locations = true}), stage, options.locations);
   if (stage == "simplified") passes::simplify(*module);

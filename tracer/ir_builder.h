@@ -26,6 +26,10 @@ inline constexpr const char* kIrStages[] = {"traced", "simplified", "linalg", "f
 struct IrPrintOptions {
   bool locations = true;  // print each op's file:line (as #loc aliases)
   bool generic = false;   // MLIR's generic op form instead of the kiln syntax
+  // Also return every op's results, in graph order, after the usual results
+  // (marked {kiln.observe = value id}): the compiled code then keeps each
+  // intermediate, which kiln.jit(f, check=True) compares with eager.
+  bool observe_all = false;
 };
 
 // The traced function as kiln-dialect text at `stage` (verified);

@@ -264,7 +264,7 @@ std::vector<Tensor> run_region_node(const GraphNode& node, const std::vector<Ten
 }
 }  // namespace
 
-std::vector<Tensor> execute(const Graph& graph, const std::vector<Tensor>& inputs) {
+std::vector<Tensor> execute(const Graph& graph, const std::vector<Tensor>& inputs, std::vector<Tensor>* all_values) {
   std::vector<Tensor> values(graph.values.size());
   size_t i = 0;
   for (ValueId id : graph.arguments) values[id] = inputs.at(i++);
@@ -281,6 +281,7 @@ std::vector<Tensor> execute(const Graph& graph, const std::vector<Tensor>& input
   for (ValueId id : graph.results) results.push_back(values[id]);
   // Values for the caller's write-backs ride after the results.
   for (const auto& wb : graph.writebacks) results.push_back(values[wb.value]);
+  if (all_values) *all_values = std::move(values);
   return results;
 }
 

@@ -43,7 +43,9 @@ struct TracedFunction {
 
 // Runs `graph` (a function or a region) on the eager kernels: its arguments
 // then its captures are bound to `inputs`; returns the results.
-std::vector<Tensor> execute(const Graph& graph, const std::vector<Tensor>& inputs);
+// `all_values`, if given, receives every value of the graph by ValueId.
+std::vector<Tensor> execute(const Graph& graph, const std::vector<Tensor>& inputs,
+                            std::vector<Tensor>* all_values = nullptr);
 
 // A traced region function: given symbolic arguments, returns its results.
 using RegionFn = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;

@@ -310,3 +310,4 @@ from . import nn, optim, data  # noqa: E402,F401
 from .jit import jit, config, cond, while_loop, print, ir_parse  # noqa: E402,F401,A001
 TraceError = _C.TraceError
 IrError = _C.IrError
+CheckError = _C.CheckError

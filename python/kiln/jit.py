@@ -217,13 +217,19 @@ def _arguments(args, kwargs):
 class JitFunction:
     """A function traced once per signature and then run as a graph. Made by :func:`jit`."""
 
-    def __init__(self, fn, dynamic=None, max_traces=8, policy="generalize", compile=False):
+    def __init__(self, fn, dynamic=None, max_traces=8, policy="generalize", compile=False, check=False):
         if policy not in ("generalize", "warn", "error"):
             raise ValueError(f"kiln.jit: policy must be 'generalize', 'warn' or 'error', got {policy!r}")
         self.fn = fn
         self.max_traces = max_traces
         self.policy = policy
-        self.compile = bool(compile)
+        if check is True:
+            check = {}
+        if check is not False and (not isinstance(check, dict) or set(check) - {"rtol", "atol"}):
+            raise ValueError("kiln.jit: check must be True, False or a dict with 'rtol' and/or 'atol', "
+                             f"got {check!r}")
+        self.check = None if check is False else {"rtol": 1e-4, "atol": 1e-5, **check}
+        self.compile = bool(compile) or self.check is not None
         self._dynamic_spec = dynamic
         self._dynamic = None  # leaf index -> set of dims, resolved on the first call
         self._entries = collections.OrderedDict()
@@ -254,6 +260,8 @@ class JitFunction:
         ``KILN_LOG=compile`` says which and why."""
         if not self.compile:
             return entry.traced.run
+        if os.environ.get("KILN_DUMP_IR"):
+            self._dump_ir(entry, os.environ["KILN_DUMP_IR"])
         reason = None
         if _C.is_grad_enabled() and any(isinstance(x, _C.Tensor) and x.requires_grad for x in leaves):
             reason = "an argument requires grad (compiled code does not record gradients yet)"
@@ -276,6 +284,12 @@ class JitFunction:
             sys.stderr.write(f"kiln.jit: {self.__name__}: {entry.compile_note}\n")
             for line in host:
                 sys.stderr.write(f"kiln.jit: {self.__name__}:   eager: {line}\n")
+        if self.check is not None:
+            if not compiled.comparable:
+                entry.compile_note += "; check=True cannot compare it (random ops or control flow)"
+                return compiled.run
+            rtol, atol = self.check["rtol"], self.check["atol"]
+            return lambda args: compiled.run_checked(args, rtol, atol)
         return compiled.run
 
     def _entry(self, structure, leaves, args, kwargs):
@@ -435,6 +449,21 @@ class JitFunction:
         builtins.print(text)
         return text
 
+    def _dump_ir(self, entry, root):
+        """KILN_DUMP_IR=dir: every stage of this variant, as dir/<name>-<variant>/<n>-<stage>.mlir."""
+        variant = list(self._entries.values()).index(entry) + 1 if entry in self._entries.values() else len(self._entries) + 1
+        folder = os.path.join(root, f"{self.__name__}-{variant}")
+        os.makedirs(folder, exist_ok=True)
+        for n, stage in enumerate(Lowered.STAGES):
+            try:
+                text = entry.traced.ir(stage, True, False)
+            except _C.KilnError as e:
+                text = f"// {stage}: {e}\n"
+            tmp = os.path.join(folder, f".{n}-{stage}.mlir.tmp")
+            with open(tmp, "w") as out:
+                out.write(text)
+            os.replace(tmp, os.path.join(folder, f"{n}-{stage}.mlir"))
+
     def stats(self):
         """Per traced variant (a list of dicts, in cache order): calls, trace and compile times,
         whether it runs compiled, kernels and eager ops per call (with the reason each op was not
@@ -558,17 +587,22 @@ def _returns_tuple(fn, operands):
     return False  # single-tensor branches return a tensor; tuples come back as tuples (len > 1)
 
 
-def jit(fn=None, *, dynamic=None, max_traces=8, policy="generalize", compile=False):
+def jit(fn=None, *, dynamic=None, max_traces=8, policy="generalize", compile=False, check=False):
     """Trace ``fn`` per signature and run the traced graph (see the module docstring).
 
     dynamic: dims that may change without a retrace: an int (that dim of every tensor argument),
       {argument name: dim or dims}, or a sequence per positional argument.
     max_traces, policy: after ``max_traces`` variants, 'warn' warns and 'error' raises; 'generalize'
       (default) makes a dim that changed between calls dynamic instead of tracing a new variant.
-    compile: opt-in (for now) native CPU code: a variant whose whole graph is elementwise ops on
-      static float32/float64 shapes, with no captured tensors, is compiled (linalg, fusion, LLVM);
-      any other variant runs on the graph executor. ``KILN_LOG=compile`` prints which and why.
+    compile: opt-in (for now) native CPU code: the ops that lower become fused, vectorized kernels
+      whose outer loops run on the thread pool (linalg, fusion, LLVM); the others (e.g. matmul, which
+      calls BLAS) run on the eager kernels between them. Variants with control flow run on the graph
+      executor. ``KILN_LOG=compile`` prints what was compiled and why each other op was not;
+      ``KILN_DUMP_IR=dir`` writes every stage's IR; ``f.stats()`` reports kernels per call and times.
+    check: True (or {"rtol": .., "atol": ..}; default 1e-4, 1e-5) compiles and also runs every
+      call on the eager kernels, raising kiln.CheckError that names the first op (and its line)
+      whose compiled result differs; nothing is written back then.
     """
     if fn is None:
-        return lambda f: jit(f, dynamic=dynamic, max_traces=max_traces, policy=policy, compile=compile)
-    return JitFunction(fn, dynamic=dynamic, max_traces=max_traces, policy=policy, compile=compile)
+        return lambda f: jit(f, dynamic=dynamic, max_traces=max_traces, policy=policy, compile=compile, check=check)
+    return JitFunction(fn, dynamic=dynamic, max_traces=max_traces, policy=policy, compile=compile, check=check)

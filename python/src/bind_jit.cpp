@@ -92,6 +92,12 @@ void bind_jit(py::module_& m) {
              py::gil_scoped_release no_gil;
              return f.run(args);
            })
+      .def("run_checked",
+           [](const CompiledFunction& f, const std::vector<Tensor>& args, double rtol, double atol) {
+             py::gil_scoped_release no_gil;
+             return f.run_checked(args, rtol, atol);
+           })
+      .def_property_readonly("comparable", &CompiledFunction::comparable)
       .def_property_readonly("compile_ms", &CompiledFunction::compile_ms)
       .def_property_readonly("num_kernels", &CompiledFunction::num_kernels)
       .def_property_readonly("host_ops", &CompiledFunction::host_ops)

@@ -442,6 +442,7 @@ void register_errors(py::module_& m) {
   static py::exception<Error> kiln_error(m, "KilnError", PyExc_RuntimeError);
   static py::exception<TraceError> trace_error(m, "TraceError", kiln_error.ptr());
   static py::exception<IrError> ir_error(m, "IrError", kiln_error.ptr());
+  static py::exception<CheckError> check_error(m, "CheckError", kiln_error.ptr());
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -459,6 +460,8 @@ void register_errors(py::module_& m) {
       trace_error(e.what());
     } catch (const IrError& e) {
       ir_error(e.what());
+    } catch (const CheckError& e) {
+      check_error(e.what());
     } catch (const Error& e) {
       kiln_error(e.what());
     }

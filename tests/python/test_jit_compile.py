@@ -8,9 +8,11 @@ polynomial approximations (a few ulp, so that loops vectorize), and LLVM may reo
 nothing else (no fast-math). Over chains of up to 10 ops that gives rtol = atol = 2e-5 for
 float32; float64 calls libm (or LLVM intrinsics) and agrees to 1e-12.
 
-Functions the compiler does not handle (reductions, captured tensors, other dtypes) fall
-back to the graph executor, and KILN_LOG=compile says why.
+Ops the compiler does not lower run on the eager kernels between the compiled kernels, and
+KILN_LOG=compile says which and why; check=True compares every call with eager.
 """
+import sys
+
 import numpy as np
 import pytest
 
@@ -237,3 +239,46 @@ def test_deep_shared_subexpressions_fuse_without_blowup():
     assert f.lower(x).ir("fused").count("linalg.generic") == 1
     np.testing.assert_allclose(f(x).numpy(), g(x).numpy(), rtol=1e-4, atol=1e-5)
     assert note(f).startswith("compiled")
+
+
+def test_check_mode_passes_within_tolerance_and_names_the_first_diverging_op():
+    x = kiln.from_numpy(np.random.default_rng(0).standard_normal((64, 33)).astype(np.float32))
+
+    def g(x):
+        y = x * 2.0
+        z = y.exp()  # compiled: a polynomial approximation; eager: libm
+        return z + 1.0
+
+    ok = kiln.jit(g, check=True)
+    np.testing.assert_allclose(ok(x).numpy(), g(x).numpy(), rtol=1e-5)
+    assert note(ok).startswith("compiled")
+    strict = kiln.jit(g, check={"rtol": 0.0, "atol": 0.0})
+    with pytest.raises(kiln.CheckError, match=r"first at kiln\.exp \(.*test_jit_compile\.py:\d+\)"):
+        strict(x)
+
+
+def test_check_mode_writes_nothing_back_when_results_differ():
+    p = kiln.from_numpy(np.linspace(-3, 3, 1000, dtype=np.float32))
+    before = p.numpy().copy()
+
+    def step(g):
+        with kiln.no_grad():
+            p.sub_(g.exp())
+
+    strict = kiln.jit(step, check={"rtol": 0.0, "atol": 0.0})
+    g = kiln.from_numpy(np.linspace(-2, 2, 1000, dtype=np.float32))
+    with pytest.raises(kiln.CheckError, match="kiln.exp"):
+        strict(g)
+    np.testing.assert_array_equal(p.numpy(), before)
+    kiln.jit(step, check=True)(g)
+    np.testing.assert_allclose(p.numpy(), before - np.exp(np.linspace(-2, 2, 1000, dtype=np.float32)), rtol=1e-5)
+
+
+def test_dump_ir_writes_every_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_DUMP_IR", str(tmp_path))
+    f = kiln.jit(lambda x: (x * 2).relu(), compile=True)
+    f(kiln.ones(4))
+    [folder] = list(tmp_path.iterdir())
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [f"{n}-{s}.mlir" for n, s in enumerate(sys.modules["kiln.jit"].Lowered.STAGES)]
+    assert "llvm.func" in (folder / names[-1]).read_text()
