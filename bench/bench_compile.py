@@ -54,26 +54,51 @@ GB = 1e9
 # ------------------------------------------------------------ kiln jit status
 
 def jit_status(f):
-    """(compiled: bool | None, note: str) for the variant(s) a jit function has run.
+    """(how, note) for the variant(s) a jit function has run; how is "compiled" (every op in
+    compiled kernels), "partly compiled" (kernels, with some ops left to the eager kernels between
+    them), "graph executor" (not compiled) or "?".
 
-    Reads the jit cache's per-variant note (what cache_report prints); if the private
-    attribute moves, falls back to parsing cache_report's text, so this keeps working as
-    jit.py evolves. None means "cannot tell"."""
-    notes = []
-    try:
-        notes = [e.compile_note or "" for e in f._entries.values()]
-    except AttributeError:
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):  # cache_report also prints
-            text = f.cache_report()
-        notes = [line for line in (text or buf.getvalue()).splitlines()[1:]]
-    if not notes:
-        return None, "no variant"
-    compiled = [("compiled in" in n) or ("loaded" in n and "not" not in n) for n in notes]
-    if all(compiled):
-        return True, "; ".join(n.split("; ")[-1] for n in notes)
-    note = next(n for n, c in zip(notes, compiled) if not c)
-    return False, note
+    Uses f.stats() where jit.py has it, else the jit cache's per-variant note (in which
+    "compiled" meant the whole graph), else cache_report's text: this keeps working as jit.py
+    evolves."""
+    if hasattr(f, "stats"):
+        hows, notes = [], []
+        for st in f.stats():
+            eager = st.get("eager_ops_per_call") or 0
+            if not st["compiled"]:
+                hows.append("graph executor")
+            elif eager:
+                hows.append("partly compiled")
+            else:
+                hows.append("compiled")
+            note = st.get("note") or ""
+            if st["compiled"] and eager:
+                note += " [eager: " + "; ".join(st.get("eager_ops") or []) + "]"
+            notes.append(note)
+    else:
+        try:
+            notes = [e.compile_note or "" for e in f._entries.values()]
+        except AttributeError:
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):  # cache_report also prints
+                text = f.cache_report()
+            notes = (text or buf.getvalue()).splitlines()[1:]
+        hows = ["compiled" if "compiled in" in n and "not compiled" not in n else "graph executor" for n in notes]
+    if not hows:
+        return "?", "no variant"
+    worst = min(hows, key=["graph executor", "partly compiled", "compiled"].index)
+    return worst, notes[hows.index(worst)]
+
+
+def kernels_cell(f):
+    """'3 kernels + 2 eager ops' from f.stats(), or '' where jit.py does not report it."""
+    if not hasattr(f, "stats"):
+        return ""
+    st = f.stats()
+    if not st or not st[0]["compiled"]:
+        return ""
+    k, e = st[0].get("kernels_per_call"), st[0].get("eager_ops_per_call") or 0
+    return f" ({k} kernel{'s' if k != 1 else ''}" + (f" + {e} eager op{'s' if e != 1 else ''})" if e else ")")
 
 
 def short_reason(note):
@@ -351,7 +376,8 @@ def child_main(workload):
         t0 = time.perf_counter()
         f(*args)
         warm.append(time.perf_counter() - t0)
-    compiled, note = jit_status(f)
+    how, note = jit_status(f)
+    compiled = how != "graph executor"
     try:
         trace_ms = next(iter(f._entries.values())).trace_ms
     except (AttributeError, StopIteration):
@@ -440,8 +466,8 @@ def main():
             if inner > 1:  # call-overhead rows: loop inside the timed callable
                 fns = {k: (lambda f: lambda: [f() for _ in range(inner)])(f) for k, f in fns.items()}
             stats = be.run_interleaved(fns, reps=reps, inner=inner, warmup=3)
-        compiled, note = jit_status(case.jitted)
-        rows.append((case, stats, compiled, note))
+        how, note = jit_status(case.jitted)
+        rows.append((case, stats, how, kernels_cell(case.jitted), note))
     bw_after = bandwidth(5 if quick else 11)
     bw_all = {k: max(bw_before[k], bw_after[k]) for k in bw_before}
     bw = max(bw_all.values())
@@ -467,7 +493,7 @@ def main():
              + f"; the best, **{bw:.1f} GB/s**, sets the BW limit column.", "",
              "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     notes = []
-    for case, stats, compiled, note in rows:
+    for case, stats, how, kernels, note in rows:
         unit = "ms"
         cells = [case.name + (" [µs/call]" if "chain" in case.name else "")]
         if "chain" in case.name:
@@ -475,8 +501,7 @@ def main():
         for fw in FW:
             cells.append(be.fmt_time(stats[fw], unit))
             if fw == "kiln jit":
-                cells.append("compiled" if compiled else ("?" if compiled is None else
-                                                          "graph executor: " + short_reason(note)))
+                cells.append(how + kernels if how != "graph executor" else how + ": " + short_reason(note))
         limit = case.nbytes / (bw * GB) if case.nbytes else None
         cells.insert(6, f"{limit * 1e3:.2f}" if limit else "—")
         for a, b in (("kiln jit", "kiln eager"), ("kiln jit", "torch.jit")):
@@ -484,8 +509,10 @@ def main():
             cells.append(f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f})")
         cells.append(f"{100 * limit / stats['kiln jit'].med:.0f}%" if limit else "—")
         lines.append("| " + " | ".join(cells) + " |")
-        if not compiled:
+        if how == "graph executor":
             notes.append(f"  - {case.name}, kiln jit: graph executor because {note.split('not compiled:')[-1].strip()}")
+        elif how != "compiled":
+            notes.append(f"  - {case.name}, kiln jit: {note}")
         groups = case.note.get("torch fusion groups") if case.note else None
         notes_ts = case.note.get("torch.jit") if case.note else None
         if notes_ts:
