@@ -73,7 +73,7 @@ def jit_status(f):
                 hows.append("compiled")
             note = st.get("note") or ""
             if st["compiled"] and eager:
-                note += " [eager: " + "; ".join(st.get("eager_ops") or []) + "]"
+                note += "; on the eager kernels: " + summarize_ops(st.get("eager_ops") or [])
             notes.append(note)
     else:
         try:
@@ -90,6 +90,19 @@ def jit_status(f):
     return worst, notes[hows.index(worst)]
 
 
+def summarize_ops(ops):
+    """['kiln.sum at f.py:3: why', 'kiln.sum at f.py:9: why', ...] -> 'kiln.sum ×2 (why), ...'."""
+    counts, why = {}, {}
+    for op in ops:
+        name = op.split(" ")[0].rstrip(":")
+        counts[name] = counts.get(name, 0) + 1
+        why.setdefault(name, re.sub(r"^\S+( at \S+:\d+)?:\s*", "", op))
+    reasons = set(why.values())
+    tail = f" (all: {reasons.pop()})" if len(reasons) == 1 else ""
+    return ", ".join(f"{n}" + (f" ×{c}" if c > 1 else "") + ("" if tail else f" ({why[n]})")
+                     for n, c in counts.items()) + tail
+
+
 def kernels_cell(f):
     """'3 kernels + 2 eager ops' from f.stats(), or '' where jit.py does not report it."""
     if not hasattr(f, "stats"):
@@ -98,6 +111,8 @@ def kernels_cell(f):
     if not st or not st[0]["compiled"]:
         return ""
     k, e = st[0].get("kernels_per_call"), st[0].get("eager_ops_per_call") or 0
+    if k == 0:  # compiled, but nothing in it lowered: the eager kernels run it all
+        return f": no kernels, {e} eager op{'s' if e != 1 else ''}"
     return f" ({k} kernel{'s' if k != 1 else ''}" + (f" + {e} eager op{'s' if e != 1 else ''})" if e else ")")
 
 
