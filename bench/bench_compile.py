@@ -502,7 +502,8 @@ def main():
              f"{os.getloadavg()[0]:.2f} at end; run took {elapsed:.0f} s; other processes used "
              f"{100 * other:.0f}% of the CPU time meanwhile.",
              f"- kiln {kiln.__version__} (git {be.git_rev()}), PyTorch {torch.__version__} (Debian, CPU), "
-             f"NumPy {np.__version__}; 2 threads each (OpenBLAS, OpenMP, kiln), OMP_WAIT_POLICY=PASSIVE.",
+             f"NumPy {np.__version__}; 2 threads each (OpenBLAS, OpenMP, kiln), OMP_WAIT_POLICY=PASSIVE; "
+             f"kiln imported from `{os.path.dirname(os.path.dirname(kiln.__file__))}`.",
              "- Memory bandwidth (NumPy, bytes read + written, 64 MiB arrays; best of before/after the rows): "
              + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw_all.items())
              + f"; the best, **{bw:.1f} GB/s**, sets the BW limit column.", "",
