@@ -67,6 +67,8 @@ def jit_status(f):
             eager = st.get("eager_ops_per_call") or 0
             if not st["compiled"]:
                 hows.append("graph executor")
+            elif st.get("kernels_per_call") == 0:  # compiled, but nothing lowered
+                hows.append("eager kernels only")
             elif eager:
                 hows.append("partly compiled")
             else:
@@ -86,7 +88,7 @@ def jit_status(f):
         hows = ["compiled" if "compiled in" in n and "not compiled" not in n else "graph executor" for n in notes]
     if not hows:
         return "?", "no variant"
-    worst = min(hows, key=["graph executor", "partly compiled", "compiled"].index)
+    worst = min(hows, key=["graph executor", "eager kernels only", "partly compiled", "compiled"].index)
     return worst, notes[hows.index(worst)]
 
 
@@ -112,7 +114,7 @@ def kernels_cell(f):
         return ""
     k, e = st[0].get("kernels_per_call"), st[0].get("eager_ops_per_call") or 0
     if k == 0:  # compiled, but nothing in it lowered: the eager kernels run it all
-        return f": no kernels, {e} eager op{'s' if e != 1 else ''}"
+        return " (" + summarize_ops(st[0].get("eager_ops") or []).split(" (all:")[0] + ")"
     return f" ({k} kernel{'s' if k != 1 else ''}" + (f" + {e} eager op{'s' if e != 1 else ''})" if e else ")")
 
 
@@ -440,7 +442,8 @@ def compile_lines(workload, label):
         disk_cell = disk_note
     else:
         disk_cell = (f"first call in a 2nd process {disk['first_ms']:.1f} ms − warm {disk['warm_ms']:.2f} ms = "
-                     f"**{disk['first_ms'] - disk['warm_ms']:.1f} ms** ({disk_note}"
+                     f"**{disk['first_ms'] - disk['warm_ms']:.1f} ms** (of which tracing "
+                     f"{disk['trace_ms'] or float('nan'):.1f} ms; {disk_note}"
                      + ("" if disk["compiled"] else "; that process did not run compiled code") + ")")
     return [f"- Cold compile, {label} (fresh process, empty KILN_CACHE_DIR): {cold_cell}.",
             f"- Disk-cache load, {label} (second process, same KILN_CACHE_DIR): {disk_cell}."]
