@@ -5,6 +5,8 @@
 #   bench/run.sh [--quick] [--no-save] [--out FILE]
 #   bench/run.sh --train [--quick] [--no-save]   (training steps: bench_train.py)
 #   bench/run.sh --jit [--quick] [--no-save]     (kiln.jit overheads: bench_jit.py)
+#   bench/run.sh --compile [--quick] [--no-save] (kiln.jit(compile=True) vs eager, PyTorch, TorchScript
+#                                                 and the memory-bandwidth limit: bench_compile.py)
 #
 # Needs ./build configured (scripts/build.sh does it); this script never
 # reconfigures it. KILN_BUILD_JOBS sets the build parallelism (default: nproc).
@@ -34,6 +36,10 @@ export OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OMP_WAIT_POLIC
 if [[ "${1:-}" == "--jit" ]]; then
   shift
   PYTHONPATH="python${PYTHONPATH:+:$PYTHONPATH}" exec /usr/bin/python3 bench/bench_jit.py "$@"
+fi
+if [[ "${1:-}" == "--compile" ]]; then
+  shift
+  PYTHONPATH="python${PYTHONPATH:+:$PYTHONPATH}" exec /usr/bin/python3 bench/bench_compile.py "$@"
 fi
 if [[ "${1:-}" == "--train" ]]; then
   shift
