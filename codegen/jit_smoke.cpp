@@ -201,7 +201,7 @@ struct ObjectFields {
   std::string_view target, functions, elf;
 };
 
-std::optional<ObjectFields> parse_object(std::string_view object) {
+std::optional<ObjectFields> try_parse_object(std::string_view object) {
   if (object.size() < kObjectMagic.size() + 8 || !object.starts_with(kObjectMagic))
     return std::nullopt;
   uint64_t checksum;
@@ -222,6 +222,15 @@ std::optional<ObjectFields> parse_object(std::string_view object) {
   if (!field(fields.target) || !field(fields.functions) || !field(fields.elf) || !rest.empty())
     return std::nullopt;
   return fields;
+}
+
+ObjectFields parse_object(std::string_view object) {
+  auto fields = try_parse_object(object);
+  if (!fields)
+    fail<JitError>("kiln::codegen: not a valid kiln object ({} bytes: truncated, corrupt or not "
+                   "from compile_object); compile the module again",
+                   object.size());
+  return *fields;
 }
 
 // The names registered with register_host_symbol.
@@ -294,6 +303,8 @@ std::string host_target_id() {
   }();
   return id;
 }
+
+std::string_view object_elf(std::string_view object) { return parse_object(object).elf; }
 
 void register_host_symbol(std::string name, void* address) {
   auto& symbols = HostSymbols::get();
@@ -374,17 +385,13 @@ CpuJit CpuJit::from_object(std::string_view object) {
   initialize_native_target();
   auto impl = std::make_unique<Impl>();
   impl->object = std::string(object);
-  auto fields = parse_object(impl->object);
-  if (!fields)
-    fail<JitError>("kiln::codegen: not a valid kiln object ({} bytes: truncated, corrupt or not "
-                   "from compile_object); compile the module again",
-                   object.size());
-  if (fields->target != host_target_id())
+  ObjectFields fields = parse_object(impl->object);
+  if (fields.target != host_target_id())
     fail<JitError>("kiln::codegen: the object was compiled for '{}' but this host is '{}'; "
                    "compile the module again here",
-                   fields->target, host_target_id());
-  if (!fields->functions.empty())
-    for (auto name : llvm::split(ref(fields->functions), '\n')) impl->functions.push_back(name.str());
+                   fields.target, host_target_id());
+  if (!fields.functions.empty())
+    for (auto name : llvm::split(ref(fields.functions), '\n')) impl->functions.push_back(name.str());
 
   auto jit = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(host_builder()).create();
   if (!jit)
@@ -397,7 +404,7 @@ CpuJit CpuJit::from_object(std::string_view object) {
   impl->jit->getMainJITDylib().addGenerator(std::make_unique<HostSymbolGenerator>());
   // A copy, because the ELF parser wants the object aligned, which it is not
   // inside the envelope.
-  auto buffer = llvm::MemoryBuffer::getMemBufferCopy(ref(fields->elf), "kiln-object");
+  auto buffer = llvm::MemoryBuffer::getMemBufferCopy(ref(fields.elf), "kiln-object");
   if (auto error = impl->jit->addObjectFile(std::move(buffer)))
     fail<JitError>("kiln::codegen: the object does not load: {}", llvm::toString(std::move(error)));
   // Linking is lazy; do it now, so that an unresolved symbol is an error of

@@ -42,6 +42,11 @@ std::string host_target_id();
 // Throws JitError.
 std::string compile_object(std::string_view mlir_source);
 
+// The ELF relocatable object inside a kiln object (for linking an AOT
+// artifact or inspecting the code with objdump); throws JitError if
+// `object` is not a valid kiln object.
+std::string_view object_elf(std::string_view object);
+
 // Makes `address` the definition of `name` for generated code in every CpuJit
 // linked afterwards. Symbols also resolve against the process (libm, libc)
 // and against the shared library kiln itself is linked into, which Python

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -137,6 +138,11 @@ TEST_CASE("Object: compiled once, loaded without MLIR, runs like a fresh compile
   jit.call("_mlir_ciface_add", &ad, &bd, &outd);
   CHECK(out.back() == 17.5f);
 
+  std::string_view elf = kiln::codegen::object_elf(object);
+  CHECK(elf.starts_with("\x7f" "ELF"));
+  if (const char* dump = std::getenv("KILN_TEST_DUMP_ELF"))
+    std::ofstream(dump, std::ios::binary).write(elf.data(), elf.size());
+
   // The same bytes as the JIT that compiles: one code path.
   CHECK(CpuJit(kModule).object_code() == object);
 }
@@ -155,6 +161,11 @@ TEST_CASE("Object: the host target names the CPU and its features", "[mlir][cach
   std::string id = kiln::codegen::host_target_id();
   CHECK_THAT(id, Contains("x86_64") && Contains(";cpu=") && Contains("+sse2") && Contains(";llvm=19"));
   CHECK(id == kiln::codegen::host_target_id());
+  // All the host's features, so that AVX-512 code is generated where it runs.
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string info{std::istreambuf_iterator<char>(cpuinfo), std::istreambuf_iterator<char>()};
+  if (info.find(" avx512f") != std::string::npos) CHECK_THAT(id, Contains("+avx512f"));
+  if (info.find(" avx2") != std::string::npos) CHECK_THAT(id, Contains("+avx2"));
 }
 
 TEST_CASE("Object: corrupt bytes are a JitError, never a crash", "[mlir][cache]") {
