@@ -1,10 +1,18 @@
 #include "codegen/jit_smoke.h"
 
+#include <dlfcn.h>
+#include <llvm/Config/llvm-config.h>
 #include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
+#include <llvm/ExecutionEngine/Orc/LLJIT.h>
+#include <llvm/IR/IRBuilder.h>
+#include <llvm/IR/LegacyPassManager.h>
+#include <llvm/IR/Module.h>
+#include <llvm/ADT/StringExtras.h>
+#include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/TargetSelect.h>
 #include <llvm/Support/raw_ostream.h>
+#include <llvm/Support/xxhash.h>
 #include <llvm/Target/TargetMachine.h>
-#include <mlir/ExecutionEngine/ExecutionEngine.h>
 #include <mlir/ExecutionEngine/OptUtils.h>
 #include <mlir/IR/BuiltinOps.h>
 #include <mlir/IR/Diagnostics.h>
@@ -13,10 +21,15 @@
 #include <mlir/Parser/Parser.h>
 #include <mlir/Pass/PassManager.h>
 #include <mlir/Pass/PassRegistry.h>
+#include <mlir/Target/LLVMIR/Export.h>
 
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <utility>
 
 #include "ir/dialects.h"
@@ -122,21 +135,151 @@ void initialize_native_target() {
   (void)done;
 }
 
-// The host CPU with all its features (AVX-512 here), so that LLVM's
-// vectorizers see the real vector width. The JIT compiles with this machine
-// itself, so its codegen level is the one that counts.
-std::unique_ptr<llvm::TargetMachine> host_target_machine() {
+llvm::orc::JITTargetMachineBuilder host_builder() {
   auto builder = llvm::orc::JITTargetMachineBuilder::detectHost();
   if (!builder)
     fail<JitError>("kiln::codegen: detecting the host CPU failed: {}",
                    llvm::toString(builder.takeError()));
-  builder->setCodeGenOptLevel(llvm::CodeGenOptLevel::Default);
-  auto machine = builder->createTargetMachine();
+  return std::move(*builder);
+}
+
+// The host CPU with all its features (AVX-512 here), so that LLVM's
+// vectorizers see the real vector width. PIC, because the object is linked
+// wherever the JIT's memory lands, far from the process's own symbols.
+std::unique_ptr<llvm::TargetMachine> host_target_machine() {
+  auto builder = host_builder();
+  builder.setCodeGenOptLevel(llvm::CodeGenOptLevel::Default);
+  builder.setRelocationModel(llvm::Reloc::PIC_);
+  auto machine = builder.createTargetMachine();
   if (!machine)
     fail<JitError>("kiln::codegen: creating a target machine failed: {}",
                    llvm::toString(machine.takeError()));
   return std::move(*machine);
 }
+
+// What mlir::ExecutionEngine does privately (packFunctionArguments), so that
+// invoke_packed can call any function through one signature:
+// `_mlir_f(void** args)` loads each argument through args[i] and stores the
+// result through args[n].
+void add_packed_wrappers(llvm::Module& module) {
+  std::vector<llvm::Function*> defined;
+  for (llvm::Function& fn : module)
+    if (!fn.isDeclaration()) defined.push_back(&fn);
+  llvm::IRBuilder<> builder(module.getContext());
+  for (llvm::Function* fn : defined) {
+    auto* type = llvm::FunctionType::get(builder.getVoidTy(), builder.getPtrTy(), false);
+    auto* wrapper = llvm::Function::Create(type, llvm::GlobalValue::ExternalLinkage,
+                                           "_mlir_" + fn->getName(), module);
+    builder.SetInsertPoint(llvm::BasicBlock::Create(module.getContext(), "", wrapper));
+    llvm::Value* packed = wrapper->getArg(0);
+    auto slot = [&](uint64_t i) {
+      llvm::Value* at = builder.CreateGEP(builder.getPtrTy(), packed, builder.getInt64(i));
+      return builder.CreateLoad(builder.getPtrTy(), at);
+    };
+    std::vector<llvm::Value*> args;
+    for (llvm::Argument& arg : fn->args())
+      args.push_back(builder.CreateLoad(arg.getType(), slot(arg.getArgNo())));
+    llvm::Value* result = builder.CreateCall(fn, args);
+    if (!result->getType()->isVoidTy()) builder.CreateStore(result, slot(fn->arg_size()));
+    builder.CreateRetVoid();
+  }
+}
+
+// The kiln object envelope: magic (which carries the format version), then
+// the xxh3 of everything after it, then length-prefixed fields. The checksum
+// turns any corruption into an error before JITLink sees the bytes, and the
+// target id keeps an AVX-512 object off a host without AVX-512.
+constexpr std::string_view kObjectMagic{"KILNOBJ\x01", 8};
+
+void put_field(std::string& out, std::string_view field) {
+  uint64_t size = field.size();
+  out.append(reinterpret_cast<const char*>(&size), sizeof size);
+  out.append(field);
+}
+
+struct ObjectFields {
+  std::string_view target, functions, elf;
+};
+
+std::optional<ObjectFields> try_parse_object(std::string_view object) {
+  if (object.size() < kObjectMagic.size() + 8 || !object.starts_with(kObjectMagic))
+    return std::nullopt;
+  uint64_t checksum;
+  std::memcpy(&checksum, object.data() + kObjectMagic.size(), 8);
+  std::string_view rest = object.substr(kObjectMagic.size() + 8);
+  if (llvm::xxh3_64bits(ref(rest)) != checksum) return std::nullopt;
+  auto field = [&](std::string_view& into) {
+    uint64_t size;
+    if (rest.size() < sizeof size) return false;
+    std::memcpy(&size, rest.data(), sizeof size);
+    rest.remove_prefix(sizeof size);
+    if (rest.size() < size) return false;
+    into = rest.substr(0, size);
+    rest.remove_prefix(size);
+    return true;
+  };
+  ObjectFields fields;
+  if (!field(fields.target) || !field(fields.functions) || !field(fields.elf) || !rest.empty())
+    return std::nullopt;
+  return fields;
+}
+
+ObjectFields parse_object(std::string_view object) {
+  auto fields = try_parse_object(object);
+  if (!fields)
+    fail<JitError>("kiln::codegen: not a valid kiln object ({} bytes: truncated, corrupt or not "
+                   "from compile_object); compile the module again",
+                   object.size());
+  return *fields;
+}
+
+// The names registered with register_host_symbol.
+struct HostSymbols {
+  std::mutex mutex;
+  std::map<std::string, void*, std::less<>> table;
+  static HostSymbols& get() {
+    static HostSymbols* symbols = new HostSymbols;  // never destroyed: JITs may outlive statics
+    return *symbols;
+  }
+};
+
+// Python loads the extension that kiln is linked into with RTLD_LOCAL, so
+// the process-wide dlsym does not see kiln's own exported C functions; a
+// handle to that library does.
+void* kiln_library_handle() {
+  static void* handle = [] {
+    Dl_info info;
+    if (!dladdr(reinterpret_cast<void*>(&host_target_id), &info) || !info.dli_fname) return (void*)nullptr;
+    return dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  }();
+  return handle;
+}
+
+void* resolve_host_symbol(const std::string& name) {
+  {
+    auto& symbols = HostSymbols::get();
+    std::lock_guard lock(symbols.mutex);
+    if (auto it = symbols.table.find(name); it != symbols.table.end()) return it->second;
+  }
+  if (void* address = dlsym(RTLD_DEFAULT, name.c_str())) return address;
+  if (void* library = kiln_library_handle()) return dlsym(library, name.c_str());
+  return nullptr;
+}
+
+// Defines, on demand, the symbols an object needs from the host.
+class HostSymbolGenerator : public llvm::orc::DefinitionGenerator {
+ public:
+  llvm::Error tryToGenerate(llvm::orc::LookupState&, llvm::orc::LookupKind, llvm::orc::JITDylib& dylib,
+                            llvm::orc::JITDylibLookupFlags,
+                            const llvm::orc::SymbolLookupSet& symbols) override {
+    llvm::orc::SymbolMap found;
+    for (const auto& [name, flags] : symbols)
+      if (void* address = resolve_host_symbol((*name).str()))
+        found[name] = {llvm::orc::ExecutorAddr::fromPtr(address), llvm::JITSymbolFlags::Exported};
+    if (found.empty()) return llvm::Error::success();
+    return dylib.define(llvm::orc::absoluteSymbols(std::move(found)));
+  }
+};
 
 }  // namespace
 
@@ -150,34 +293,129 @@ std::string lower_to_llvm_dialect(std::string_view mlir_source) {
   return text;
 }
 
-struct CpuJit::Impl {
-  std::unique_ptr<mlir::ExecutionEngine> engine;
-  std::vector<std::string> functions;
-};
+std::string host_target_id() {
+  static const std::string id = [] {
+    auto builder = host_builder();
+    std::vector<std::string> features = builder.getFeatures().getFeatures();
+    std::sort(features.begin(), features.end());
+    return fmt::format("{};cpu={};features={};llvm={}", builder.getTargetTriple().str(),
+                       builder.getCPU(), fmt::join(features, ","), LLVM_VERSION_STRING);
+  }();
+  return id;
+}
 
-CpuJit::CpuJit(std::string_view mlir_source) : impl_(std::make_unique<Impl>()) {
+std::string_view object_elf(std::string_view object) { return parse_object(object).elf; }
+
+void register_host_symbol(std::string name, void* address) {
+  auto& symbols = HostSymbols::get();
+  std::lock_guard lock(symbols.mutex);
+  symbols.table[std::move(name)] = address;
+}
+
+std::string compile_object(std::string_view mlir_source) {
   initialize_native_target();
-  // The context only lives through compilation: the engine owns its own
-  // LLVM module and context.
   auto context = ir::make_context();
   DiagnosticCapture diags(*context);
   auto module = parse_and_lower(*context, mlir_source, diags);
-  for (auto fn : module->getOps<mlir::FunctionOpInterface>())
-    if (!fn.isExternal()) impl_->functions.push_back(fn.getName().str());
-  std::sort(impl_->functions.begin(), impl_->functions.end());
+
+  llvm::LLVMContext llvm_context;
+  auto llvm_module = mlir::translateModuleToLLVMIR(*module, llvm_context, "kiln");
+  if (!llvm_module)
+    fail<JitError>("kiln::codegen: translating the llvm dialect to LLVM IR failed:\n{}",
+                   diags.take());
+  // Static constructors would need the JIT platform's initializer support,
+  // which a linked object does not get; nothing kiln generates has them.
+  if (llvm_module->getNamedGlobal("llvm.global_ctors"))
+    fail<JitError>("kiln::codegen: the module has global constructors, which the object JIT "
+                   "does not run; initialize globals from an explicit init function instead");
+  std::vector<std::string> functions;
+  for (llvm::Function& fn : *llvm_module)
+    if (!fn.isDeclaration()) functions.push_back(fn.getName().str());
+  std::sort(functions.begin(), functions.end());
 
   auto machine = host_target_machine();
-  // The optimizer runs inside create(), after the engine has taken ownership
-  // of `machine`; the raw pointer stays valid.
+  llvm_module->setDataLayout(machine->createDataLayout());
+  llvm_module->setTargetTriple(machine->getTargetTriple().getTriple());
+  add_packed_wrappers(*llvm_module);
   auto optimize = mlir::makeOptimizingTransformer(kOptLevel, /*sizeLevel=*/0, machine.get());
-  mlir::ExecutionEngineOptions options;
-  options.transformer = optimize;
-  options.jitCodeGenOptLevel = llvm::CodeGenOptLevel::Default;
-  auto engine = mlir::ExecutionEngine::create(*module, options, std::move(machine));
-  if (!engine)
-    fail<JitError>("kiln::codegen: JIT compilation failed: {}\n{}",
-                   llvm::toString(engine.takeError()), diags.take());
-  impl_->engine = std::move(*engine);
+  if (auto error = optimize(llvm_module.get()))
+    fail<JitError>("kiln::codegen: optimizing the LLVM IR failed: {}",
+                   llvm::toString(std::move(error)));
+
+  llvm::SmallVector<char, 0> elf;
+  llvm::raw_svector_ostream elf_os(elf);
+  llvm::legacy::PassManager codegen;
+  if (machine->addPassesToEmitFile(codegen, elf_os, nullptr, llvm::CodeGenFileType::ObjectFile))
+    fail<JitError>("kiln::codegen: the host target machine cannot emit object files");
+  codegen.run(*llvm_module);
+
+  std::string body;
+  put_field(body, host_target_id());
+  put_field(body, fmt::format("{}", fmt::join(functions, "\n")));
+  put_field(body, {elf.data(), elf.size()});
+  uint64_t checksum = llvm::xxh3_64bits(llvm::StringRef(body));
+  std::string object(kObjectMagic);
+  object.append(reinterpret_cast<const char*>(&checksum), sizeof checksum);
+  return object + body;
+}
+
+// ORC reports why linking failed (an undefined symbol, say) to the session,
+// not to the lookup that triggered it, and would print it to stderr.
+struct LinkErrors {
+  std::mutex mutex;
+  std::string text;
+};
+
+struct CpuJit::Impl {
+  std::string object;
+  std::vector<std::string> functions;
+  std::shared_ptr<LinkErrors> link_errors = std::make_shared<LinkErrors>();
+  std::unique_ptr<llvm::orc::LLJIT> jit;
+
+  std::string take_link_errors() {
+    std::lock_guard lock(link_errors->mutex);
+    return std::exchange(link_errors->text, {});
+  }
+};
+
+CpuJit::CpuJit(std::string_view mlir_source) : CpuJit(from_object(compile_object(mlir_source))) {}
+CpuJit::CpuJit(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CpuJit CpuJit::from_object(std::string_view object) {
+  initialize_native_target();
+  auto impl = std::make_unique<Impl>();
+  impl->object = std::string(object);
+  ObjectFields fields = parse_object(impl->object);
+  if (fields.target != host_target_id())
+    fail<JitError>("kiln::codegen: the object was compiled for '{}' but this host is '{}'; "
+                   "compile the module again here",
+                   fields.target, host_target_id());
+  if (!fields.functions.empty())
+    for (auto name : llvm::split(ref(fields.functions), '\n')) impl->functions.push_back(name.str());
+
+  auto jit = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(host_builder()).create();
+  if (!jit)
+    fail<JitError>("kiln::codegen: creating the JIT failed: {}", llvm::toString(jit.takeError()));
+  impl->jit = std::move(*jit);
+  impl->jit->getExecutionSession().setErrorReporter([errors = impl->link_errors](llvm::Error error) {
+    std::lock_guard lock(errors->mutex);
+    errors->text += llvm::toString(std::move(error)) + "\n";
+  });
+  impl->jit->getMainJITDylib().addGenerator(std::make_unique<HostSymbolGenerator>());
+  // A copy, because the ELF parser wants the object aligned, which it is not
+  // inside the envelope.
+  auto buffer = llvm::MemoryBuffer::getMemBufferCopy(ref(fields.elf), "kiln-object");
+  if (auto error = impl->jit->addObjectFile(std::move(buffer)))
+    fail<JitError>("kiln::codegen: the object does not load: {}", llvm::toString(std::move(error)));
+  // Linking is lazy; do it now, so that an unresolved symbol is an error of
+  // loading and not of some later call.
+  if (!impl->functions.empty()) {
+    auto linked = impl->jit->lookup("_mlir_" + impl->functions.front());
+    if (!linked)
+      fail<JitError>("kiln::codegen: linking the object failed: {}\n{}",
+                     llvm::toString(linked.takeError()), impl->take_link_errors());
+  }
+  return CpuJit(std::move(impl));
 }
 
 CpuJit::~CpuJit() = default;
@@ -186,12 +424,15 @@ CpuJit& CpuJit::operator=(CpuJit&&) noexcept = default;
 
 const std::vector<std::string>& CpuJit::functions() const { return impl_->functions; }
 
+const std::string& CpuJit::object_code() const { return impl_->object; }
+
 void* CpuJit::lookup(std::string_view symbol) const {
-  auto address = impl_->engine->lookup(ref(symbol));
+  auto address = impl_->jit->lookup(ref(symbol));
   if (!address)
-    fail<JitError>("kiln::codegen: no symbol '{}' in the JIT module ({}); functions: {}", symbol,
-                   llvm::toString(address.takeError()), fmt::join(impl_->functions, ", "));
-  return *address;
+    fail<JitError>("kiln::codegen: no symbol '{}' in the JIT module ({}{}); functions: {}", symbol,
+                   llvm::toString(address.takeError()), impl_->take_link_errors(),
+                   fmt::join(impl_->functions, ", "));
+  return address->toPtr<void*>();
 }
 
 void CpuJit::invoke_packed(std::string_view name, std::span<void*> args) const {
@@ -200,9 +441,8 @@ void CpuJit::invoke_packed(std::string_view name, std::span<void*> args) const {
   if (!std::binary_search(impl_->functions.begin(), impl_->functions.end(), name))
     fail<JitError>("kiln::codegen: no function '{}' in the JIT module; functions: {}", name,
                    fmt::join(impl_->functions, ", "));
-  if (auto error = impl_->engine->invokePacked(ref(name), {args.data(), args.size()}))
-    fail<JitError>("kiln::codegen: calling '{}' failed: {}", name,
-                   llvm::toString(std::move(error)));
+  auto* wrapper = reinterpret_cast<void (*)(void**)>(lookup(fmt::format("_mlir_{}", name)));
+  wrapper(args.data());
 }
 
 }  // namespace kiln::codegen

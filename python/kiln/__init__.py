@@ -308,6 +308,7 @@ from .autograd import no_grad, enable_grad, set_grad_enabled, is_grad_enabled, v
 from .autograd import grad_of as grad  # noqa: E402,F401  (JAX's kiln.grad(f); torch's is kiln.autograd.grad)
 from . import nn, optim, data  # noqa: E402,F401
 from .jit import jit, config, cond, while_loop, print, ir_parse  # noqa: E402,F401,A001
+from . import cache  # noqa: E402,F401  (kiln.cache.clear(), .dir(), .stats())
 TraceError = _C.TraceError
 IrError = _C.IrError
 CheckError = _C.CheckError

@@ -482,4 +482,5 @@ PYBIND11_MODULE(_C, m) {
   bind_nn(m);          // bind_nn.cpp: safetensors and state helpers
   bind_optim(m);       // bind_optim.cpp: the optimizers' update steps
   bind_jit(m);         // bind_jit.cpp: the tracer behind kiln.jit
+  bind_cache(m);       // bind_cache.cpp: the compile cache behind kiln.cache
 }
