@@ -1,6 +1,9 @@
 #include "codegen/cpu_compiler.h"
 
 #include <algorithm>
+#include <dlfcn.h>
+#include <sys/stat.h>
+
 #include <fmt/format.h>
 #include <chrono>
 #include <utility>
@@ -41,6 +44,9 @@
 #include "ir/dialects.h"
 #include "passes/lower_to_linalg.h"
 #include "passes/outline_kernels.h"
+#include "codegen/disk_cache.h"
+#include "codegen/program_io.h"
+#include "runtime/version.h"
 #include "passes/simplify.h"
 
 namespace kiln::codegen {
@@ -62,6 +68,8 @@ class Diagnostics {
   std::string text_;
   mlir::ScopedDiagnosticHandler handler_;
 };
+
+std::string compiler_id();
 
 int stage_index(std::string_view stage) {
   for (int i = 0; i < 4; ++i)
@@ -114,9 +122,15 @@ struct Compilation {
     if (mlir::failed(pm.run(*module))) fail<JitError>("kiln::codegen: {} failed:\n{}", what, diags.take());
   }
 
+  bool simplified = false;
+  void simplify() {
+    if (!simplified) passes::simplify(*module);
+    simplified = true;
+  }
+
   // Runs stages 0..last (kCompileStages), after simplification.
   void to(int last) {
-    passes::simplify(*module);
+    simplify();
     for (const passes::NotLowered& op : passes::lower_to_linalg(*module))
       host_ops.push_back(fmt::format("{} at {}: {}", op.op, op.location, op.reason));
     if (last == 0) return;
@@ -289,6 +303,15 @@ struct Compilation {
     run(pm, "lowering to the llvm dialect");
   }
 
+  // What compiled code depends on: the simplified IR (with the locations
+  // that name kernels), the host, the compiler and its options.
+  CacheKey cache_key() {
+    return CacheKey{{{"ir", print(true)},
+                     {"target", host_target_id()},
+                     {"kiln", compiler_id()},
+                     {"options", "cpu; O2; fuse-elementwise; outer-loop tiles"}}};
+  }
+
   std::string print(bool locations) {
     mlir::OpPrintingFlags flags;
     if (locations) flags.enableDebugInfo(true, false);
@@ -313,24 +336,81 @@ struct CpuFunction::Impl {
   std::vector<std::string> host_ops;
   std::optional<CpuJit> jit;
   double compile_ms = 0;
+  bool from_cache = false;
   mutable std::atomic<int64_t> peak_bytes{0};
 };
 
+namespace {
+// Identifies the compiler that produced cached code: kiln's version and the
+// binary the compiler is linked into (its size and modification time), so a
+// rebuilt compiler never loads its predecessor's code.
+std::string compiler_id() {
+  static const std::string id = [] {
+    std::string binary = "unknown";
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void*>(&compiler_id), &info) && info.dli_fname) {
+      struct stat st {};
+      if (::stat(info.dli_fname, &st) == 0)
+        binary = fmt::format("{}:{}:{}.{}", info.dli_fname, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+    }
+    return fmt::format("kiln {}; {}", kKilnVersion, binary);
+  }();
+  return id;
+}
+
+// A cache entry: the schedule, then the kernels' object code.
+std::string pack(const Program& program, const std::vector<std::string>& notes, std::string_view object) {
+  std::string schedule = serialize_program(program, notes);
+  std::string blob = fmt::format("{:016x}", schedule.size());
+  blob += schedule;
+  blob += object;
+  return blob;
+}
+}  // namespace
+
+CacheKey cpu_cache_key(std::string_view kiln_module) {
+  Compilation c(kiln_module);
+  c.simplify();
+  return c.cache_key();
+}
+
 CpuFunction::CpuFunction(std::string_view kiln_module) : impl_(std::make_unique<Impl>()) {
   auto start = std::chrono::steady_clock::now();
-  std::string llvm_text;
-  {
-    Compilation c(kiln_module);
-    c.to(3);
-    impl_->program = std::move(c.program);
-    impl_->host_ops = std::move(c.host_ops);
-    if (!impl_->program.kernels.empty()) llvm_text = c.print(false);
+  auto elapsed_ms = [&] {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  };
+  Compilation c(kiln_module);
+  c.simplify();
+  CacheKey key = c.cache_key();
+  DiskCache& cache = DiskCache::instance();
+  if (std::optional<std::string> blob = cache.load(key)) {
+    try {
+      size_t n = blob->size() >= 16 ? std::stoull(blob->substr(0, 16), nullptr, 16) : blob->size();
+      KILN_CHECK(blob->size() >= 16 + n, Error, "truncated entry");
+      impl_->program = deserialize_program(std::string_view(*blob).substr(16, n), impl_->host_ops);
+      if (!impl_->program.kernels.empty()) impl_->jit.emplace(CpuJit::from_object(std::string_view(*blob).substr(16 + n)));
+      for (Kernel& k : impl_->program.kernels) k.address = impl_->jit->lookup("_mlir_ciface_" + k.symbol);
+      impl_->from_cache = true;
+      impl_->compile_ms = elapsed_ms();
+      return;
+    } catch (const std::exception&) {
+      // An entry this build cannot use: compile afresh and overwrite it.
+      impl_->program = {};
+      impl_->host_ops.clear();
+      impl_->jit.reset();
+    }
   }
-  if (!llvm_text.empty()) {
-    impl_->jit.emplace(llvm_text);
+  c.to(3);
+  impl_->program = std::move(c.program);
+  impl_->host_ops = std::move(c.host_ops);
+  std::string object;
+  if (!impl_->program.kernels.empty()) {
+    object = compile_object(c.print(false));
+    impl_->jit.emplace(CpuJit::from_object(object));
     for (Kernel& k : impl_->program.kernels) k.address = impl_->jit->lookup("_mlir_ciface_" + k.symbol);
   }
-  impl_->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  cache.store(key, pack(impl_->program, impl_->host_ops, object));
+  impl_->compile_ms = elapsed_ms();
 }
 
 CpuFunction::~CpuFunction() = default;
@@ -341,6 +421,7 @@ const Program& CpuFunction::program() const { return impl_->program; }
 const std::vector<std::string>& CpuFunction::host_ops() const { return impl_->host_ops; }
 int CpuFunction::num_kernels() const { return static_cast<int>(impl_->program.kernels.size()); }
 double CpuFunction::compile_ms() const { return impl_->compile_ms; }
+bool CpuFunction::from_cache() const { return impl_->from_cache; }
 int64_t CpuFunction::peak_intermediate_bytes() const { return impl_->peak_bytes.load(); }
 
 std::vector<Tensor> CpuFunction::run(const std::vector<Tensor>& inputs) const {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "codegen/cpu_program.h"
+#include "codegen/disk_cache.h"
 #include "codegen/jit_smoke.h"
 
 namespace kiln::codegen {
@@ -30,6 +31,9 @@ inline constexpr const char* kCompileStages[] = {"linalg", "fused", "bufferized"
 // holds the kernels only (the schedule is the entry function of "fused").
 std::string compile_stage_ir(std::string_view kiln_module, std::string_view stage, bool locations = true);
 
+// The disk-cache key of `kiln_module`'s compiled code (kiln.cache.explain_miss).
+CacheKey cpu_cache_key(std::string_view kiln_module);
+
 class CpuFunction {
  public:
   // Compiles; NotCompilable for what the compiler refuses, JitError or
@@ -46,7 +50,8 @@ class CpuFunction {
   // One line per op left to the eager kernels: "kiln.matmul at net.py:3: not an elementwise op".
   const std::vector<std::string>& host_ops() const;
   int num_kernels() const;
-  double compile_ms() const;
+  double compile_ms() const;  // or the time to load it from the disk cache
+  bool from_cache() const;    // loaded from the disk cache (codegen/disk_cache.h): no MLIR or LLVM ran
   int64_t peak_intermediate_bytes() const;  // of the last run
 
  private:

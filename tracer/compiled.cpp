@@ -22,6 +22,11 @@ CompiledFunction::CompiledFunction(std::shared_ptr<const TracedFunction> fn) : f
 CompiledFunction::~CompiledFunction() = default;
 
 double CompiledFunction::compile_ms() const { return code_->compile_ms(); }
+bool CompiledFunction::from_cache() const { return code_->from_cache(); }
+
+std::vector<std::pair<std::string, std::string>> compiled_cache_key(const TracedFunction& fn) {
+  return codegen::cpu_cache_key(traced_ir(fn, "traced", {.locations = true})).parts;
+}
 int CompiledFunction::num_kernels() const { return code_->num_kernels(); }
 int CompiledFunction::num_host_ops() const { return static_cast<int>(code_->host_ops().size()); }
 const std::vector<std::string>& CompiledFunction::host_ops() const { return code_->host_ops(); }

@@ -16,6 +16,9 @@ namespace codegen {
 class CpuFunction;
 }
 
+// The disk-cache key of fn's compiled code, as (part, value) pairs.
+std::vector<std::pair<std::string, std::string>> compiled_cache_key(const TracedFunction& fn);
+
 class CompiledFunction {
  public:
   explicit CompiledFunction(std::shared_ptr<const TracedFunction> fn);
@@ -33,7 +36,8 @@ class CompiledFunction {
   std::vector<Tensor> run_checked(const std::vector<Tensor>& args, double rtol, double atol) const;
   bool comparable() const;
 
-  double compile_ms() const;
+  double compile_ms() const;  // or the disk-cache load time
+  bool from_cache() const;
   int num_kernels() const;
   int num_host_ops() const;
   const std::vector<std::string>& host_ops() const;  // "kiln.matmul at net.py:3: why"

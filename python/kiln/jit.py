@@ -278,7 +278,8 @@ class JitFunction:
             return entry.traced.run
         entry.compiled = compiled
         host = compiled.host_ops
-        entry.compile_note = (f"compiled in {compiled.compile_ms:.1f} ms: {compiled.num_kernels} kernel(s)"
+        how = "loaded from the disk cache" if compiled.from_cache else "compiled"
+        entry.compile_note = (f"{how} in {compiled.compile_ms:.1f} ms: {compiled.num_kernels} kernel(s)"
                               + (f", {len(host)} op(s) on the eager kernels" if host else ""))
         if log:
             sys.stderr.write(f"kiln.jit: {self.__name__}: {entry.compile_note}\n")
@@ -464,6 +465,12 @@ class JitFunction:
                 out.write(text)
             os.replace(tmp, os.path.join(folder, f"{n}-{stage}.mlir"))
 
+    def _cache_key(self, *args, **kwargs):
+        """The disk-cache key of the compiled code for these arguments (kiln.cache.explain_miss)."""
+        structure, leaves = _arguments(args, kwargs)
+        entry = self._entry(structure, leaves, args, kwargs)
+        return _C._compiled_cache_key(entry.traced)
+
     def stats(self):
         """Per traced variant (a list of dicts, in cache order): calls, trace and compile times,
         whether it runs compiled, kernels and eager ops per call (with the reason each op was not
@@ -477,6 +484,7 @@ class JitFunction:
                 "trace_ms": entry.trace_ms,
                 "compiled": c is not None,
                 "compile_ms": c.compile_ms if c else None,
+                "from_disk_cache": c.from_cache if c else False,
                 "kernels_per_call": c.num_kernels if c else 0,
                 "eager_ops_per_call": len(c.host_ops) if c else entry.traced.num_ops,
                 "eager_ops": list(c.host_ops) if c else [],

@@ -99,9 +99,14 @@ void bind_jit(py::module_& m) {
            })
       .def_property_readonly("comparable", &CompiledFunction::comparable)
       .def_property_readonly("compile_ms", &CompiledFunction::compile_ms)
+      .def_property_readonly("from_cache", &CompiledFunction::from_cache)
       .def_property_readonly("num_kernels", &CompiledFunction::num_kernels)
       .def_property_readonly("host_ops", &CompiledFunction::host_ops)
       .def_property_readonly("peak_intermediate_bytes", &CompiledFunction::peak_intermediate_bytes);
+  m.def("_compiled_cache_key", [](const TracedFunction& f) {
+    py::gil_scoped_release no_gil;
+    return compiled_cache_key(f);
+  });
   m.def(
       "_ir_reprint",
       [](py::bytes source, bool locations, bool generic) {

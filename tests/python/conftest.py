@@ -19,6 +19,15 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "python"))
 
+# Compiled code goes to a cache of this run, not the user's ~/.cache/kiln
+# (read once, when the cache is first used).
+if "KILN_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+    os.environ["KILN_CACHE_DIR"] = tempfile.mkdtemp(prefix="kiln-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["KILN_CACHE_DIR"], True)
+
 import kiln  # noqa: E402
 import torch  # noqa: E402
 
