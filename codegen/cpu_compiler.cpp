@@ -43,6 +43,7 @@
 #include "ir/dialect.h"
 #include "ir/dialects.h"
 #include "passes/lower_to_linalg.h"
+#include "passes/decompose.h"
 #include "passes/outline_kernels.h"
 #include "codegen/disk_cache.h"
 #include "codegen/program_io.h"
@@ -72,9 +73,10 @@ class Diagnostics {
 std::string compiler_id();
 
 int stage_index(std::string_view stage) {
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < 5; ++i)
     if (stage == kCompileStages[i]) return i;
-  fail<ValueError>("no compile stage '{}'; the stages are 'linalg', 'fused', 'bufferized', 'llvm'", stage);
+  fail<ValueError>("no compile stage '{}'; the stages are 'decomposed', 'linalg', 'fused', 'bufferized', 'llvm'",
+                   stage);
 }
 
 std::string where(mlir::Location loc) {
@@ -131,15 +133,17 @@ struct Compilation {
   // Runs stages 0..last (kCompileStages), after simplification.
   void to(int last) {
     simplify();
+    passes::decompose(*module);
+    if (last == 0) return;
     for (const passes::NotLowered& op : passes::lower_to_linalg(*module))
       host_ops.push_back(fmt::format("{} at {}: {}", op.op, op.location, op.reason));
-    if (last == 0) return;
+    if (last == 1) return;
     passes::fuse_elementwise(*module);
     passes::outline_kernels(*module);
-    if (last == 1) return;
+    if (last == 2) return;
     extract_program();
     bufferize();
-    if (last == 2) return;
+    if (last == 3) return;
     lower_to_llvm();
   }
 
@@ -400,7 +404,7 @@ CpuFunction::CpuFunction(std::string_view kiln_module) : impl_(std::make_unique<
       impl_->jit.reset();
     }
   }
-  c.to(3);
+  c.to(stage_index("llvm"));
   impl_->program = std::move(c.program);
   impl_->host_ops = std::move(c.host_ops);
   std::string object;

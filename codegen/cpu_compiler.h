@@ -1,6 +1,6 @@
 #pragma once
 // Compiling a kiln module (a traced function's IR) to native CPU code:
-//   simplified -> linalg -> fused (kernels outlined) -> bufferized -> llvm -> ORC JIT,
+//   simplified -> decomposed -> linalg -> fused (kernels outlined) -> bufferized -> llvm -> ORC JIT,
 // and running it. What lowers to linalg becomes kernels; every other op stays
 // a step that runs on the eager kernels (codegen/cpu_program.h), so any
 // function without control flow compiles. The header is free of MLIR/LLVM.
@@ -24,7 +24,7 @@ class NotCompilable : public JitError {
 };
 
 // The compiler's stages, after the kiln-level "traced" and "simplified".
-inline constexpr const char* kCompileStages[] = {"linalg", "fused", "bufferized", "llvm"};
+inline constexpr const char* kCompileStages[] = {"decomposed", "linalg", "fused", "bufferized", "llvm"};
 
 // `kiln_module` (text or bytecode of a kiln module with one func.func)
 // simplified and compiled up to `stage`, as text. From "bufferized" on it

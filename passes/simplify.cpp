@@ -3,7 +3,10 @@
 #include <mlir/IR/BuiltinOps.h>
 #include <mlir/IR/Diagnostics.h>
 #include <mlir/Pass/PassManager.h>
+#include <mlir/Transforms/GreedyPatternRewriteDriver.h>
 #include <mlir/Transforms/Passes.h>
+
+#include "passes/algebra.h"
 
 #include "runtime/error.h"
 
@@ -15,6 +18,10 @@ void simplify(mlir::ModuleOp module) {
     diagnostics += d.str() + "\n";
     return mlir::success();
   });
+  mlir::RewritePatternSet algebra(module.getContext());
+  populate_algebra_patterns(algebra);
+  if (mlir::failed(mlir::applyPatternsAndFoldGreedily(module, std::move(algebra))))
+    fail<IrError>("algebraic simplification did not converge:\n{}", diagnostics);
   mlir::PassManager pm(module.getContext());
   pm.addPass(mlir::createCanonicalizerPass());
   pm.addPass(mlir::createCSEPass());

@@ -1,5 +1,6 @@
 #pragma once
-// The "simplified" stage: canonicalization, which runs the kiln dialect's
+// The "simplified" stage: algebraic simplification (passes/algebra.h), then
+// canonicalization, which runs the kiln dialect's
 // folders (constant operands folded through the eager kernels, reshape-like
 // ops that change nothing removed) and removes dead pure ops, then CSE.
 // Ops with effects (random numbers, kiln.print) stay, in order.

@@ -501,7 +501,7 @@ class JitFunction:
 class Lowered:
     """A traced variant of a jit function, as its IR (made by :meth:`JitFunction.lower`)."""
 
-    STAGES = ("traced", "simplified", "linalg", "fused", "bufferized", "llvm")
+    STAGES = ("traced", "simplified", "decomposed", "linalg", "fused", "bufferized", "llvm")
 
     def __init__(self, name, entry):
         self.name = name
@@ -511,10 +511,12 @@ class Lowered:
         """The IR of ``stage`` as text: "traced" is the kiln dialect as recorded, each op located at
         the user's file:line; "simplified" after folding (constants through the eager kernels,
         no-op reshapes), dead-op removal and CSE. ``locations=False`` leaves the locations out;
-        ``generic=True`` prints MLIR's generic op form. The compiler's stages: "linalg" (elementwise
-        ops as linalg.generic on tensors), "fused" (elementwise fusion), "bufferized" (memrefs,
+        ``generic=True`` prints MLIR's generic op form. The compiler's stages: "decomposed" (composite
+        ops such as linear split into primitives), "linalg" (the ops that lower, as linalg.generic on
+        tensors; the others stay kiln ops and run on the eager kernels), "fused" (fusion, then each
+        kernel outlined into a function the schedule calls), "bufferized" (the kernels on memrefs,
         results as out-parameters), "llvm" (the llvm dialect); they raise kiln.KilnError for a
-        function the compiler does not handle yet, saying why."""
+        function the compiler does not handle (control flow), saying why."""
         if stage not in self.STAGES:
             raise ValueError(f"kiln.jit: {self.name}: no IR stage {stage!r}; the stages are "
                              f"{', '.join(map(repr, self.STAGES))} (traced graphs run on the eager kernels)")

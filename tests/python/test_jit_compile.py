@@ -282,3 +282,36 @@ def test_dump_ir_writes_every_stage(tmp_path, monkeypatch):
     names = sorted(p.name for p in folder.iterdir())
     assert names == [f"{n}-{s}.mlir" for n, s in enumerate(sys.modules["kiln.jit"].Lowered.STAGES)]
     assert "llvm.func" in (folder / names[-1]).read_text()
+
+
+def test_algebraic_simplification():
+    def g(x, y):
+        a = (x * 1.0 + 0.0) - 0.0
+        b = -(-a) / 1.0
+        c = b.permute(1, 0).permute(1, 0)  # back to x's layout: gone
+        d = y.permute(2, 0, 1).permute(2, 0, 1)  # composes to one permute (1, 2, 0)
+        return c * 2.0, d.reshape(6, 4).reshape(2, 12)
+    x = kiln.from_numpy(np.arange(6, dtype=np.float32).reshape(2, 3))
+    y = kiln.from_numpy(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    text = kiln.jit(g).lower(x, y).ir("simplified", locations=False)
+    assert "kiln.neg" not in text and "kiln.div" not in text and "kiln.add" not in text and "kiln.sub" not in text
+    assert text.count("kiln.mul") == 1 and text.count("kiln.permute") == 1 and "array<i64: 1, 2, 0>" in text
+    assert text.count("kiln.reshape") == 1
+    f = kiln.jit(g, compile=True)
+    for got, want in zip(f(x, y), g(x, y)):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_linear_is_decomposed_so_its_bias_fuses_with_the_activation():
+    import kiln.nn as knn
+    layer = knn.Linear(8, 5)
+    g = lambda x: kiln.nn.functional.relu(layer(x))  # noqa: E731
+    x = kiln.from_numpy(np.random.default_rng(3).standard_normal((6, 8)).astype(np.float32))
+    lowered = kiln.jit(g).lower(x)
+    assert "kiln.linear" in lowered.ir("simplified")
+    decomposed = lowered.ir("decomposed")
+    assert "kiln.linear" not in decomposed and "kiln.matmul" in decomposed and "kiln.permute" in decomposed
+    f = kiln.jit(g, compile=True)
+    with kiln.no_grad():
+        np.testing.assert_allclose(f(x).numpy(), g(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert f.stats()[0]["kernels_per_call"] == 1  # bias add + relu
