@@ -29,6 +29,7 @@
 #include <mlir/Dialect/Utils/StaticValueUtils.h>
 #include <mlir/Interfaces/SideEffectInterfaces.h>
 #include <mlir/Dialect/Linalg/Passes.h>
+#include <mlir/Dialect/Math/IR/Math.h>
 #include <mlir/Dialect/Math/Transforms/Approximation.h>
 #include <mlir/Dialect/Math/Transforms/Passes.h>
 #include <mlir/Dialect/MemRef/Transforms/Passes.h>
@@ -71,6 +72,42 @@ class Diagnostics {
 };
 
 std::string compiler_id();
+
+// float32 erf(x) as x * P(x^2) / Q(x^2) on x clamped to [-4, 4] (the
+// rational approximation of Eigen and XLA, max error ~1e-7): 13 FMAs and a
+// division, less than half the work of MLIR's piecewise polynomial, which
+// made gelu compute-bound.
+struct RationalErf : mlir::OpRewritePattern<mlir::math::ErfOp> {
+  using OpRewritePattern::OpRewritePattern;
+  mlir::LogicalResult matchAndRewrite(mlir::math::ErfOp op, mlir::PatternRewriter& rewriter) const override {
+    mlir::Type type = op.getType();
+    if (!mlir::getElementTypeOrSelf(type).isF32()) return mlir::failure();
+    mlir::Location loc = op.getLoc();
+    auto constant = [&](double v) -> mlir::Value {
+      mlir::Attribute a = rewriter.getF32FloatAttr(static_cast<float>(v));
+      if (auto shaped = mlir::dyn_cast<mlir::ShapedType>(type)) a = mlir::SplatElementsAttr::get(shaped, a);
+      return rewriter.create<mlir::arith::ConstantOp>(loc, mlir::cast<mlir::TypedAttr>(a));
+    };
+    auto fma = [&](mlir::Value a, mlir::Value b, mlir::Value c) -> mlir::Value {
+      return rewriter.create<mlir::math::FmaOp>(loc, a, b, c);
+    };
+    mlir::Value x = rewriter.create<mlir::arith::MinimumFOp>(loc, op.getOperand(), constant(4.0));
+    x = rewriter.create<mlir::arith::MaximumFOp>(loc, x, constant(-4.0));
+    mlir::Value x2 = rewriter.create<mlir::arith::MulFOp>(loc, x, x);
+    const double alpha[] = {-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                            -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                            -1.60960333262415e-02};
+    const double beta[] = {-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                           -7.37332916720468e-03, -1.42647390514189e-02};
+    mlir::Value p = constant(alpha[0]);
+    for (size_t i = 1; i < std::size(alpha); ++i) p = fma(p, x2, constant(alpha[i]));
+    p = rewriter.create<mlir::arith::MulFOp>(loc, x, p);
+    mlir::Value q = constant(beta[0]);
+    for (size_t i = 1; i < std::size(beta); ++i) q = fma(q, x2, constant(beta[i]));
+    rewriter.replaceOpWithNewOp<mlir::arith::DivFOp>(op, p, q);
+    return mlir::success();
+  }
+};
 
 int stage_index(std::string_view stage) {
   for (int i = 0; i < 5; ++i)
@@ -289,6 +326,7 @@ struct Compilation {
       // Polynomial approximations of exp, tanh, log, erf, sin, ... (float32),
       // so that the loops they sit in vectorize instead of calling libm.
       mlir::RewritePatternSet patterns(context.get());
+      patterns.add<RationalErf>(context.get(), /*benefit=*/2);
       mlir::populateMathPolynomialApproximationPatterns(patterns);
       if (mlir::failed(mlir::applyPatternsAndFoldGreedily(*module, std::move(patterns))))
         fail<JitError>("kiln::codegen: math approximation did not converge:\n{}", diags.take());
