@@ -1,15 +1,38 @@
 #pragma once
 // The "linalg" and "fused" stages.
 //
-// lower_to_linalg: kiln elementwise ops (the unary and binary tables, where,
-// clamp, casts and broadcasts, full/full_like, kiln.constant) on static
-// shapes become linalg.generic ops on tensors, with NumPy broadcasting in
-// their indexing maps (a size-1 or missing dim reads index 0) and arith
-// conversions where an operand's element type differs from the computation's.
-// Only float32 and float64 results are computed (bool for comparisons).
+// lower_to_linalg: kiln ops on static shapes become linalg.generic ops on
+// tensors (plus tensor.empty, arith.constant, and tensor.expand_shape /
+// collapse_shape for reshapes; no named linalg ops, no scf):
+//   - elementwise: the unary and binary tables, where, clamp, casts and
+//     broadcasts, full/full_like, kiln.constant; NumPy broadcasting in the
+//     indexing maps (a size-1 or missing dim reads index 0), arith
+//     conversions where an operand's element type differs from the
+//     computation's. float32/float64 results, bool for comparisons and
+//     logical ops, int32/int64 for add, sub, mul, neg, abs, maximum,
+//     minimum, where and casts;
+//   - reductions over dims with keepdim: sum, mean, prod, amax, amin, any,
+//     all (one generic), var (two), std and logsumexp (their result needs one
+//     more elementwise generic). Float combinations carry fastmath
+//     `reassoc` so that LLVM vectorizes them: the summation order, and so
+//     the rounding, differs from eager's;
+//   - softmax, log_softmax, native_layer_norm: one reduction generic with two
+//     results (online max and rescaled sum; shifted sum and sum of squares)
+//     and one elementwise generic;
+//   - layout: permute (a generic whose input map is the permutation), slice,
+//     narrow, select (affine input maps), reshape, view, flatten, squeeze,
+//     unsqueeze (collapse_shape then expand_shape);
+//   - a training step's ops: sgd_step and adam_step (one generic with a
+//     result per updated tensor), cross_entropy and cross_entropy_backward
+//     with class indices on (N, C) logits without label smoothing.
+// Reduction generics list the kept dims' loops before the reduced ones
+// (the outermost loop is parallel) unless that would move the innermost
+// contiguous dim out of the innermost loop; result maps are projected
+// permutations of all parallel loops; keepdim results are expand_shapes of
+// the reduced tensor.
 // Partial: an op that cannot be lowered stays a kiln op (kiln ops and linalg
 // results are the same builtin tensors, so they mix freely); the compiler runs
-// it on the eager kernels.
+// it on the eager kernels. matmul, linear and conv2d always stay kiln ops.
 //
 // fuse_elementwise: linalg elementwise fusion, producers with several uses
 // included (they are recomputed in each consumer), so an elementwise chain

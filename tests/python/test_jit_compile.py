@@ -8,7 +8,7 @@ polynomial approximations (a few ulp, so that loops vectorize), and LLVM may reo
 nothing else (no fast-math). Over chains of up to 10 ops that gives rtol = atol = 2e-5 for
 float32; float64 calls libm (or LLVM intrinsics) and agrees to 1e-12.
 
-Functions the compiler does not handle (reductions, captured tensors, other dtypes) fall
+Functions the compiler does not handle (matmul, captured tensors, other dtypes) fall
 back to the graph executor, and KILN_LOG=compile says why.
 """
 import numpy as np
@@ -177,14 +177,14 @@ def test_unsupported_falls_back_and_says_why(monkeypatch, capfd):
     monkeypatch.setenv("KILN_LOG", "compile")
 
     def g(x):
-        return (x * 2).sum(dim=0)
+        return (x * 2).matmul(x.t())  # matmul stays a kiln op (BLAS)
 
     x = kiln.from_numpy(np.ones((3, 4), dtype=np.float32))
     f = kiln.jit(g, compile=True)
     np.testing.assert_array_equal(f(x).numpy(), g(x).numpy())
-    assert note(f).startswith("not compiled") and "kiln.sum" in note(f) and "test_jit_compile.py" in note(f)
+    assert note(f).startswith("not compiled") and "kiln.matmul" in note(f) and "test_jit_compile.py" in note(f)
     assert "running the graph executor" in capfd.readouterr().err
-    with pytest.raises(kiln.KilnError, match="kiln.sum"):
+    with pytest.raises(kiln.KilnError, match="kiln.matmul"):
         f.lower(x).ir("linalg")
 
 
@@ -194,9 +194,9 @@ def test_captures_and_other_dtypes_fall_back():
     x = kiln.ones(3)
     np.testing.assert_array_equal(f(x).numpy(), (x * w).numpy())
     assert "captures" in note(f)
-    h = kiln.jit(lambda x: x + 1, compile=True)
+    h = kiln.jit(lambda x: x // 2, compile=True)  # integer floor division is not compiled
     xi = kiln.from_numpy(np.arange(3, dtype=np.int64))
-    np.testing.assert_array_equal(h(xi).numpy(), (xi + 1).numpy())
+    np.testing.assert_array_equal(h(xi).numpy(), (xi // 2).numpy())
     assert note(h).startswith("not compiled")
 
 
