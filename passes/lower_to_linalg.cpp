@@ -1087,6 +1087,26 @@ const llvm::StringMap<Structured>& structured() {
   return table;
 }
 
+bool is_blas(llvm::StringRef kiln_name) { return kiln_name == "matmul" || kiln_name == "linear" || kiln_name == "conv2d"; }
+bool is_view(llvm::StringRef kiln_name) {
+  return llvm::is_contained({"permute", "reshape", "view", "flatten", "squeeze", "unsqueeze", "slice", "narrow", "select",
+                             "expand"},
+                            kiln_name);
+}
+
+// Whether every use of `op` is a BLAS op, directly or through views. Such a
+// view stays a kiln op: eagerly it costs nothing and matmul reads a
+// transposed or strided operand in place, where a generic would copy it.
+bool feeds_only_blas(mlir::Operation* op) {
+  if (op->use_empty()) return false;
+  for (mlir::Operation* user : op->getUsers()) {
+    llvm::StringRef name = user->getName().getStringRef();
+    if (!name.consume_front("kiln.")) return false;
+    if (!is_blas(name) && !(is_view(name) && feeds_only_blas(user))) return false;
+  }
+  return true;
+}
+
 // Why `op` does not lower (empty if it does).
 std::string refusal(mlir::Operation* op) {
   llvm::StringRef name = op->getName().getStringRef();
@@ -1100,6 +1120,8 @@ std::string refusal(mlir::Operation* op) {
       if (!t || !t.hasStaticShape()) return "dynamic shapes are not compiled yet";
       if (!operand_ok(t.getElementType())) return "dtype not compiled yet (only float32, float64, bool, int32, int64)";
     }
+  if (is_blas(kiln_name)) return "stays a kiln op: the runtime calls BLAS";
+  if (is_view(kiln_name) && feeds_only_blas(op)) return "a view feeding only matmul stays a kiln op (read in place)";
   if (auto it = structured().find(kiln_name); it != structured().end()) return it->second.check(op);
   if (op->getNumResults() != 1) return "not an elementwise op";
   auto rt = mlir::cast<mlir::RankedTensorType>(op->getResult(0).getType());

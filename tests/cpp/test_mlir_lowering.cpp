@@ -10,12 +10,23 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <limits>
+#include <sstream>
+
+#include <mlir/IR/BuiltinOps.h>
+#include <mlir/IR/MLIRContext.h>
+#include <mlir/IR/Verifier.h>
+#include <mlir/Parser/Parser.h>
 
 #include "codegen/cpu_compiler.h"
 #include "eager/nn/functional.h"
+#include "ir/dialects.h"
 #include "kiln.h"
+#include "passes/lower_to_linalg.h"
+#include "passes/simplify.h"
 #include "tracer/ir_builder.h"
 
 using namespace kiln;
@@ -267,4 +278,71 @@ TEST_CASE("cross_entropy and its backward equal eager", "[lowering]") {
       };
       check_against_eager({x, t, w, randn({6})}, f, 1e-5);
     }
+}
+
+namespace {
+// The ops of a traced module that lower_to_linalg leaves, as "op: reason".
+std::vector<std::string> left_ops(const std::string& text) {
+  auto context = ir::make_context();
+  mlir::OwningOpRef<mlir::ModuleOp> module = mlir::parseSourceString<mlir::ModuleOp>(text, context.get());
+  REQUIRE(module);
+  passes::simplify(*module);
+  std::vector<std::string> left;
+  for (const passes::NotLowered& n : passes::lower_to_linalg(*module)) left.push_back(n.op + ": " + n.reason);
+  passes::fuse_elementwise(*module);
+  REQUIRE(mlir::succeeded(mlir::verify(*module)));
+  return left;
+}
+}  // namespace
+
+TEST_CASE("a training step lowers except its matmuls and the views feeding them", "[lowering]") {
+  // An MLP layer's step as the tracer records it: linear, relu, cross_entropy,
+  // their backward ops, the weight gradient through a transpose, the bias
+  // gradient as a sum, and the SGD update.
+  std::string text = trace_text({{{8, 5}, DType::Float32}, {{8}, DType::Int64}, {{3, 5}, DType::Float32},
+                                 {{3}, DType::Float32}, {{3, 5}, DType::Float32}},
+                                [](auto& a) -> std::vector<Tensor> {
+                                  const Tensor &x = a[0], &t = a[1], &w = a[2], &b = a[3], &buf = a[4];
+                                  Tensor y = relu(nn::functional::linear(x, w, b));
+                                  Tensor loss = nn::functional::cross_entropy(y, t, Tensor(), -100, "mean", 0.0);
+                                  Tensor g = nn::functional::cross_entropy_backward(full_like(loss, 1.0), y, t, Tensor(),
+                                                                                    -100, "mean", 0.0, false)[0];
+                                  g = where(gt(y, 0), g, Scalar(0.0));
+                                  Tensor gw = matmul(transpose(g, 0, 1), x), gb = sum(g, {0});
+                                  auto attrs = make_attrs("lr, momentum, dampening, weight_decay, nesterov, maximize",
+                                                          0.1, 0.9, 0.0, 0.0, false, false);
+                                  std::vector<Tensor> out = op_def("sgd_step").run({w, gw, buf}, attrs);
+                                  out.push_back(op_def("sgd_step").run({b, gb, Tensor()}, attrs)[0]);
+                                  out.push_back(loss);
+                                  return out;
+                                });
+  std::vector<std::string> left = left_ops(text);
+  INFO(text);
+  REQUIRE(left.size() == 3);
+  CHECK_THAT(left[0], Contains("kiln.linear: stays a kiln op"));
+  CHECK_THAT(left[1], Contains("kiln.permute: a view feeding only matmul"));
+  CHECK_THAT(left[2], Contains("kiln.matmul: stays a kiln op"));
+}
+
+// A tool, not a check: `KILN_IR_FILE=step.mlir kiln_mlir_tests "[.report]" -s`
+// lists the ops of a traced function (f.lower(...).ir("traced") from Python)
+// that stay kiln ops, and why.
+TEST_CASE("report the ops of $KILN_IR_FILE that do not lower", "[.report]") {
+  const char* path = std::getenv("KILN_IR_FILE");
+  REQUIRE(path != nullptr);
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  auto context = ir::make_context();
+  mlir::OwningOpRef<mlir::ModuleOp> module = mlir::parseSourceString<mlir::ModuleOp>(text.str(), context.get());
+  REQUIRE(module);
+  passes::simplify(*module);
+  for (const passes::NotLowered& n : passes::lower_to_linalg(*module))
+    WARN(n.op << " at " << n.location << ": " << n.reason);
+  passes::fuse_elementwise(*module);
+  REQUIRE(mlir::succeeded(mlir::verify(*module)));
+  size_t generics = 0;
+  module->walk([&](mlir::Operation* op) { generics += op->getName().getStringRef() == "linalg.generic"; });
+  WARN(generics << " linalg.generic after fusion");
+  if (std::getenv("KILN_PRINT_FUSED")) module->print(llvm::outs());
 }

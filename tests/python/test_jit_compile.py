@@ -177,9 +177,9 @@ def test_unsupported_falls_back_and_says_why(monkeypatch, capfd):
     monkeypatch.setenv("KILN_LOG", "compile")
 
     def g(x):
-        return (x * 2).matmul(x.t())  # matmul stays a kiln op (BLAS)
+        return (x * 2).matmul(x)  # matmul stays a kiln op (BLAS)
 
-    x = kiln.from_numpy(np.ones((3, 4), dtype=np.float32))
+    x = kiln.from_numpy(np.ones((3, 3), dtype=np.float32))
     f = kiln.jit(g, compile=True)
     np.testing.assert_array_equal(f(x).numpy(), g(x).numpy())
     assert note(f).startswith("not compiled") and "kiln.matmul" in note(f) and "test_jit_compile.py" in note(f)
