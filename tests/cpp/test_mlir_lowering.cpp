@@ -157,7 +157,11 @@ TEST_CASE("reductions equal hand values and eager", "[lowering]") {
   }, 0);
 }
 
-TEST_CASE("softmax and layer_norm fuse into two kernels, also with producers", "[lowering]") {
+// Three kernels, each with one reduction result at most: two reductions for
+// the statistics, one elementwise normalization; an elementwise producer fuses
+// into all three (a one-pass two-result form did not vectorize: see
+// passes/lower_to_linalg.cpp).
+TEST_CASE("softmax and layer_norm fuse into three kernels, also with producers", "[lowering]") {
   struct Case {
     const char* name;
     Fn f;
@@ -174,8 +178,9 @@ TEST_CASE("softmax and layer_norm fuse into two kernels, also with producers", "
     std::string text = trace_text({{{8, 16}, DType::Float32}, {{16}, DType::Float32}, {{16}, DType::Float32}}, c.f);
     std::string fused = codegen::compile_stage_ir(text, "fused");
     INFO(fused);
-    CHECK(count(fused, "linalg.generic") == 2);
-    CHECK(count(fused, "\"reduction\"") == 1);
+    CHECK(count(fused, "linalg.generic") == 3);
+    CHECK(count(fused, "\"reduction\"") == 2);
+    CHECK(count(fused, "fastmath<reassoc>") == 2);
   }
 }
 
