@@ -893,35 +893,40 @@ Structured adam_step() {
   return s;
 }
 
-// ---- cross entropy with class indices over (N, C) logits, no label
-// smoothing. Targets outside [0, C) other than ignore_index are not
-// checked (eager raises): such a row picks no logit. ----
+// ---- cross_entropy (logits) and nll_loss (log-probabilities) with class
+// indices over (N, C) inputs, no label smoothing, and their backward ops.
+// Operands by position: [grad,] input, target, weight?. nll_loss is
+// cross_entropy with a log-sum-exp of 0. Targets outside [0, C) other than
+// ignore_index are not checked (eager raises): such a row picks nothing. ----
 
 std::string cross_entropy_check(mlir::Operation* op, Value input, Value target) {
   if (std::string why = float_result(op); !why.empty()) return why;
   if (type_of(input).getRank() != 2) return "only (N, C) inputs are compiled";
   if (is_float(type_of(target).getElementType())) return "class-probability targets are not compiled yet";
-  if (float_attr(op, "label_smoothing") != 0) return "label smoothing is not compiled yet";
+  if (auto eps = op->getAttrOfType<mlir::FloatAttr>("label_smoothing"); eps && eps.getValueAsDouble() != 0)
+    return "label smoothing is not compiled yet";
   if (type_of(input).getNumElements() == 0) return "empty tensors are not compiled here";
   llvm::StringRef red = op->getAttrOfType<mlir::StringAttr>("reduction").getValue();
   if (red != "mean" && red != "sum" && red != "none") return "unknown reduction";
   return {};
 }
 
-// Per row of x (N, C): the max m, sum(exp(x - m)), the target's logit and
-// weight (one generic for the last three: rows are short).
+// Per row of x (N, C): the max m, s = sum(exp(x - m)) (m = 0, s = 1 for
+// nll_loss: a log-sum-exp of 0), the target's value and weight (one generic
+// for the last three: rows are short).
 llvm::SmallVector<Value> ce_rows(mlir::OpBuilder& b, mlir::Location loc, Value x, Value target, Value weight,
-                                 mlir::Type t) {
+                                 mlir::Type t, bool nll) {
   Space red(b.getContext(), type_of(x).getShape(), {false, true});
   int64_t n = type_of(x).getDimSize(0);
-  Value m0 = filled(b, loc, {n}, identity(Combine::Max, t)), z = filled(b, loc, {n}, identity(Combine::Add, t));
-  Value m = generic(b, loc, red, {{x, red.full()}}, {{m0, red.kept()}},
-                    [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
-                      return {combine(nb, nloc, Combine::Max, args[1], convert(nb, nloc, args[0], t))};
-                    })[0];
+  Value z = filled(b, loc, {n}, identity(Combine::Add, t));
+  Value m = nll ? z
+                : generic(b, loc, red, {{x, red.full()}}, {{filled(b, loc, {n}, identity(Combine::Max, t)), red.kept()}},
+                          [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                            return {combine(nb, nloc, Combine::Max, args[1], convert(nb, nloc, args[0], t))};
+                          })[0];
   llvm::SmallVector<std::pair<Value, AffineMap>> ins = {{x, red.full()}, {target, red.kept()}, {m, red.kept()}};
   if (weight) ins.push_back({weight, red.map({red.dim(1)})});
-  llvm::SmallVector<std::pair<Value, AffineMap>> outs = {{z, red.kept()}, {z, red.kept()}};
+  llvm::SmallVector<std::pair<Value, AffineMap>> outs(nll ? 1 : 2, {z, red.kept()});
   if (weight) outs.push_back({z, red.kept()});
   auto r = generic(b, loc, red, ins, outs,
                    [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
@@ -930,12 +935,14 @@ llvm::SmallVector<Value> ce_rows(mlir::OpBuilder& b, mlir::Location loc, Value x
                      Value xv = a.cvt(args[0]);
                      Value hit = nb.create<mlir::arith::CmpIOp>(nloc, mlir::arith::CmpIPredicate::eq, a.index(1),
                                                                 convert(nb, nloc, args[1], nb.getI64Type()));
-                     llvm::SmallVector<Value> r = {combine(nb, nloc, Combine::Add, args[o], a.exp(a.sub(xv, args[2]))),
-                                                   a.add(args[o + 1], a.select(hit, xv, a.c(0)))};
-                     if (weight) r.push_back(a.add(args[o + 2], a.select(hit, a.cvt(args[3]), a.c(0))));
+                     llvm::SmallVector<Value> r;
+                     if (!nll) r.push_back(combine(nb, nloc, Combine::Add, args[o++], a.exp(a.sub(xv, args[2]))));
+                     r.push_back(a.add(args[o++], a.select(hit, xv, a.c(0))));
+                     if (weight) r.push_back(a.add(args[o], a.select(hit, a.cvt(args[3]), a.c(0))));
                      return r;
                    });
   r.insert(r.begin(), m);
+  if (nll) r.insert(r.begin() + 1, filled(b, loc, {n}, mlir::FloatAttr::get(t, 1.0)));
   return r;
 }
 
@@ -945,22 +952,20 @@ Value row_valid(mlir::OpBuilder& b, mlir::Location loc, Value target, int64_t ig
                                        b.create<mlir::arith::ConstantOp>(loc, b.getI64IntegerAttr(ignore)));
 }
 
-Structured cross_entropy() {
+Value operand_or_null(mlir::Operation* op, unsigned i) { return i < op->getNumOperands() ? op->getOperand(i) : Value(); }
+
+Structured cross_entropy(bool nll) {
   Structured s;
-  s.check = [](mlir::Operation* op) {
-    auto o = mlir::cast<kiln::ir::CrossEntropyOp>(op);
-    return cross_entropy_check(op, o.getInput(), o.getTarget());
-  };
-  s.lower = [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
-    auto o = mlir::cast<kiln::ir::CrossEntropyOp>(op);
+  s.check = [](mlir::Operation* op) { return cross_entropy_check(op, op->getOperand(0), op->getOperand(1)); };
+  s.lower = [nll](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
     mlir::Location loc = op->getLoc();
     auto rt = result_type(op);
     mlir::Type t = rt.getElementType();
-    Value weight = o.getWeight(), target = o.getTarget();
+    Value input = op->getOperand(0), target = op->getOperand(1), weight = operand_or_null(op, 2);
     int64_t ignore = int_attr(op, "ignore_index");
     llvm::StringRef red = op->getAttrOfType<mlir::StringAttr>("reduction").getValue();
-    auto rows = ce_rows(b, loc, o.getInput(), target, weight, t);
-    int64_t n = type_of(o.getInput()).getDimSize(0);
+    auto rows = ce_rows(b, loc, input, target, weight, t, nll);
+    int64_t n = type_of(input).getDimSize(0);
     // loss_r = w_t (lse - x_t) for a counted row, else 0; mean divides by the summed w_t.
     auto loss = [&](const Arith& a, mlir::ValueRange args) -> std::pair<Value, Value> {
       Value valid = row_valid(a.b, a.loc, args[0], ignore);
@@ -999,24 +1004,24 @@ Structured cross_entropy() {
   return s;
 }
 
-// d loss / d x = scale_r * w_t * (softmax(x) - onehot(t)) for a counted row,
-// scale_r = g (sum), g / sum(w_t) (mean) or g_r (none).
-Structured cross_entropy_backward() {
+// d loss / d x = scale_r * w_t * (softmax(x) - onehot(t)) for a counted row
+// (nll_loss: -scale_r * w_t * onehot(t)), scale_r = g (sum), g / sum(w_t)
+// (mean) or g_r (none).
+Structured cross_entropy_backward(bool nll) {
   Structured s;
   s.check = [](mlir::Operation* op) -> std::string {
-    auto o = mlir::cast<kiln::ir::CrossEntropyBackwardOp>(op);
     if (bool_attr(op, "need_target")) return "the target's gradient is not compiled yet";
-    return cross_entropy_check(op, o.getInput(), o.getTarget());
+    return cross_entropy_check(op, op->getOperand(1), op->getOperand(2));
   };
-  s.lower = [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
-    auto o = mlir::cast<kiln::ir::CrossEntropyBackwardOp>(op);
+  s.lower = [nll](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
     mlir::Location loc = op->getLoc();
     auto rt = result_type(op);
     mlir::Type t = rt.getElementType();
-    Value x = o.getInput(), weight = o.getWeight(), target = o.getTarget(), grad = o.getGrad();
+    Value grad = op->getOperand(0), x = op->getOperand(1), target = op->getOperand(2),
+          weight = operand_or_null(op, 3);
     int64_t ignore = int_attr(op, "ignore_index");
     llvm::StringRef red = op->getAttrOfType<mlir::StringAttr>("reduction").getValue();
-    auto rows = ce_rows(b, loc, x, target, weight, t);
+    auto rows = ce_rows(b, loc, x, target, weight, t, nll);
     int64_t n = type_of(x).getDimSize(0);
     Space sp = Space::parallel(b.getContext(), rt.getShape());
     sp.reduced = {false, true};  // kept(): the per-row values
@@ -1046,7 +1051,7 @@ Structured cross_entropy_backward() {
                      Value w = weight ? args[i++] : a.c(1);
                      Value scale = a.cvt(args[i++]);
                      if (red == "mean") scale = a.div(scale, args[i++]);
-                     Value p = a.exp(a.sub(a.cvt(args[i]), logsumexp_of(a, args[1], args[2])));
+                     Value p = nll ? a.c(0) : a.exp(a.sub(a.cvt(args[i]), logsumexp_of(a, args[1], args[2])));
                      Value hit = nb.create<mlir::arith::CmpIOp>(nloc, mlir::arith::CmpIPredicate::eq, a.index(1),
                                                                 convert(nb, nloc, args[0], nb.getI64Type()));
                      Value d = a.mul(a.mul(scale, w), a.sub(p, a.select(hit, a.c(1), a.c(0))));
@@ -1077,8 +1082,10 @@ const llvm::StringMap<Structured>& structured() {
     for (const char* name : {"reshape", "view", "flatten", "squeeze", "unsqueeze"}) t[name] = reshape_op();
     t["sgd_step"] = sgd_step();
     t["adam_step"] = adam_step();
-    t["cross_entropy"] = cross_entropy();
-    t["cross_entropy_backward"] = cross_entropy_backward();
+    t["cross_entropy"] = cross_entropy(false);
+    t["cross_entropy_backward"] = cross_entropy_backward(false);
+    t["nll_loss"] = cross_entropy(true);
+    t["nll_loss_backward"] = cross_entropy_backward(true);
     return t;
   }();
   return table;

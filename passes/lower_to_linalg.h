@@ -25,8 +25,10 @@
 //     narrow, select (affine input maps), reshape, view, flatten, squeeze,
 //     unsqueeze (collapse_shape then expand_shape);
 //   - a training step's ops: sgd_step and adam_step (one generic with a
-//     result per updated tensor), cross_entropy and cross_entropy_backward
-//     with class indices on (N, C) logits without label smoothing.
+//     result per updated tensor); cross_entropy, nll_loss and their backward
+//     ops with class indices on (N, C) inputs without label smoothing;
+//   - views (permute, reshape, slice...) whose every use is matmul, linear or
+//     conv2d stay kiln ops: eagerly free, and BLAS reads them in place.
 // Reduction generics list the kept dims' loops before the reduced ones
 // (the outermost loop is parallel) unless that would move the innermost
 // contiguous dim out of the innermost loop; result maps are projected

@@ -128,7 +128,8 @@ TEST_CASE("reductions lower to one reassociable generic, kept loops outermost", 
 TEST_CASE("reductions equal hand values and eager", "[lowering]") {
   Tensor x = values({2, 3}, {1, 2, 3, 4, 5, -6});
   auto got = run_compiled(trace_text({type_of(x)}, [](auto& a) -> std::vector<Tensor> {
-                            return {sum(a[0], {1}, true), mean(a[0], {0}), amax(a[0]), amin(a[0], {1}), prod(a[0], {0})};
+                            return {sum(a[0], {1}, true), mean(a[0], {0}), amax(a[0]), amin(a[0], {1}), prod(a[0], {0}),
+                                    amax(a[0] - 10.0, {1}), amin(a[0] + 10.0, {1})};
                           }),
                           {x});
   auto at = [](const Tensor& t, int64_t i) { return t.to(DType::Float64).contiguous().data<double>()[i]; };
@@ -141,6 +142,8 @@ TEST_CASE("reductions equal hand values and eager", "[lowering]") {
   CHECK(at(got[2], 0) == 5);
   CHECK(at(got[3], 1) == -6);
   CHECK(at(got[4], 2) == -18);
+  CHECK(at(got[5], 0) == -7);  // the identities are -inf and +inf, not 0
+  CHECK(at(got[6], 0) == 11);
 
   for (DType dt : {DType::Float32, DType::Float64}) {
     double tol = dt == DType::Float32 ? 1e-5 : 1e-12;
@@ -268,7 +271,7 @@ TEST_CASE("optimizer steps are one generic with a result per updated tensor", "[
     }
 }
 
-TEST_CASE("cross_entropy and its backward equal eager", "[lowering]") {
+TEST_CASE("cross_entropy, nll_loss and their backward ops equal eager", "[lowering]") {
   Tensor x = randn({6, 5}) * 2.0;
   Tensor t = ints({6}, {0, 4, 2, -100, 1, 4});
   Tensor w = randn({5}).abs() + 0.5;
@@ -282,6 +285,14 @@ TEST_CASE("cross_entropy and its backward equal eager", "[lowering]") {
         return {loss, nn::functional::cross_entropy_backward(g, a[0], a[1], weight, -100, red, 0.0, false)[0]};
       };
       check_against_eager({x, t, w, randn({6})}, f, 1e-5);
+      Fn nll = [=](auto& a) -> std::vector<Tensor> {
+        Tensor weight = weighted ? a[2] : Tensor();
+        Tensor logp = log_softmax(a[0], 1);
+        Tensor loss = nn::functional::nll_loss(logp, a[1], weight, -100, red);
+        Tensor g = std::string(red) == "none" ? a[3] : a[3].sum();
+        return {loss, nn::functional::nll_loss_backward(g, logp, a[1], weight, -100, red)};
+      };
+      check_against_eager({x, t, w, randn({6})}, nll, 1e-5);
     }
 }
 

@@ -1,5 +1,5 @@
 """kiln.jit(f, compile=True) for the ops lowered beyond elementwise: reductions, softmax,
-log_softmax, layer_norm, layout ops, integer arithmetic, cross_entropy; compiled vs eager
+log_softmax, layer_norm, layout ops, integer arithmetic, cross_entropy, nll_loss; compiled vs eager
 (f called without jit) on random shapes with sizes 1 and odd sizes, broadcasting, float32
 and float64, and each variant checked to be compiled (cache_report).
 
@@ -57,6 +57,8 @@ REDUCTIONS = {
     "mean": lambda x, d, k: x.mean(dim=d, keepdim=k),
     "amax": lambda x, d, k: x.amax(dim=d, keepdim=k),
     "amin": lambda x, d, k: x.amin(dim=d, keepdim=k),
+    "amax_negative": lambda x, d, k: (x - 10).amax(dim=d, keepdim=k),  # the identity is -inf, not 0
+    "amin_positive": lambda x, d, k: (x + 10).amin(dim=d, keepdim=k),
     "prod": lambda x, d, k: (x.tanh() * 0.5 + 1).prod(dim=d, keepdim=k),
     "var": lambda x, d, k: x.var(dim=d, keepdim=k),
     "std": lambda x, d, k: x.std(dim=d, keepdim=k),
@@ -224,6 +226,10 @@ def test_cross_entropy(reduction, dtype):
     w = kiln.from_numpy((rng.random(7) + 0.5).astype(dtype))
     got, want = compiled(lambda x, t, w: (F.cross_entropy(x, t, reduction=reduction),
                                           F.cross_entropy(x, t, weight=w, reduction=reduction)), x, t, w)
+    assert_close(got, want, TOL[dtype] * 10)
+    logp = kiln.log_softmax(x, 1)
+    got, want = compiled(lambda x, t, w: (F.nll_loss(x, t, reduction=reduction),
+                                          F.nll_loss(x, t, weight=w, reduction=reduction)), logp, t, w)
     assert_close(got, want, TOL[dtype] * 10)
 
 
