@@ -727,6 +727,41 @@ Structured layer_norm() {
   return s;
 }
 
+// mse_loss: (input - target)^2 over their broadcast shape; for mean and sum
+// one reduction generic over all of its dims.
+Structured mse_loss() {
+  Structured s;
+  s.check = [](mlir::Operation* op) -> std::string {
+    llvm::StringRef red = op->getAttrOfType<mlir::StringAttr>("reduction").getValue();
+    if (red != "mean" && red != "sum" && red != "none") return "unknown reduction";
+    return float_result(op);
+  };
+  s.lower = [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+    mlir::Location loc = op->getLoc();
+    auto rt = result_type(op);
+    mlir::Type t = rt.getElementType();
+    llvm::StringRef red = op->getAttrOfType<mlir::StringAttr>("reduction").getValue();
+    Value x = op->getOperand(0), y = op->getOperand(1);
+    // the broadcast shape, aligned at the trailing dims
+    auto xs = type_of(x).getShape(), ys = type_of(y).getShape();
+    Shape64 shape(std::max(xs.size(), ys.size()), 1);
+    for (auto dims : {xs, ys})
+      for (size_t i = 0; i < dims.size(); ++i)
+        shape[shape.size() - dims.size() + i] = std::max(shape[shape.size() - dims.size() + i], dims[i]);
+    Space sp(b.getContext(), shape, llvm::SmallVector<bool>(shape.size(), red != "none"));
+    double scale = red == "mean" ? 1.0 / static_cast<double>(std::max<int64_t>(sp.count(), 1)) : 1.0;
+    Value init = red == "none" ? empty(b, loc, shape, t) : filled(b, loc, {}, identity(Combine::Add, t));
+    return generic(b, loc, sp, {{x, sp.broadcast(xs)}, {y, sp.broadcast(ys)}}, {{init, sp.kept()}},
+                   [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                     Arith a{nb, nloc, t};
+                     Value d = a.sub(a.cvt(args[0]), a.cvt(args[1]));
+                     if (red == "none") return {a.mul(d, d)};
+                     return {combine(nb, nloc, Combine::Add, args[2], a.mul(a.mul(d, d), a.c(scale)))};
+                   });
+  };
+  return s;
+}
+
 // ---- layout ops: generics whose input map does the work, and reshapes ----
 
 // The result is the operand with its dims permuted by `dims`.
@@ -1085,6 +1120,7 @@ const llvm::StringMap<Structured>& structured() {
     t["cross_entropy"] = cross_entropy(false);
     t["cross_entropy_backward"] = cross_entropy_backward(false);
     t["nll_loss"] = cross_entropy(true);
+    t["mse_loss"] = mse_loss();
     t["nll_loss_backward"] = cross_entropy_backward(true);
     return t;
   }();

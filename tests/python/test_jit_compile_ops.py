@@ -1,5 +1,6 @@
 """kiln.jit(f, compile=True) for the ops lowered beyond elementwise: reductions, softmax,
-log_softmax, layer_norm, layout ops, integer arithmetic, cross_entropy, nll_loss; compiled vs eager
+log_softmax, layer_norm, layout ops, integer arithmetic, cross_entropy, nll_loss, mse_loss;
+compiled vs eager
 (f called without jit) on random shapes with sizes 1 and odd sizes, broadcasting, float32
 and float64, and each variant checked to be compiled (cache_report).
 
@@ -246,3 +247,13 @@ def test_mlp_forward_pieces():
 
     got, want = compiled(f, h, b, g)
     assert_close(got, want, 2e-5)
+
+
+@pytest.mark.filterwarnings("ignore:mse_loss")  # broadcasting on purpose
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse_loss_with_broadcasting(reduction, dtype):
+    rng = np.random.default_rng(12)
+    a, b = rand(rng, (5, 1, 3), dtype), rand(rng, (4, 1), dtype)
+    got, want = compiled(lambda a, b: F.mse_loss(a, b, reduction=reduction), a, b)
+    assert_close(got, want, TOL[dtype] * 10)
