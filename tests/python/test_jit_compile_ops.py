@@ -1,8 +1,7 @@
 """kiln.jit(f, compile=True) for the ops lowered beyond elementwise: reductions, softmax,
 log_softmax, layer_norm, layout ops, integer arithmetic, cross_entropy, nll_loss, mse_loss;
-compiled vs eager
-(f called without jit) on random shapes with sizes 1 and odd sizes, broadcasting, float32
-and float64, and each variant checked to be compiled (cache_report).
+compiled vs eager (f called without jit) on random shapes with sizes 1 and odd sizes,
+broadcasting, float32 and float64, and each variant checked to be compiled (cache_report).
 
 Tolerances: float reductions combine with fastmath `reassoc`, so LLVM vectorizes them and
 sums in another order than eager (which sums float32 in double in places); float32 exp,
