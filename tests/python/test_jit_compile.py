@@ -4,7 +4,7 @@
 Differential tests on random elementwise chains over random broadcastable static shapes
 (1-sized and odd dims included), in float32 and float64. Tolerances: the compiled code is
 not bitwise equal to eager: float32 exp, log, tanh, erf, sin, cos, log1p, expm1 use MLIR's
-polynomial approximations (a few ulp, so that loops vectorize), and LLVM may reorder
+polynomial approximations (a few ulp, so that loops vectorize; erf a rational one), and LLVM may reorder
 nothing else (no fast-math). Over chains of up to 10 ops that gives rtol = atol = 2e-5 for
 float32; float64 calls libm (or LLVM intrinsics) and agrees to 1e-12.
 
