@@ -32,6 +32,7 @@
 #include <mlir/Dialect/Math/IR/Math.h>
 #include <mlir/Dialect/Math/Transforms/Approximation.h>
 #include <mlir/Dialect/Math/Transforms/Passes.h>
+#include <mlir/Dialect/MemRef/IR/MemRef.h>
 #include <mlir/Dialect/MemRef/Transforms/Passes.h>
 #include <mlir/IR/BuiltinOps.h>
 #include <mlir/IR/Diagnostics.h>
@@ -282,8 +283,8 @@ struct Compilation {
 
   // A tileable kernel's top-level loops all run its outer parallel dim
   // [0, extent): they now run [begin, end), the range the runtime hands
-  // each thread. Anything else at top level that has effects makes the
-  // kernel run whole.
+  // each thread. Anything else at top level that has effects (other than a
+  // buffer each call allocates for itself) makes the kernel run whole.
   void tile_loops() {
     for (auto kernel : module->getOps<mlir::func::FuncOp>()) {
       auto attr = kernel->getAttrOfType<mlir::IntegerAttr>("kiln.tile_extent");
@@ -299,7 +300,9 @@ struct Compilation {
           auto st = mlir::getConstantIntValue(loop.getStep());
           ok &= lb == 0 && ub == extent && st == 1;
           loops.push_back(loop);
-        } else if (!mlir::isa<mlir::func::ReturnOp>(op) && !mlir::isMemoryEffectFree(&op)) {
+        } else if (!mlir::isa<mlir::func::ReturnOp, mlir::memref::AllocOp, mlir::memref::AllocaOp,
+                              mlir::memref::DeallocOp>(op) &&
+                   !mlir::isMemoryEffectFree(&op)) {
           ok = false;
         }
       }

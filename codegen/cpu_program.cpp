@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 
 #include "eager/autograd.h"
@@ -56,12 +59,18 @@ void run_kernel(const Kernel& kernel, const std::vector<Tensor>& args) {
     call(kernel.address, 0, 0, pointers.data());
     return;
   }
-  // Enough outer iterations per task that the pool's wake-up cost is noise.
-  constexpr int64_t kWorkPerTask = 1 << 15;
+  // Enough outer iterations per task that the pool's wake-up cost is noise,
+  // and within a task, calls of at most ~64K iterations, so that a kernel of
+  // several passes over its rows (softmax: max, sum, normalize) finds the
+  // rows of the first pass still in cache in the next.
+  constexpr int64_t kWorkPerTask = 1 << 15, kWorkPerCall = 1 << 16;
   int64_t per_row = std::max<int64_t>(1, kernel.work / kernel.tile_extent);
   int64_t grain = std::max<int64_t>(1, kWorkPerTask / per_row);
-  parallel_for(0, kernel.tile_extent, grain,
-               [&](int64_t begin, int64_t end) { call(kernel.address, begin, end, pointers.data()); });
+  int64_t rows_per_call = std::max<int64_t>(1, kWorkPerCall / per_row);
+  parallel_for(0, kernel.tile_extent, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; b += rows_per_call)
+      call(kernel.address, b, std::min(end, b + rows_per_call), pointers.data());
+  });
 }
 
 bool is_static(const TensorType& t) {
@@ -77,6 +86,10 @@ void Program::compute_liveness() {
   for (size_t i = 0; i < steps.size(); ++i)
     for (ProgramValueId v : steps[i].inputs)
       if (v != kAbsent) last_use[v] = static_cast<int>(i);
+  // A value nothing reads is released right after the step that made it.
+  for (size_t i = 0; i < steps.size(); ++i)
+    for (ProgramValueId v : steps[i].outputs)
+      if (last_use[v] < static_cast<int>(i)) last_use[v] = static_cast<int>(i);
   for (ProgramValueId v : results) last_use[v] = static_cast<int>(steps.size());
   release_after.assign(steps.size(), {});
   for (size_t v = 0; v < values.size(); ++v)
@@ -92,8 +105,12 @@ std::vector<Tensor> run_program(const Program& program, const std::vector<Tensor
   for (size_t i = 0; i < inputs.size(); ++i) values[program.arguments[i]] = inputs[i];
   int64_t live = 0, peak = 0;
   std::vector<char> owned(program.values.size(), 0);  // allocated by this run (counted in `live`)
+  // KILN_PROFILE=1: each step's time on stderr (kernels, eager ops, copies).
+  static const bool profile = std::getenv("KILN_PROFILE") != nullptr;
+  auto started = std::chrono::steady_clock::now();
   for (size_t s = 0; s < program.steps.size(); ++s) {
     const Step& step = program.steps[s];
+    if (profile) started = std::chrono::steady_clock::now();
     std::vector<Tensor> in;
     for (ProgramValueId v : step.inputs) in.push_back(v == kAbsent ? Tensor() : values[v]);
     std::vector<Tensor> out;
@@ -131,6 +148,13 @@ std::vector<Tensor> run_program(const Program& program, const std::vector<Tensor
       }
     }
     peak = std::max(peak, live);
+    if (profile) {
+      double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - started).count();
+      std::string what = step.kind == Step::Kind::Kernel ? program.kernels[step.kernel].symbol
+                         : step.kind == Step::Kind::Host ? "eager " + step.op->name
+                                                         : "reshape/constant";
+      std::fprintf(stderr, "kiln profile: step %3zu %9.1f us  %s (%s)\n", s, us, what.c_str(), step.location.c_str());
+    }
     for (ProgramValueId v : program.release_after[s]) {
       if (owned[v]) live -= bytes_of(values[v]);
       owned[v] = 0;

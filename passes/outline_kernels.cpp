@@ -73,17 +73,36 @@ int64_t work(mlir::linalg::GenericOp op) {
   return n;
 }
 
-void outline(mlir::ModuleOp module, mlir::linalg::GenericOp generic, int index) {
+// Whether `g` may join `group` in one kernel: every generic splits the same
+// outer parallel loop, and what g reads of the group's results it reads at
+// that loop's index, so each tile of rows is computed start to finish by one
+// call (the rows are still in cache for the second pass of a softmax).
+bool joins(llvm::ArrayRef<mlir::linalg::GenericOp> group, mlir::linalg::GenericOp g) {
+  int64_t extent = tile_extent(group.front());
+  if (extent == 0 || tile_extent(g) != extent) return false;
+  for (mlir::OpOperand* operand : g.getDpsInputOperands()) {
+    auto producer = operand->get().getDefiningOp<mlir::linalg::GenericOp>();
+    if (!producer || !llvm::is_contained(group, producer)) continue;
+    mlir::AffineMap map = g.getMatchingIndexingMap(operand);
+    if (map.getNumResults() == 0 || map.getResult(0) != mlir::getAffineDimExpr(0, g.getContext())) return false;
+  }
+  return true;
+}
+
+void outline(mlir::ModuleOp module, llvm::ArrayRef<mlir::linalg::GenericOp> group, int index) {
   mlir::MLIRContext* context = module.getContext();
   mlir::OpBuilder b(context);
   mlir::IRMapping map;
-  llvm::SmallVector<mlir::Value> arguments;  // what the entry passes
-  llvm::SmallVector<mlir::Operation*> prologue;  // ops cloned ahead of the generic
+  llvm::SmallVector<mlir::Value> arguments;      // what the entry passes
+  llvm::SmallVector<mlir::Operation*> prologue;  // ops cloned ahead of the generics
+  llvm::SmallPtrSet<mlir::Operation*, 4> members;
+  for (mlir::linalg::GenericOp g : group) members.insert(g);
 
   // Values the kernel receives, the constants and fills it takes along.
   auto take = [&](mlir::Value v, bool as_init) {
     if (map.contains(v)) return;
     mlir::Operation* def = v.getDefiningOp();
+    if (def && members.contains(def)) return;  // computed inside
     if (def && (inlinable_constant(v) || (as_init && (mlir::isa<mlir::tensor::EmptyOp>(def) || is_fill_for(v))))) {
       prologue.push_back(def);
       return;
@@ -91,24 +110,33 @@ void outline(mlir::ModuleOp module, mlir::linalg::GenericOp generic, int index) 
     map.map(v, v);  // placeholder: becomes a block argument below
     arguments.push_back(v);
   };
-  for (mlir::Value v : generic.getDpsInputs()) take(v, false);
-  for (mlir::Value v : generic.getDpsInits()) take(v, true);
-  llvm::SetVector<mlir::Value> above;
-  mlir::getUsedValuesDefinedAbove(generic.getRegion(), above);
-  for (mlir::Value v : above) {
-    KILN_CHECK(inlinable_constant(v), IrError, "outline_kernels: a generic reads a non-constant value from outside");
-    take(v, false);
+  llvm::SmallVector<mlir::Type> result_types;
+  for (mlir::linalg::GenericOp g : group) {
+    for (mlir::Value v : g.getDpsInputs()) take(v, false);
+    for (mlir::Value v : g.getDpsInits()) take(v, true);
+    llvm::SetVector<mlir::Value> above;
+    mlir::getUsedValuesDefinedAbove(g.getRegion(), above);
+    for (mlir::Value v : above) {
+      KILN_CHECK(inlinable_constant(v), IrError, "outline_kernels: a generic reads a non-constant value from outside");
+      take(v, false);
+    }
+    // Every result is returned, also those only the group reads: the runtime
+    // then allocates them once per call instead of each tile allocating them.
+    result_types.append(g->result_type_begin(), g->result_type_end());
   }
 
   llvm::SmallVector<mlir::Type> argument_types;
   for (mlir::Value v : arguments) argument_types.push_back(v.getType());
+  mlir::linalg::GenericOp first = group.front(), last = group.back();
+  int64_t total_work = 0;
+  for (mlir::linalg::GenericOp g : group) total_work += work(g);
   b.setInsertionPointToEnd(module.getBody());
-  auto kernel = b.create<mlir::func::FuncOp>(generic.getLoc(), kernel_name(index, generic.getLoc()),
-                                             b.getFunctionType(argument_types, generic.getResultTypes()));
+  auto kernel = b.create<mlir::func::FuncOp>(first.getLoc(), kernel_name(index, first.getLoc()),
+                                             b.getFunctionType(argument_types, result_types));
   kernel.setPrivate();
   kernel->setAttr("kiln.kernel", b.getUnitAttr());
-  kernel->setAttr("kiln.tile_extent", b.getI64IntegerAttr(tile_extent(generic)));
-  kernel->setAttr("kiln.work", b.getI64IntegerAttr(work(generic)));
+  kernel->setAttr("kiln.tile_extent", b.getI64IntegerAttr(tile_extent(first)));
+  kernel->setAttr("kiln.work", b.getI64IntegerAttr(total_work));
   mlir::Block* body = kernel.addEntryBlock();
   for (auto [v, arg] : llvm::zip(arguments, body->getArguments())) map.map(v, arg);
   b.setInsertionPointToStart(body);
@@ -120,14 +148,19 @@ void outline(mlir::ModuleOp module, mlir::linalg::GenericOp generic, int index) 
     b.clone(*op, map);
   };
   for (mlir::Operation* op : prologue) clone(op);
-  mlir::Operation* copy = b.clone(*generic, map);
-  b.create<mlir::func::ReturnOp>(generic.getLoc(), copy->getResults());
+  llvm::SmallVector<mlir::Value> results;
+  for (mlir::linalg::GenericOp g : group) llvm::append_range(results, b.clone(*g, map)->getResults());
+  b.create<mlir::func::ReturnOp>(first.getLoc(), results);
 
-  b.setInsertionPoint(generic);
-  auto call = b.create<mlir::func::CallOp>(generic.getLoc(), kernel, arguments);
-  generic->replaceAllUsesWith(call.getResults());
-  generic->erase();
-  // What only the generic used (its fill, that fill's tensor.empty, ...) goes.
+  // At the last generic: every argument is defined by then, and between the
+  // generics there are only constants and tensor.empty ops.
+  b.setInsertionPoint(last);
+  auto call = b.create<mlir::func::CallOp>(first.getLoc(), kernel, arguments);
+  unsigned next = 0;
+  for (mlir::linalg::GenericOp g : group)
+    for (mlir::Value r : g->getResults()) r.replaceAllUsesWith(call.getResult(next++));
+  for (mlir::linalg::GenericOp g : llvm::reverse(group)) g->erase();
+  // What only the generics used (their fills, those fills' tensor.empty, ...) goes.
   llvm::SmallVector<mlir::Operation*> dead(prologue.begin(), prologue.end());
   llvm::SmallPtrSet<mlir::Operation*, 8> erased;
   while (!dead.empty()) {
@@ -140,25 +173,40 @@ void outline(mlir::ModuleOp module, mlir::linalg::GenericOp generic, int index) 
   }
 }
 
+bool is_fill(mlir::linalg::GenericOp op) {
+  if (op.getNumDpsInputs() != 0 || !op->hasOneUse()) return false;
+  mlir::OpOperand& use = *op->getUses().begin();
+  auto consumer = mlir::dyn_cast<mlir::linalg::GenericOp>(use.getOwner());
+  return consumer && consumer.isDpsInit(&use) && is_fill_for(use.get());
+}
+
 }  // namespace
 
 int outline_kernels(mlir::ModuleOp module) {
-  llvm::SmallVector<mlir::linalg::GenericOp> generics;
+  // Groups of consecutive generics (ignoring constants, tensor.empty and
+  // fills, which move into kernels) that make one kernel each.
+  std::vector<llvm::SmallVector<mlir::linalg::GenericOp>> groups;
   for (auto func : module.getOps<mlir::func::FuncOp>()) {
     if (func->hasAttr("kiln.kernel")) continue;
-    func.walk([&](mlir::linalg::GenericOp op) {
-      // a fill moves into the kernel of the generic it initializes
-      bool fill = false;
-      if (op.getNumDpsInputs() == 0 && op->hasOneUse()) {
-        mlir::OpOperand& use = *op->getUses().begin();
-        auto consumer = mlir::dyn_cast<mlir::linalg::GenericOp>(use.getOwner());
-        fill = consumer && consumer.isDpsInit(&use) && is_fill_for(use.get());
+    bool open = false;
+    for (mlir::Operation& op : func.getBody().front()) {
+      if (mlir::isa<mlir::arith::ConstantOp, mlir::tensor::EmptyOp>(op)) continue;
+      auto generic = mlir::dyn_cast<mlir::linalg::GenericOp>(op);
+      if (!generic) {
+        open = false;
+        continue;
       }
-      if (!fill) generics.push_back(op);
-    });
+      if (is_fill(generic)) continue;
+      if (open && joins(groups.back(), generic)) {
+        groups.back().push_back(generic);
+      } else {
+        groups.push_back({generic});
+        open = true;
+      }
+    }
   }
   int index = 0;
-  for (mlir::linalg::GenericOp op : generics) outline(module, op, index++);
+  for (const auto& group : groups) outline(module, group, index++);
   return index;
 }
 

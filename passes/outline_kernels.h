@@ -1,11 +1,16 @@
 #pragma once
-// The end of the "fused" stage: every linalg.generic left in the entry
-// function becomes a kernel, a function of its own that the entry calls.
+// The end of the "fused" stage: the linalg.generic ops left in the entry
+// function become kernels, functions of their own that the entry calls.
+// Consecutive generics that split the same outer parallel loop, and read
+// each other's results only at that loop's index, share one kernel: each
+// call then runs all of them on its tile of rows (softmax's reductions and
+// its normalization read the row while it is in cache).
 // What remains in the entry is the schedule the runtime interprets: kernel
 // calls, kiln ops that did not lower (run on the eager kernels), reshapes and
 // constants.
 //
-// A kernel takes its inputs and returns its results (tensor semantics);
+// A kernel takes its inputs and returns its results (tensor semantics; also
+// results only the kernel itself reads, so the runtime allocates them once);
 // the initial values of its outputs (tensor.empty, or a fill generic such as
 // the zero of a sum) and the constants it reads move into it. Each kernel
 // carries two attributes for the CPU code generator:

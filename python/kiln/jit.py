@@ -32,10 +32,13 @@ __all__ = ["jit", "JitFunction", "config", "cond", "while_loop", "print"]
 
 
 class _Config:
-    """Global switches: ``kiln.config.run_functions_eagerly(True)`` makes every jit function plain Python."""
+    """Global switches: ``kiln.config.run_functions_eagerly(True)`` makes every jit function plain
+    Python; ``compile_by_default`` (from ``KILN_JIT_COMPILE=1``) is what ``kiln.jit(f)`` does when
+    ``compile`` is not given."""
 
     def __init__(self):
         self._eager = False
+        self.compile_by_default = os.environ.get("KILN_JIT_COMPILE", "0") not in ("", "0")
 
     def run_functions_eagerly(self, enabled=True):
         self._eager = bool(enabled)
@@ -217,7 +220,7 @@ def _arguments(args, kwargs):
 class JitFunction:
     """A function traced once per signature and then run as a graph. Made by :func:`jit`."""
 
-    def __init__(self, fn, dynamic=None, max_traces=8, policy="generalize", compile=False, check=False):
+    def __init__(self, fn, dynamic=None, max_traces=8, policy="generalize", compile=None, check=False):
         if policy not in ("generalize", "warn", "error"):
             raise ValueError(f"kiln.jit: policy must be 'generalize', 'warn' or 'error', got {policy!r}")
         self.fn = fn
@@ -229,6 +232,8 @@ class JitFunction:
             raise ValueError("kiln.jit: check must be True, False or a dict with 'rtol' and/or 'atol', "
                              f"got {check!r}")
         self.check = None if check is False else {"rtol": 1e-4, "atol": 1e-5, **check}
+        if compile is None:
+            compile = config.compile_by_default
         self.compile = bool(compile) or self.check is not None
         self._dynamic_spec = dynamic
         self._dynamic = None  # leaf index -> set of dims, resolved on the first call
@@ -597,14 +602,15 @@ def _returns_tuple(fn, operands):
     return False  # single-tensor branches return a tensor; tuples come back as tuples (len > 1)
 
 
-def jit(fn=None, *, dynamic=None, max_traces=8, policy="generalize", compile=False, check=False):
+def jit(fn=None, *, dynamic=None, max_traces=8, policy="generalize", compile=None, check=False):
     """Trace ``fn`` per signature and run the traced graph (see the module docstring).
 
     dynamic: dims that may change without a retrace: an int (that dim of every tensor argument),
       {argument name: dim or dims}, or a sequence per positional argument.
     max_traces, policy: after ``max_traces`` variants, 'warn' warns and 'error' raises; 'generalize'
       (default) makes a dim that changed between calls dynamic instead of tracing a new variant.
-    compile: opt-in (for now) native CPU code: the ops that lower become fused, vectorized kernels
+    compile: native CPU code (default: ``kiln.config.compile_by_default``, set by
+      ``KILN_JIT_COMPILE=1``; otherwise the graph executor): the ops that lower become fused, vectorized kernels
       whose outer loops run on the thread pool (linalg, fusion, LLVM); the others (e.g. matmul, which
       calls BLAS) run on the eager kernels between them. Variants with control flow run on the graph
       executor. ``KILN_LOG=compile`` prints what was compiled and why each other op was not;
