@@ -315,3 +315,24 @@ def test_linear_is_decomposed_so_its_bias_fuses_with_the_activation():
     with kiln.no_grad():
         np.testing.assert_allclose(f(x).numpy(), g(x).numpy(), rtol=1e-5, atol=1e-6)
     assert f.stats()[0]["kernels_per_call"] == 1  # bias add + relu
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_softmax_and_layer_norm_are_one_kernel_each_and_equal_eager(threads):
+    import kiln.nn.functional as F
+    rng = np.random.default_rng(7)
+    x = kiln.from_numpy((rng.standard_normal((301, 257)) * 4).astype(np.float32))
+    w = kiln.from_numpy(rng.standard_normal(257).astype(np.float32))
+    b = kiln.from_numpy(rng.standard_normal(257).astype(np.float32))
+    before = kiln.get_num_threads()
+    kiln.set_num_threads(threads)
+    try:
+        for fn, args in [(lambda x: F.softmax(x * 0.5, dim=-1), (x,)),
+                         (lambda x: F.log_softmax(x, dim=1), (x,)),
+                         (lambda x, w, b: F.layer_norm(x, (257,), w, b), (x, w, b))]:
+            f = kiln.jit(fn, compile=True)
+            np.testing.assert_allclose(f(*args).numpy(), fn(*args).numpy(), rtol=1e-4, atol=1e-5)
+            [s] = f.stats()
+            assert s["kernels_per_call"] == 1 and s["eager_ops_per_call"] == 0, s
+    finally:
+        kiln.set_num_threads(before)
