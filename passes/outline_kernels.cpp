@@ -48,6 +48,14 @@ bool inlinable_constant(mlir::Value v) {
   return !dense || dense.isSplat() || dense.getNumElements() <= 4096;
 }
 
+// The element of a splat tensor constant (a reduction's starting value).
+mlir::TypedAttr splat_of(mlir::Value v) {
+  auto constant = v.getDefiningOp<mlir::arith::ConstantOp>();
+  auto dense = constant ? mlir::dyn_cast<mlir::DenseElementsAttr>(constant.getValue()) : nullptr;
+  if (!dense || !dense.isSplat() || mlir::cast<mlir::ShapedType>(dense.getType()).getRank() == 0) return nullptr;
+  return mlir::dyn_cast<mlir::TypedAttr>(dense.getSplatValue<mlir::Attribute>());
+}
+
 // A generic that only fills its output (no inputs) and feeds one consumer:
 // it belongs to that consumer's kernel (the zero a reduction starts from).
 bool is_fill_for(mlir::Value v) {
@@ -99,10 +107,15 @@ void outline(mlir::ModuleOp module, llvm::ArrayRef<mlir::linalg::GenericOp> grou
   for (mlir::linalg::GenericOp g : group) members.insert(g);
 
   // Values the kernel receives, the constants and fills it takes along.
+  llvm::SetVector<mlir::Value> splat_inits;  // constant initial values of outputs
   auto take = [&](mlir::Value v, bool as_init) {
     if (map.contains(v)) return;
     mlir::Operation* def = v.getDefiningOp();
     if (def && members.contains(def)) return;  // computed inside
+    if (as_init && splat_of(v)) {
+      splat_inits.insert(v);
+      return;
+    }
     if (def && (inlinable_constant(v) || (as_init && (mlir::isa<mlir::tensor::EmptyOp>(def) || is_fill_for(v))))) {
       prologue.push_back(def);
       return;
@@ -148,8 +161,29 @@ void outline(mlir::ModuleOp module, llvm::ArrayRef<mlir::linalg::GenericOp> grou
     b.clone(*op, map);
   };
   for (mlir::Operation* op : prologue) clone(op);
+  // A constant initial value becomes a fill loop of its own for each output
+  // it starts: a memref.copy of the whole constant would run in every tile
+  // (and keep the kernel from splitting), and a shared one would be copied.
+  auto fill_with = [&](mlir::Value v) -> mlir::Value {
+    auto type = mlir::cast<mlir::RankedTensorType>(v.getType());
+    mlir::Value empty = b.create<mlir::tensor::EmptyOp>(v.getLoc(), type.getShape(), type.getElementType());
+    auto identity = b.getMultiDimIdentityMap(static_cast<unsigned>(type.getRank()));
+    llvm::SmallVector<mlir::utils::IteratorType> parallel(type.getRank(), mlir::utils::IteratorType::parallel);
+    mlir::TypedAttr value = splat_of(v);
+    auto fill = b.create<mlir::linalg::GenericOp>(
+        v.getLoc(), mlir::TypeRange{type}, mlir::ValueRange{}, mlir::ValueRange{empty},
+        llvm::ArrayRef<mlir::AffineMap>{identity}, parallel,
+        [&](mlir::OpBuilder& nb, mlir::Location loc, mlir::ValueRange) {
+          nb.create<mlir::linalg::YieldOp>(loc, mlir::ValueRange{nb.create<mlir::arith::ConstantOp>(loc, value)});
+        });
+    return fill.getResult(0);
+  };
   llvm::SmallVector<mlir::Value> results;
-  for (mlir::linalg::GenericOp g : group) llvm::append_range(results, b.clone(*g, map)->getResults());
+  for (mlir::linalg::GenericOp g : group) {
+    for (mlir::Value v : g.getDpsInits())
+      if (splat_inits.contains(v)) map.map(v, fill_with(v));
+    llvm::append_range(results, b.clone(*g, map)->getResults());
+  }
   b.create<mlir::func::ReturnOp>(first.getLoc(), results);
 
   // At the last generic: every argument is defined by then, and between the
@@ -162,6 +196,7 @@ void outline(mlir::ModuleOp module, llvm::ArrayRef<mlir::linalg::GenericOp> grou
   for (mlir::linalg::GenericOp g : llvm::reverse(group)) g->erase();
   // What only the generics used (their fills, those fills' tensor.empty, ...) goes.
   llvm::SmallVector<mlir::Operation*> dead(prologue.begin(), prologue.end());
+  for (mlir::Value v : splat_inits) dead.push_back(v.getDefiningOp());
   llvm::SmallPtrSet<mlir::Operation*, 8> erased;
   while (!dead.empty()) {
     mlir::Operation* op = dead.pop_back_val();

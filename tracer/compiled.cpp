@@ -28,6 +28,11 @@ std::vector<std::pair<std::string, std::string>> compiled_cache_key(const Traced
   return codegen::cpu_cache_key(traced_ir(fn, "traced", {.locations = true})).parts;
 }
 int CompiledFunction::num_kernels() const { return code_->num_kernels(); }
+std::vector<std::pair<std::string, int64_t>> CompiledFunction::kernels() const {
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (const codegen::Kernel& k : code_->program().kernels) out.emplace_back(k.symbol, k.tile_extent);
+  return out;
+}
 int CompiledFunction::num_host_ops() const { return static_cast<int>(code_->host_ops().size()); }
 const std::vector<std::string>& CompiledFunction::host_ops() const { return code_->host_ops(); }
 int64_t CompiledFunction::peak_intermediate_bytes() const { return code_->peak_intermediate_bytes(); }

@@ -40,6 +40,9 @@ class CompiledFunction {
   bool from_cache() const;
   int num_kernels() const;
   int num_host_ops() const;
+  // Each kernel's name and the trip count of the outer loop the thread pool
+  // splits (0: it runs whole on one thread).
+  std::vector<std::pair<std::string, int64_t>> kernels() const;
   const std::vector<std::string>& host_ops() const;  // "kiln.matmul at net.py:3: why"
   int64_t peak_intermediate_bytes() const;           // of the last call
 

@@ -478,8 +478,10 @@ class JitFunction:
 
     def stats(self):
         """Per traced variant (a list of dicts, in cache order): calls, trace and compile times,
-        whether it runs compiled, kernels and eager ops per call (with the reason each op was not
-        compiled), and the peak bytes of intermediates its last call held at once."""
+        whether it runs compiled (or was loaded from the disk cache), kernels per call (each with
+        the rows of its outer loop that the thread pool splits; 0: one thread), eager ops per call
+        (with the reason each op was not compiled), and the peak bytes of intermediates its last
+        call held at once."""
         out = []
         for entry in self._entries.values():
             c = entry.compiled
@@ -491,6 +493,7 @@ class JitFunction:
                 "compile_ms": c.compile_ms if c else None,
                 "from_disk_cache": c.from_cache if c else False,
                 "kernels_per_call": c.num_kernels if c else 0,
+                "kernels": [{"name": n, "parallel_rows": r} for n, r in c.kernels] if c else [],
                 "eager_ops_per_call": len(c.host_ops) if c else entry.traced.num_ops,
                 "eager_ops": list(c.host_ops) if c else [],
                 "peak_intermediate_bytes": c.peak_intermediate_bytes if c else None,

@@ -101,6 +101,7 @@ void bind_jit(py::module_& m) {
       .def_property_readonly("compile_ms", &CompiledFunction::compile_ms)
       .def_property_readonly("from_cache", &CompiledFunction::from_cache)
       .def_property_readonly("num_kernels", &CompiledFunction::num_kernels)
+      .def_property_readonly("kernels", &CompiledFunction::kernels)
       .def_property_readonly("host_ops", &CompiledFunction::host_ops)
       .def_property_readonly("peak_intermediate_bytes", &CompiledFunction::peak_intermediate_bytes);
   m.def("_compiled_cache_key", [](const TracedFunction& f) {
