@@ -140,11 +140,12 @@ Value sigmoid_of(mlir::OpBuilder& b, mlir::Location loc, Value x, mlir::Type r) 
 
 // The elementwise ops that lower, by kiln op name. `bool_result`: the result
 // is bool (comparisons, logical ops); otherwise it must be f32/f64, or also
-// i32/i64 when `int_result`.
+// i32/i64 when `int_result`; a conversion (`any_result`) may produce any of them.
 struct Rule {
   Body body;
   bool bool_result = false;
   bool int_result = false;
+  bool any_result = false;
 };
 
 const llvm::StringMap<Rule>& rules() {
@@ -153,7 +154,10 @@ const llvm::StringMap<Rule>& rules() {
     llvm::StringMap<Rule> t;
     auto identity = unary([](OpBuilder&, Location, Value x, Type) { return x; });
     // casts and broadcasts: the conversion and the indexing maps do the work
-    for (const char* name : {"to", "contiguous", "clone", "expand", "broadcast_to"}) t[name] = {identity, false, true};
+    for (const char* name : {"to_copy", "contiguous", "clone", "expand"}) t[name] = {identity, false, false, true};
+    // copy(dst, src): src broadcast and converted to dst's shape and dtype
+    t["copy"] = {[](OpBuilder& b, Location loc, ValueRange args, Type r) { return convert(b, loc, args[1], r); },
+                 false, false, true};
     t["neg"] = {unary([](OpBuilder& b, Location loc, Value x, Type r) -> Value {
                   if (isa<FloatType>(r)) return b.create<arith::NegFOp>(loc, x);
                   return b.create<arith::SubIOp>(loc, b.create<arith::ConstantOp>(loc, b.getIntegerAttr(r, 0)), x);
@@ -1175,7 +1179,7 @@ std::string refusal(mlir::Operation* op) {
   if (it == rules().end()) return "not an op the compiler knows";
   const Rule& rule = it->second;
   bool int_ok = rule.int_result && (re.isInteger(32) || re.isInteger(64));
-  if (rule.bool_result ? !re.isInteger(1) : !(is_float(re) || int_ok))
+  if (!rule.any_result && (rule.bool_result ? !re.isInteger(1) : !(is_float(re) || int_ok)))
     return "only float32 and float64 results (bool for comparisons, int32/int64 for integer arithmetic) are compiled";
   if (kiln_name == "where" && op->getNumOperands() != 3) return "unexpected operands";
   // Result shape must be the broadcast of the operands'.

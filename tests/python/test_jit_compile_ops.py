@@ -207,7 +207,8 @@ def test_integer_arithmetic(dtype):
     b = kiln.from_numpy(rng.integers(-100, 100, (5, 1)).astype(dtype))
 
     def f(a, b):
-        return a + b, a - b * 3, -a, a.abs(), kiln.maximum(a, b), kiln.minimum(a, b), kiln.where(a > b, a, b), a * 2 + 1
+        return (a + b, a - b * 3, -a, a.abs(), kiln.maximum(a, b), kiln.minimum(a, b), kiln.where(a > b, a, b),
+                a * 2 + 1, (a.to(kiln.float64) * 0.37).to(a.dtype), a.to(kiln.bool), (a > 0).to(kiln.int32) + b)
 
     got, want = compiled(f, a, b)
     assert_close(got, want, 0)
