@@ -193,6 +193,13 @@ const llvm::StringMap<Rule>& rules() {
       Value neg = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OLT, x, zero);
       return b.create<arith::SelectOp>(loc, neg, zero, x);
     })};
+    t["gelu_tanh"] = {unary([](OpBuilder& b, Location loc, Value x, Type r) -> Value {
+      Value x3 = b.create<arith::MulFOp>(loc, b.create<arith::MulFOp>(loc, x, x), x);
+      Value inner = b.create<arith::AddFOp>(loc, x, b.create<arith::MulFOp>(loc, fconst(b, loc, r, 0.044715), x3));
+      Value th = b.create<math::TanhOp>(loc, b.create<arith::MulFOp>(loc, fconst(b, loc, r, 0.79788456080286535588), inner));
+      Value h = b.create<arith::MulFOp>(loc, fconst(b, loc, r, 0.5), x);
+      return b.create<arith::MulFOp>(loc, h, b.create<arith::AddFOp>(loc, fconst(b, loc, r, 1.0), th));
+    })};
     t["gelu"] = {unary([](OpBuilder& b, Location loc, Value x, Type r) -> Value {
       Value e = b.create<math::ErfOp>(loc, b.create<arith::MulFOp>(loc, x, fconst(b, loc, r, 0.70710678118654752440)));
       Value h = b.create<arith::MulFOp>(loc, fconst(b, loc, r, 0.5), x);
@@ -785,6 +792,15 @@ Structured permute() {
           }};
 }
 
+// Index `start + step * i` into a dim of `size` from loop index `i`. A bare
+// `i` (start 0, step 1) into a larger dim would make linalg infer the loop's
+// range from that operand: it becomes `i mod size` (the same index; LLVM drops
+// the remainder of an induction variable known to be smaller).
+mlir::AffineExpr offset_index(mlir::AffineExpr i, int64_t start, int64_t step, int64_t size, int64_t loop_size) {
+  if (start == 0 && step == 1 && loop_size != size) return i % size;
+  return i * step + start;
+}
+
 // slice / narrow / select: the result reads the operand at start + step * i
 // along `dim` (select drops the dim and reads a constant index).
 Structured pick(llvm::StringRef kind) {
@@ -805,10 +821,10 @@ Structured pick(llvm::StringRef kind) {
               if (kind == "select") {
                 e.push_back(mlir::getAffineConstantExpr(wrap(int_attr(op, "index"), size), b.getContext()));
               } else if (kind == "narrow") {
-                e.push_back(out.dim(d) + wrap(int_attr(op, "start"), size));
+                e.push_back(offset_index(out.dim(d), wrap(int_attr(op, "start"), size), 1, size, rt.getDimSize(d)));
               } else {  // slice's clamped range, as eager's slice_range
                 int64_t start = std::clamp<int64_t>(wrap(int_attr(op, "start", 0), size), 0, size);
-                e.push_back(out.dim(d) * int_attr(op, "step", 1) + start);
+                e.push_back(offset_index(out.dim(d), start, int_attr(op, "step", 1), size, rt.getDimSize(d)));
               }
             }
             return generic(b, op->getLoc(), out, {{x, out.map(e)}},
@@ -826,6 +842,94 @@ Structured reshape_op() {
           },
           [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
             return {reshape(b, op->getLoc(), op->getOperand(0), result_type(op))};
+          }};
+}
+
+// split / split_with_sizes / chunk: the pieces lie one after the other along
+// `dim`; each is a generic reading at its offset.
+Structured split() {
+  return {[](mlir::Operation*) { return std::string(); },
+          [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+            Value x = op->getOperand(0);
+            int64_t rank = type_of(x).getRank(), dim = wrap(int_attr(op, "dim"), rank), offset = 0;
+            llvm::SmallVector<Value> pieces;
+            for (Value r : op->getResults()) {
+              auto rt = type_of(r);
+              Space out = Space::parallel(b.getContext(), rt.getShape());
+              llvm::SmallVector<mlir::AffineExpr> e;
+              for (int64_t d = 0; d < rank; ++d)
+                e.push_back(d == dim ? offset_index(out.dim(d), offset, 1, type_of(x).getDimSize(d), rt.getDimSize(d))
+                                     : out.dim(d));
+              pieces.push_back(generic(b, op->getLoc(), out, {{x, out.map(e)}},
+                                       {{empty(b, op->getLoc(), rt.getShape(), rt.getElementType()), out.full()}},
+                                       [](mlir::OpBuilder&, mlir::Location, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                                         return {args[0]};
+                                       })[0]);
+              offset += rt.getDimSize(dim);
+            }
+            return pieces;
+          }};
+}
+
+// broadcast_tensors: each operand broadcast to its result's shape.
+Structured broadcast_tensors() {
+  return {[](mlir::Operation*) { return std::string(); },
+          [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+            llvm::SmallVector<Value> out;
+            for (auto [x, r] : llvm::zip(op->getOperands(), op->getResults())) {
+              auto rt = type_of(r);
+              Space sp = Space::parallel(b.getContext(), rt.getShape());
+              out.push_back(generic(b, op->getLoc(), sp, {{x, sp.broadcast(type_of(x).getShape())}},
+                                    {{empty(b, op->getLoc(), rt.getShape(), rt.getElementType()), sp.full()}},
+                                    [](mlir::OpBuilder&, mlir::Location, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                                      return {args[0]};
+                                    })[0]);
+            }
+            return out;
+          }};
+}
+
+// masked_fill(x, mask): value where mask, else x, broadcast.
+Structured masked_fill() {
+  return {[](mlir::Operation* op) -> std::string {
+            if (!scalar_attr(op->getAttr("value"))) return "fill value is not a number";
+            return {};
+          },
+          [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+            auto rt = result_type(op);
+            mlir::Type t = rt.getElementType();
+            double value = *scalar_attr(op->getAttr("value"));
+            Value x = op->getOperand(0), mask = op->getOperand(1);
+            Space sp = Space::parallel(b.getContext(), rt.getShape());
+            return generic(b, op->getLoc(), sp,
+                           {{x, sp.broadcast(type_of(x).getShape())}, {mask, sp.broadcast(type_of(mask).getShape())}},
+                           {{empty(b, op->getLoc(), rt.getShape(), t), sp.full()}},
+                           [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                             Value v = nb.create<mlir::arith::ConstantOp>(nloc, mlir::cast<mlir::TypedAttr>(splat_value(t, value)));
+                             return {nb.create<mlir::arith::SelectOp>(nloc, convert(nb, nloc, args[1], nb.getI1Type()), v,
+                                                                      convert(nb, nloc, args[0], t))};
+                           });
+          }};
+}
+
+// one_hot(index): result[..., c] = (index[...] == c).
+Structured one_hot() {
+  return {[](mlir::Operation*) { return std::string(); },
+          [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+            auto rt = result_type(op);
+            Value index = op->getOperand(0);
+            Space sp = Space::parallel(b.getContext(), rt.getShape());
+            llvm::SmallVector<mlir::AffineExpr> e;
+            for (int64_t d = 0; d + 1 < rt.getRank(); ++d) e.push_back(sp.dim(d));
+            return generic(b, op->getLoc(), sp, {{index, sp.map(e)}},
+                           {{empty(b, op->getLoc(), rt.getShape(), rt.getElementType()), sp.full()}},
+                           [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                             Arith a{nb, nloc, rt.getElementType()};
+                             Value hit = nb.create<mlir::arith::CmpIOp>(
+                                 nloc, mlir::arith::CmpIPredicate::eq, a.index(static_cast<unsigned>(rt.getRank() - 1)),
+                                 convert(nb, nloc, args[0], nb.getI64Type()));
+                             return {convert(nb, nloc, hit, rt.getElementType())};
+                           });
           }};
 }
 
@@ -1119,6 +1223,10 @@ const llvm::StringMap<Structured>& structured() {
     t["permute"] = permute();
     for (const char* name : {"slice", "narrow", "select"}) t[name] = pick(name);
     for (const char* name : {"reshape", "view", "flatten", "squeeze", "unsqueeze"}) t[name] = reshape_op();
+    for (const char* name : {"split", "split_with_sizes", "chunk"}) t[name] = split();
+    t["broadcast_tensors"] = broadcast_tensors();
+    t["masked_fill"] = masked_fill();
+    t["one_hot"] = one_hot();
     t["sgd_step"] = sgd_step();
     t["adam_step"] = adam_step();
     t["cross_entropy"] = cross_entropy(false);

@@ -22,8 +22,10 @@
 //     pass: that measured 4-6x slower (its loop is not vectorized);
 //     elementwise producers fuse into all three;
 //   - layout: permute (a generic whose input map is the permutation), slice,
-//     narrow, select (affine input maps), reshape, view, flatten, squeeze,
-//     unsqueeze (collapse_shape then expand_shape);
+//     narrow, select, split, split_with_sizes, chunk (affine input maps),
+//     broadcast_tensors, reshape, view, flatten, squeeze, unsqueeze
+//     (collapse_shape then expand_shape);
+//   - masked_fill, one_hot, gelu_tanh, casts (to_copy), copy;
 //   - a training step's ops: sgd_step and adam_step (one generic with a
 //     result per updated tensor); cross_entropy, nll_loss and their backward
 //     ops with class indices on (N, C) inputs without label smoothing;

@@ -224,6 +224,7 @@ TEST_CASE("layout ops lower to generics and reshapes", "[lowering]") {
     return {permute(a[0], {2, 0, 1}), transpose(a[0], 0, 2).contiguous(), reshape(a[0], {4, 6}),
             reshape(a[0], {3, 8}), flatten(a[0], 1, 2), unsqueeze(a[0], 1), squeeze(unsqueeze(a[0], 0), 0),
             slice(a[0], 2, 1, std::nullopt, 2), narrow(a[0], 1, 1, 2), select(a[0], 1, -1),
+            narrow(a[0], 2, 0, 3) * 2.0, slice(a[0], 1, std::nullopt, 2, 1) + 1.0,  // prefixes: i mod size
             reshape(a[0], {24}) * 2.0};
   };
   check_against_eager({x}, f, 0);

@@ -186,7 +186,14 @@ LAYOUT = {
     "narrow": lambda v: v.narrow(2, 1, v.shape[2] - 1),
     "select": lambda v: v.select(1, -1),
     "slice_step": lambda v: v[:, :, 1::2],
+    "slice_prefix": lambda v: v[:, :, :-1] + v[:, :, 1:],
+    "narrow_prefix": lambda v: v.narrow(1, 0, 1) * 3,
     "contiguous": lambda v: v.transpose(1, 2).contiguous(),
+    "split": lambda v: v.split(1, dim=1),
+    "chunk": lambda v: tuple(p * 2 for p in v.chunk(2, dim=-1)),
+    "split_with_sizes": lambda v: v.split([1, v.shape[2] - 1], dim=2),
+    "broadcast_tensors": lambda v: kiln.broadcast_tensors(v, v[:, :1, :], v[0, 0, :]),
+    "masked_fill": lambda v: v.masked_fill(v[:, :1, :] > 0, -1.5),
 }
 
 
@@ -199,6 +206,16 @@ def test_layout_ops(name, shape):
 
 
 # ---- integers ----
+
+def test_one_hot_and_gelu_tanh():
+    rng = np.random.default_rng(13)
+    t = kiln.from_numpy(rng.integers(0, 5, (3, 4)))
+    got, want = compiled(lambda t: kiln.one_hot(t, 6) * 2, t)
+    assert_close(got, want, 0)
+    x = rand(rng, (7, 9), np.float32, 3.0)
+    got, want = compiled(lambda x: F.gelu(x, approximate="tanh"), x)
+    assert_close(got, want, 2e-5)
+
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
 def test_integer_arithmetic(dtype):
