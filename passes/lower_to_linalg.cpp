@@ -140,7 +140,8 @@ Value sigmoid_of(mlir::OpBuilder& b, mlir::Location loc, Value x, mlir::Type r) 
 
 // The elementwise ops that lower, by kiln op name. `bool_result`: the result
 // is bool (comparisons, logical ops); otherwise it must be f32/f64, or also
-// i32/i64 when `int_result`; a conversion (`any_result`) may produce any of them.
+// i32/i64 when `int_result`; `any_result`: any compiled dtype (conversions,
+// and bitwise ops, whose meta rule allows only integers and bool).
 struct Rule {
   Body body;
   bool bool_result = false;
@@ -228,6 +229,10 @@ const llvm::StringMap<Rule>& rules() {
     t["le"] = {compare(arith::CmpFPredicate::OLE, arith::CmpIPredicate::sle), true};
     t["gt"] = {compare(arith::CmpFPredicate::OGT, arith::CmpIPredicate::sgt), true};
     t["ge"] = {compare(arith::CmpFPredicate::OGE, arith::CmpIPredicate::sge), true};
+    // bitwise ops: integer or bool results (bool is i1: the same ops)
+    t["bitwise_and"] = {binary_op<arith::AndIOp>(), false, false, true};
+    t["bitwise_or"] = {binary_op<arith::OrIOp>(), false, false, true};
+    t["bitwise_xor"] = {binary_op<arith::XOrIOp>(), false, false, true};
     t["logical_and"] = {logical<arith::AndIOp>(), true};
     t["logical_or"] = {logical<arith::OrIOp>(), true};
     t["logical_xor"] = {logical<arith::XOrIOp>(), true};
@@ -566,6 +571,68 @@ Structured reduction(Combine c, bool float_only = false, bool scale_by_count = f
                         return {combine(nb, nloc, c, args[1], v)};
                       })[0];
     return {reshape(b, loc, r, rt)};
+  };
+  return s;
+}
+
+// max/min(dim) (values and indices), argmax/argmin (indices; no dim: of the
+// flattened input). The first extreme wins a tie and NaN beats every number,
+// as eager: the loop walks the reduced dims in order and only a strictly
+// better element (or a first NaN) replaces the running one. Int64 indices.
+Structured arg_extreme(bool max, bool values) {
+  Structured s;
+  s.check = [](mlir::Operation* op) -> std::string {
+    auto in = type_of(op->getOperand(0));
+    if (in.getNumElements() == 0) return "empty reductions are not compiled";
+    if (in.getElementType().isInteger(1)) return "bool arguments are not compiled";
+    return {};
+  };
+  s.lower = [max, values](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+    mlir::Location loc = op->getLoc();
+    Value x = op->getOperand(0);
+    auto xt = type_of(x);
+    mlir::Type t = xt.getElementType();
+    int64_t rank = xt.getRank();
+    auto dim_attr = op->getAttrOfType<mlir::IntegerAttr>("dim");
+    llvm::SmallVector<bool> mask(rank, !dim_attr);
+    if (dim_attr && rank > 0) mask[wrap(dim_attr.getInt(), rank)] = true;
+    Space red(b.getContext(), xt.getShape(), mask);
+    Value v0 = filled(b, loc, red.kept_shape(), identity(max ? Combine::Max : Combine::Min, t));
+    Value i0 = filled(b, loc, red.kept_shape(), b.getI64IntegerAttr(0));
+    auto r = generic(b, loc, red, {{x, red.full()}}, {{v0, red.kept()}, {i0, red.kept()}},
+                     [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                       Arith a{nb, nloc, t};
+                       Value xv = args[0], v = args[1];
+                       // the row-major index of the element within the reduced dims
+                       Value k = nb.create<mlir::arith::ConstantOp>(nloc, nb.getI64IntegerAttr(0));
+                       for (int64_t d = 0; d < rank; ++d) {
+                         if (!mask[d]) continue;
+                         k = nb.create<mlir::arith::MulIOp>(
+                             nloc, k, nb.create<mlir::arith::ConstantOp>(nloc, nb.getI64IntegerAttr(xt.getDimSize(d))));
+                         k = nb.create<mlir::arith::AddIOp>(nloc, k, a.index(red.loop[d]));
+                       }
+                       Value better;
+                       if (mlir::isa<mlir::FloatType>(t)) {
+                         using P = mlir::arith::CmpFPredicate;
+                         better = nb.create<mlir::arith::CmpFOp>(nloc, max ? P::OGT : P::OLT, xv, v);
+                         Value first_nan = nb.create<mlir::arith::AndIOp>(
+                             nloc, nb.create<mlir::arith::CmpFOp>(nloc, P::UNO, xv, xv),
+                             nb.create<mlir::arith::CmpFOp>(nloc, P::ORD, v, v));
+                         better = nb.create<mlir::arith::OrIOp>(nloc, better, first_nan);
+                       } else {
+                         using P = mlir::arith::CmpIPredicate;
+                         better = nb.create<mlir::arith::CmpIOp>(nloc, max ? P::sgt : P::slt, xv, v);
+                       }
+                       // the first element always replaces the identity (which it may equal)
+                       Value first = nb.create<mlir::arith::CmpIOp>(
+                           nloc, mlir::arith::CmpIPredicate::eq, k, nb.create<mlir::arith::ConstantOp>(nloc, nb.getI64IntegerAttr(0)));
+                       better = nb.create<mlir::arith::OrIOp>(nloc, better, first);
+                       return {a.select(better, xv, v), a.select(better, k, args[2])};
+                     });
+    llvm::SmallVector<Value> out;
+    if (values) out.push_back(reshape(b, loc, r[0], result_type(op, 0)));
+    out.push_back(reshape(b, loc, r[1], result_type(op, values ? 1 : 0)));
+    return out;
   };
   return s;
 }
@@ -1214,6 +1281,10 @@ const llvm::StringMap<Structured>& structured() {
     t["amin"] = reduction(Combine::Min);
     t["any"] = reduction(Combine::Or);
     t["all"] = reduction(Combine::And);
+    t["max"] = arg_extreme(true, true);
+    t["min"] = arg_extreme(false, true);
+    t["argmax"] = arg_extreme(true, false);
+    t["argmin"] = arg_extreme(false, false);
     t["var"] = variance(false);
     t["std"] = variance(true);
     t["logsumexp"] = logsumexp();

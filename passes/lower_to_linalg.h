@@ -10,10 +10,11 @@
 //     conversions where an operand's element type differs from the
 //     computation's. float32/float64 results, bool for comparisons and
 //     logical ops, int32/int64 for add, sub, mul, neg, abs, maximum,
-//     minimum, where and casts;
+//     minimum, where, bitwise ops and casts;
 //   - reductions over dims with keepdim: sum, mean, prod, amax, amin, any,
-//     all (one generic), var (two), std and logsumexp (their result needs one
-//     more elementwise generic). Float combinations carry fastmath
+//     all, max/min(dim) with indices, argmax, argmin (one generic), var
+//     (two), std and logsumexp (their result needs one more elementwise
+//     generic). Float combinations carry fastmath
 //     `reassoc` so that LLVM vectorizes them: the summation order, and so
 //     the rounding, differs from eager's;
 //   - softmax, log_softmax, native_layer_norm: two one-result reduction

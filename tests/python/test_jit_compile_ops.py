@@ -207,6 +207,32 @@ def test_layout_ops(name, shape):
 
 # ---- integers ----
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_argmax_and_max_with_indices(dtype):
+    """Ties go to the first extreme, NaN beats every number (the first NaN wins)."""
+    rng = np.random.default_rng(14)
+    x = rng.integers(-3, 4, (5, 6, 7)).astype(dtype)  # many ties
+    if dtype != np.int32:
+        x[1, 2, 3] = x[3, 0, 0] = x[3, 4, 0] = np.nan
+    x = kiln.from_numpy(x)
+
+    def f(x):
+        v, i = x.max(dim=1)
+        w, j = x.min(dim=-1, keepdim=True)
+        return v, i, w, j, x.argmax(), x.argmin(dim=0), x.argmax(dim=2, keepdim=True)
+
+    got, want = compiled(f, x)
+    assert_close(got, want, 0)
+
+
+def test_bitwise_ops():
+    rng = np.random.default_rng(15)
+    a = kiln.from_numpy(rng.integers(-100, 100, (4, 5)))
+    b = kiln.from_numpy(rng.integers(-100, 100, (5,)))
+    got, want = compiled(lambda a, b: (a & b, a | b, a ^ b, (a > 0) & (b > 0), (a > 0) ^ (b < 0)), a, b)
+    assert_close(got, want, 0)
+
+
 def test_one_hot_and_gelu_tanh():
     rng = np.random.default_rng(13)
     t = kiln.from_numpy(rng.integers(0, 5, (3, 4)))
