@@ -542,8 +542,9 @@ struct Structured {
   std::function<llvm::SmallVector<Value>(mlir::OpBuilder&, mlir::Operation*)> lower;
 };
 
-// A plain reduction over `dims` with `keepdim`: one generic. `pre` maps
-// each element (converted to the result type) before it is combined.
+// A plain reduction over `dims` with `keepdim`: one generic, each element
+// converted to the result type (and, for mean, `scale_by_count`: multiplied
+// by 1/count, so that no second generic divides the sum).
 Structured reduction(Combine c, bool float_only = false, bool scale_by_count = false) {
   Structured s;
   s.check = [c, float_only](mlir::Operation* op) -> std::string {
