@@ -806,39 +806,77 @@ Structured layer_norm() {
   return s;
 }
 
-// mse_loss: (input - target)^2 over their broadcast shape; for mean and sum
-// one reduction generic over all of its dims.
-Structured mse_loss() {
+// A loss that is a function of its operands elementwise (broadcast together),
+// reduced by `reduction` (none, mean, sum) in the same generic. `operands`
+// lists them with null for an absent optional one; `loss` gets their scalars
+// converted to the result type (null where absent).
+using LossOperands = std::function<llvm::SmallVector<Value>(mlir::Operation*)>;
+using LossBody = std::function<Value(const Arith&, llvm::ArrayRef<Value>)>;
+Structured pointwise_loss(LossOperands operands, LossBody loss) {
   Structured s;
   s.check = [](mlir::Operation* op) -> std::string {
     llvm::StringRef red = op->getAttrOfType<mlir::StringAttr>("reduction").getValue();
     if (red != "mean" && red != "sum" && red != "none") return "unknown reduction";
     return float_result(op);
   };
-  s.lower = [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+  s.lower = [operands, loss](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
     mlir::Location loc = op->getLoc();
-    auto rt = result_type(op);
-    mlir::Type t = rt.getElementType();
+    mlir::Type t = result_type(op).getElementType();
     llvm::StringRef red = op->getAttrOfType<mlir::StringAttr>("reduction").getValue();
-    Value x = op->getOperand(0), y = op->getOperand(1);
-    // the broadcast shape, aligned at the trailing dims
-    auto xs = type_of(x).getShape(), ys = type_of(y).getShape();
-    Shape64 shape(std::max(xs.size(), ys.size()), 1);
-    for (auto dims : {xs, ys})
-      for (size_t i = 0; i < dims.size(); ++i)
-        shape[shape.size() - dims.size() + i] = std::max(shape[shape.size() - dims.size() + i], dims[i]);
+    llvm::SmallVector<Value> vals = operands(op);
+    Shape64 shape;  // the broadcast shape, aligned at the trailing dims
+    for (Value v : vals) {
+      if (!v) continue;
+      auto vs = type_of(v).getShape();
+      if (vs.size() > shape.size()) shape.insert(shape.begin(), vs.size() - shape.size(), 1);
+      for (size_t i = 0; i < vs.size(); ++i)
+        shape[shape.size() - vs.size() + i] = std::max(shape[shape.size() - vs.size() + i], vs[i]);
+    }
     Space sp(b.getContext(), shape, llvm::SmallVector<bool>(shape.size(), red != "none"));
     double scale = red == "mean" ? 1.0 / static_cast<double>(std::max<int64_t>(sp.count(), 1)) : 1.0;
+    llvm::SmallVector<std::pair<Value, AffineMap>> ins;
+    for (Value v : vals)
+      if (v) ins.push_back({v, sp.broadcast(type_of(v).getShape())});
     Value init = red == "none" ? empty(b, loc, shape, t) : filled(b, loc, {}, identity(Combine::Add, t));
-    return generic(b, loc, sp, {{x, sp.broadcast(xs)}, {y, sp.broadcast(ys)}}, {{init, sp.kept()}},
+    return generic(b, loc, sp, ins, {{init, sp.kept()}},
                    [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
                      Arith a{nb, nloc, t};
-                     Value d = a.sub(a.cvt(args[0]), a.cvt(args[1]));
-                     if (red == "none") return {a.mul(d, d)};
-                     return {combine(nb, nloc, Combine::Add, args[2], a.mul(a.mul(d, d), a.c(scale)))};
+                     llvm::SmallVector<Value> scalars;
+                     size_t k = 0;
+                     for (Value v : vals) scalars.push_back(v ? a.cvt(args[k++]) : Value());
+                     Value l = loss(a, scalars);
+                     if (red == "none") return {l};
+                     return {combine(nb, nloc, Combine::Add, args.back(), a.mul(l, a.c(scale)))};
                    });
   };
   return s;
+}
+
+Structured mse_loss() {
+  return pointwise_loss([](mlir::Operation* op) { return llvm::SmallVector<Value>(op->getOperands()); },
+                        [](const Arith& a, llvm::ArrayRef<Value> v) {
+                          Value d = a.sub(v[0], v[1]);
+                          return a.mul(d, d);
+                        });
+}
+
+// (1 - t) x + lw softplus(-x), lw = 1 + (pos_weight - 1) t, times weight;
+// softplus(-x) = log1p(exp(-|x|)) + max(-x, 0), as eager writes it.
+Structured bce_with_logits() {
+  return pointwise_loss(
+      [](mlir::Operation* op) {
+        auto o = mlir::cast<kiln::ir::BinaryCrossEntropyWithLogitsOp>(op);
+        return llvm::SmallVector<Value>{o.getInput(), o.getTarget(), o.getWeight(), o.getPosWeight()};
+      },
+      [](const Arith& a, llvm::ArrayRef<Value> v) {
+        Value x = v[0], t = v[1];
+        Value neg_abs = a.b.create<mlir::arith::NegFOp>(a.loc, a.b.create<mlir::math::AbsFOp>(a.loc, x));
+        Value sp = a.add(a.b.create<mlir::math::Log1pOp>(a.loc, a.exp(neg_abs)),
+                         a.max(a.b.create<mlir::arith::NegFOp>(a.loc, x), a.c(0)));
+        Value lw = v[3] ? a.add(a.mul(a.sub(v[3], a.c(1)), t), a.c(1)) : Value();
+        Value l = a.add(a.mul(a.sub(a.c(1), t), x), lw ? a.mul(lw, sp) : sp);
+        return v[2] ? a.mul(l, v[2]) : l;
+      });
 }
 
 // ---- layout ops: generics whose input map does the work, and reshapes ----
@@ -1305,6 +1343,7 @@ const llvm::StringMap<Structured>& structured() {
     t["cross_entropy_backward"] = cross_entropy_backward(false);
     t["nll_loss"] = cross_entropy(true);
     t["mse_loss"] = mse_loss();
+    t["binary_cross_entropy_with_logits"] = bce_with_logits();
     t["nll_loss_backward"] = cross_entropy_backward(true);
     return t;
   }();

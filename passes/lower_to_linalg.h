@@ -30,7 +30,7 @@
 //   - a training step's ops: sgd_step and adam_step (one generic with a
 //     result per updated tensor); cross_entropy, nll_loss and their backward
 //     ops with class indices on (N, C) inputs without label smoothing;
-//     mse_loss (one generic);
+//     mse_loss and binary_cross_entropy_with_logits (one generic);
 //   - views (permute, reshape, slice...) whose every use is matmul, linear or
 //     conv2d stay kiln ops: eagerly free, and BLAS reads them in place.
 // Reduction generics list the kept dims' loops before the reduced ones

@@ -1,7 +1,7 @@
 """kiln.jit(f, compile=True) for the ops lowered beyond elementwise: reductions, softmax,
-log_softmax, layer_norm, layout ops, integer arithmetic, cross_entropy, nll_loss, mse_loss;
-compiled vs eager (f called without jit) on random shapes with sizes 1 and odd sizes,
-broadcasting, float32 and float64, and each variant checked to be compiled (cache_report).
+log_softmax, layer_norm, layout ops, integer arithmetic, the losses; compiled vs eager (f
+called without jit) on random shapes with sizes 1 and odd sizes, broadcasting, float32
+and float64, and each variant checked to be compiled (cache_report).
 
 Tolerances: float reductions combine with fastmath `reassoc`, so LLVM vectorizes them and
 sums in another order than eager (which sums float32 in double in places); float32 exp,
@@ -300,3 +300,19 @@ def test_mse_loss_with_broadcasting(reduction, dtype):
     a, b = rand(rng, (5, 1, 3), dtype), rand(rng, (4, 1), dtype)
     got, want = compiled(lambda a, b: F.mse_loss(a, b, reduction=reduction), a, b)
     assert_close(got, want, TOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_binary_cross_entropy_with_logits(reduction, dtype):
+    rng = np.random.default_rng(16)
+    x, w, pw = rand(rng, (6, 5), dtype, 4.0), rand(rng, (5,), dtype).abs(), rand(rng, (5,), dtype).abs() + 0.5
+    t = kiln.from_numpy(rng.random((6, 5)).astype(dtype))
+
+    def f(x, t, w, pw):
+        return (F.binary_cross_entropy_with_logits(x, t, reduction=reduction),
+                F.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw, reduction=reduction),
+                F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction=reduction))
+
+    got, want = compiled(f, x, t, w, pw)
+    assert_close(got, want, 2e-5 if dtype == np.float32 else 1e-12)
