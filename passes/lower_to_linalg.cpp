@@ -140,11 +140,13 @@ Value sigmoid_of(mlir::OpBuilder& b, mlir::Location loc, Value x, mlir::Type r) 
 
 // The elementwise ops that lower, by kiln op name. `bool_result`: the result
 // is bool (comparisons, logical ops); otherwise it must be f32/f64, or also
-// i32/i64 when `int_result`.
+// i32/i64 when `int_result`; `any_result`: any compiled dtype (conversions,
+// and bitwise ops, whose meta rule allows only integers and bool).
 struct Rule {
   Body body;
   bool bool_result = false;
   bool int_result = false;
+  bool any_result = false;
 };
 
 const llvm::StringMap<Rule>& rules() {
@@ -153,7 +155,10 @@ const llvm::StringMap<Rule>& rules() {
     llvm::StringMap<Rule> t;
     auto identity = unary([](OpBuilder&, Location, Value x, Type) { return x; });
     // casts and broadcasts: the conversion and the indexing maps do the work
-    for (const char* name : {"to", "contiguous", "clone", "expand", "broadcast_to"}) t[name] = {identity, false, true};
+    for (const char* name : {"to_copy", "contiguous", "clone", "expand"}) t[name] = {identity, false, false, true};
+    // copy(dst, src): src broadcast and converted to dst's shape and dtype
+    t["copy"] = {[](OpBuilder& b, Location loc, ValueRange args, Type r) { return convert(b, loc, args[1], r); },
+                 false, false, true};
     t["neg"] = {unary([](OpBuilder& b, Location loc, Value x, Type r) -> Value {
                   if (isa<FloatType>(r)) return b.create<arith::NegFOp>(loc, x);
                   return b.create<arith::SubIOp>(loc, b.create<arith::ConstantOp>(loc, b.getIntegerAttr(r, 0)), x);
@@ -189,6 +194,13 @@ const llvm::StringMap<Rule>& rules() {
       Value neg = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OLT, x, zero);
       return b.create<arith::SelectOp>(loc, neg, zero, x);
     })};
+    t["gelu_tanh"] = {unary([](OpBuilder& b, Location loc, Value x, Type r) -> Value {
+      Value x3 = b.create<arith::MulFOp>(loc, b.create<arith::MulFOp>(loc, x, x), x);
+      Value inner = b.create<arith::AddFOp>(loc, x, b.create<arith::MulFOp>(loc, fconst(b, loc, r, 0.044715), x3));
+      Value th = b.create<math::TanhOp>(loc, b.create<arith::MulFOp>(loc, fconst(b, loc, r, 0.79788456080286535588), inner));
+      Value h = b.create<arith::MulFOp>(loc, fconst(b, loc, r, 0.5), x);
+      return b.create<arith::MulFOp>(loc, h, b.create<arith::AddFOp>(loc, fconst(b, loc, r, 1.0), th));
+    })};
     t["gelu"] = {unary([](OpBuilder& b, Location loc, Value x, Type r) -> Value {
       Value e = b.create<math::ErfOp>(loc, b.create<arith::MulFOp>(loc, x, fconst(b, loc, r, 0.70710678118654752440)));
       Value h = b.create<arith::MulFOp>(loc, fconst(b, loc, r, 0.5), x);
@@ -217,6 +229,10 @@ const llvm::StringMap<Rule>& rules() {
     t["le"] = {compare(arith::CmpFPredicate::OLE, arith::CmpIPredicate::sle), true};
     t["gt"] = {compare(arith::CmpFPredicate::OGT, arith::CmpIPredicate::sgt), true};
     t["ge"] = {compare(arith::CmpFPredicate::OGE, arith::CmpIPredicate::sge), true};
+    // bitwise ops: integer or bool results (bool is i1: the same ops)
+    t["bitwise_and"] = {binary_op<arith::AndIOp>(), false, false, true};
+    t["bitwise_or"] = {binary_op<arith::OrIOp>(), false, false, true};
+    t["bitwise_xor"] = {binary_op<arith::XOrIOp>(), false, false, true};
     t["logical_and"] = {logical<arith::AndIOp>(), true};
     t["logical_or"] = {logical<arith::OrIOp>(), true};
     t["logical_xor"] = {logical<arith::XOrIOp>(), true};
@@ -526,8 +542,9 @@ struct Structured {
   std::function<llvm::SmallVector<Value>(mlir::OpBuilder&, mlir::Operation*)> lower;
 };
 
-// A plain reduction over `dims` with `keepdim`: one generic. `pre` maps
-// each element (converted to the result type) before it is combined.
+// A plain reduction over `dims` with `keepdim`: one generic, each element
+// converted to the result type (and, for mean, `scale_by_count`: multiplied
+// by 1/count, so that no second generic divides the sum).
 Structured reduction(Combine c, bool float_only = false, bool scale_by_count = false) {
   Structured s;
   s.check = [c, float_only](mlir::Operation* op) -> std::string {
@@ -555,6 +572,68 @@ Structured reduction(Combine c, bool float_only = false, bool scale_by_count = f
                         return {combine(nb, nloc, c, args[1], v)};
                       })[0];
     return {reshape(b, loc, r, rt)};
+  };
+  return s;
+}
+
+// max/min(dim) (values and indices), argmax/argmin (indices; no dim: of the
+// flattened input). The first extreme wins a tie and NaN beats every number,
+// as eager: the loop walks the reduced dims in order and only a strictly
+// better element (or a first NaN) replaces the running one. Int64 indices.
+Structured arg_extreme(bool max, bool values) {
+  Structured s;
+  s.check = [](mlir::Operation* op) -> std::string {
+    auto in = type_of(op->getOperand(0));
+    if (in.getNumElements() == 0) return "empty reductions are not compiled";
+    if (in.getElementType().isInteger(1)) return "bool arguments are not compiled";
+    return {};
+  };
+  s.lower = [max, values](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+    mlir::Location loc = op->getLoc();
+    Value x = op->getOperand(0);
+    auto xt = type_of(x);
+    mlir::Type t = xt.getElementType();
+    int64_t rank = xt.getRank();
+    auto dim_attr = op->getAttrOfType<mlir::IntegerAttr>("dim");
+    llvm::SmallVector<bool> mask(rank, !dim_attr);
+    if (dim_attr && rank > 0) mask[wrap(dim_attr.getInt(), rank)] = true;
+    Space red(b.getContext(), xt.getShape(), mask);
+    Value v0 = filled(b, loc, red.kept_shape(), identity(max ? Combine::Max : Combine::Min, t));
+    Value i0 = filled(b, loc, red.kept_shape(), b.getI64IntegerAttr(0));
+    auto r = generic(b, loc, red, {{x, red.full()}}, {{v0, red.kept()}, {i0, red.kept()}},
+                     [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                       Arith a{nb, nloc, t};
+                       Value xv = args[0], v = args[1];
+                       // the row-major index of the element within the reduced dims
+                       Value k = nb.create<mlir::arith::ConstantOp>(nloc, nb.getI64IntegerAttr(0));
+                       for (int64_t d = 0; d < rank; ++d) {
+                         if (!mask[d]) continue;
+                         k = nb.create<mlir::arith::MulIOp>(
+                             nloc, k, nb.create<mlir::arith::ConstantOp>(nloc, nb.getI64IntegerAttr(xt.getDimSize(d))));
+                         k = nb.create<mlir::arith::AddIOp>(nloc, k, a.index(red.loop[d]));
+                       }
+                       Value better;
+                       if (mlir::isa<mlir::FloatType>(t)) {
+                         using P = mlir::arith::CmpFPredicate;
+                         better = nb.create<mlir::arith::CmpFOp>(nloc, max ? P::OGT : P::OLT, xv, v);
+                         Value first_nan = nb.create<mlir::arith::AndIOp>(
+                             nloc, nb.create<mlir::arith::CmpFOp>(nloc, P::UNO, xv, xv),
+                             nb.create<mlir::arith::CmpFOp>(nloc, P::ORD, v, v));
+                         better = nb.create<mlir::arith::OrIOp>(nloc, better, first_nan);
+                       } else {
+                         using P = mlir::arith::CmpIPredicate;
+                         better = nb.create<mlir::arith::CmpIOp>(nloc, max ? P::sgt : P::slt, xv, v);
+                       }
+                       // the first element always replaces the identity (which it may equal)
+                       Value first = nb.create<mlir::arith::CmpIOp>(
+                           nloc, mlir::arith::CmpIPredicate::eq, k, nb.create<mlir::arith::ConstantOp>(nloc, nb.getI64IntegerAttr(0)));
+                       better = nb.create<mlir::arith::OrIOp>(nloc, better, first);
+                       return {a.select(better, xv, v), a.select(better, k, args[2])};
+                     });
+    llvm::SmallVector<Value> out;
+    if (values) out.push_back(reshape(b, loc, r[0], result_type(op, 0)));
+    out.push_back(reshape(b, loc, r[1], result_type(op, values ? 1 : 0)));
+    return out;
   };
   return s;
 }
@@ -727,39 +806,77 @@ Structured layer_norm() {
   return s;
 }
 
-// mse_loss: (input - target)^2 over their broadcast shape; for mean and sum
-// one reduction generic over all of its dims.
-Structured mse_loss() {
+// A loss that is a function of its operands elementwise (broadcast together),
+// reduced by `reduction` (none, mean, sum) in the same generic. `operands`
+// lists them with null for an absent optional one; `loss` gets their scalars
+// converted to the result type (null where absent).
+using LossOperands = std::function<llvm::SmallVector<Value>(mlir::Operation*)>;
+using LossBody = std::function<Value(const Arith&, llvm::ArrayRef<Value>)>;
+Structured pointwise_loss(LossOperands operands, LossBody loss) {
   Structured s;
   s.check = [](mlir::Operation* op) -> std::string {
     llvm::StringRef red = op->getAttrOfType<mlir::StringAttr>("reduction").getValue();
     if (red != "mean" && red != "sum" && red != "none") return "unknown reduction";
     return float_result(op);
   };
-  s.lower = [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+  s.lower = [operands, loss](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
     mlir::Location loc = op->getLoc();
-    auto rt = result_type(op);
-    mlir::Type t = rt.getElementType();
+    mlir::Type t = result_type(op).getElementType();
     llvm::StringRef red = op->getAttrOfType<mlir::StringAttr>("reduction").getValue();
-    Value x = op->getOperand(0), y = op->getOperand(1);
-    // the broadcast shape, aligned at the trailing dims
-    auto xs = type_of(x).getShape(), ys = type_of(y).getShape();
-    Shape64 shape(std::max(xs.size(), ys.size()), 1);
-    for (auto dims : {xs, ys})
-      for (size_t i = 0; i < dims.size(); ++i)
-        shape[shape.size() - dims.size() + i] = std::max(shape[shape.size() - dims.size() + i], dims[i]);
+    llvm::SmallVector<Value> vals = operands(op);
+    Shape64 shape;  // the broadcast shape, aligned at the trailing dims
+    for (Value v : vals) {
+      if (!v) continue;
+      auto vs = type_of(v).getShape();
+      if (vs.size() > shape.size()) shape.insert(shape.begin(), vs.size() - shape.size(), 1);
+      for (size_t i = 0; i < vs.size(); ++i)
+        shape[shape.size() - vs.size() + i] = std::max(shape[shape.size() - vs.size() + i], vs[i]);
+    }
     Space sp(b.getContext(), shape, llvm::SmallVector<bool>(shape.size(), red != "none"));
     double scale = red == "mean" ? 1.0 / static_cast<double>(std::max<int64_t>(sp.count(), 1)) : 1.0;
+    llvm::SmallVector<std::pair<Value, AffineMap>> ins;
+    for (Value v : vals)
+      if (v) ins.push_back({v, sp.broadcast(type_of(v).getShape())});
     Value init = red == "none" ? empty(b, loc, shape, t) : filled(b, loc, {}, identity(Combine::Add, t));
-    return generic(b, loc, sp, {{x, sp.broadcast(xs)}, {y, sp.broadcast(ys)}}, {{init, sp.kept()}},
+    return generic(b, loc, sp, ins, {{init, sp.kept()}},
                    [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
                      Arith a{nb, nloc, t};
-                     Value d = a.sub(a.cvt(args[0]), a.cvt(args[1]));
-                     if (red == "none") return {a.mul(d, d)};
-                     return {combine(nb, nloc, Combine::Add, args[2], a.mul(a.mul(d, d), a.c(scale)))};
+                     llvm::SmallVector<Value> scalars;
+                     size_t k = 0;
+                     for (Value v : vals) scalars.push_back(v ? a.cvt(args[k++]) : Value());
+                     Value l = loss(a, scalars);
+                     if (red == "none") return {l};
+                     return {combine(nb, nloc, Combine::Add, args.back(), a.mul(l, a.c(scale)))};
                    });
   };
   return s;
+}
+
+Structured mse_loss() {
+  return pointwise_loss([](mlir::Operation* op) { return llvm::SmallVector<Value>(op->getOperands()); },
+                        [](const Arith& a, llvm::ArrayRef<Value> v) {
+                          Value d = a.sub(v[0], v[1]);
+                          return a.mul(d, d);
+                        });
+}
+
+// (1 - t) x + lw softplus(-x), lw = 1 + (pos_weight - 1) t, times weight;
+// softplus(-x) = log1p(exp(-|x|)) + max(-x, 0), as eager writes it.
+Structured bce_with_logits() {
+  return pointwise_loss(
+      [](mlir::Operation* op) {
+        auto o = mlir::cast<kiln::ir::BinaryCrossEntropyWithLogitsOp>(op);
+        return llvm::SmallVector<Value>{o.getInput(), o.getTarget(), o.getWeight(), o.getPosWeight()};
+      },
+      [](const Arith& a, llvm::ArrayRef<Value> v) {
+        Value x = v[0], t = v[1];
+        Value neg_abs = a.b.create<mlir::arith::NegFOp>(a.loc, a.b.create<mlir::math::AbsFOp>(a.loc, x));
+        Value sp = a.add(a.b.create<mlir::math::Log1pOp>(a.loc, a.exp(neg_abs)),
+                         a.max(a.b.create<mlir::arith::NegFOp>(a.loc, x), a.c(0)));
+        Value lw = v[3] ? a.add(a.mul(a.sub(v[3], a.c(1)), t), a.c(1)) : Value();
+        Value l = a.add(a.mul(a.sub(a.c(1), t), x), lw ? a.mul(lw, sp) : sp);
+        return v[2] ? a.mul(l, v[2]) : l;
+      });
 }
 
 // ---- layout ops: generics whose input map does the work, and reshapes ----
@@ -779,6 +896,15 @@ Structured permute() {
                              return {args[0]};
                            });
           }};
+}
+
+// Index `start + step * i` into a dim of `size` from loop index `i`. A bare
+// `i` (start 0, step 1) into a larger dim would make linalg infer the loop's
+// range from that operand: it becomes `i mod size` (the same index; LLVM drops
+// the remainder of an induction variable known to be smaller).
+mlir::AffineExpr offset_index(mlir::AffineExpr i, int64_t start, int64_t step, int64_t size, int64_t loop_size) {
+  if (start == 0 && step == 1 && loop_size != size) return i % size;
+  return i * step + start;
 }
 
 // slice / narrow / select: the result reads the operand at start + step * i
@@ -801,10 +927,10 @@ Structured pick(llvm::StringRef kind) {
               if (kind == "select") {
                 e.push_back(mlir::getAffineConstantExpr(wrap(int_attr(op, "index"), size), b.getContext()));
               } else if (kind == "narrow") {
-                e.push_back(out.dim(d) + wrap(int_attr(op, "start"), size));
+                e.push_back(offset_index(out.dim(d), wrap(int_attr(op, "start"), size), 1, size, rt.getDimSize(d)));
               } else {  // slice's clamped range, as eager's slice_range
                 int64_t start = std::clamp<int64_t>(wrap(int_attr(op, "start", 0), size), 0, size);
-                e.push_back(out.dim(d) * int_attr(op, "step", 1) + start);
+                e.push_back(offset_index(out.dim(d), start, int_attr(op, "step", 1), size, rt.getDimSize(d)));
               }
             }
             return generic(b, op->getLoc(), out, {{x, out.map(e)}},
@@ -822,6 +948,94 @@ Structured reshape_op() {
           },
           [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
             return {reshape(b, op->getLoc(), op->getOperand(0), result_type(op))};
+          }};
+}
+
+// split / split_with_sizes / chunk: the pieces lie one after the other along
+// `dim`; each is a generic reading at its offset.
+Structured split() {
+  return {[](mlir::Operation*) { return std::string(); },
+          [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+            Value x = op->getOperand(0);
+            int64_t rank = type_of(x).getRank(), dim = wrap(int_attr(op, "dim"), rank), offset = 0;
+            llvm::SmallVector<Value> pieces;
+            for (Value r : op->getResults()) {
+              auto rt = type_of(r);
+              Space out = Space::parallel(b.getContext(), rt.getShape());
+              llvm::SmallVector<mlir::AffineExpr> e;
+              for (int64_t d = 0; d < rank; ++d)
+                e.push_back(d == dim ? offset_index(out.dim(d), offset, 1, type_of(x).getDimSize(d), rt.getDimSize(d))
+                                     : out.dim(d));
+              pieces.push_back(generic(b, op->getLoc(), out, {{x, out.map(e)}},
+                                       {{empty(b, op->getLoc(), rt.getShape(), rt.getElementType()), out.full()}},
+                                       [](mlir::OpBuilder&, mlir::Location, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                                         return {args[0]};
+                                       })[0]);
+              offset += rt.getDimSize(dim);
+            }
+            return pieces;
+          }};
+}
+
+// broadcast_tensors: each operand broadcast to its result's shape.
+Structured broadcast_tensors() {
+  return {[](mlir::Operation*) { return std::string(); },
+          [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+            llvm::SmallVector<Value> out;
+            for (auto [x, r] : llvm::zip(op->getOperands(), op->getResults())) {
+              auto rt = type_of(r);
+              Space sp = Space::parallel(b.getContext(), rt.getShape());
+              out.push_back(generic(b, op->getLoc(), sp, {{x, sp.broadcast(type_of(x).getShape())}},
+                                    {{empty(b, op->getLoc(), rt.getShape(), rt.getElementType()), sp.full()}},
+                                    [](mlir::OpBuilder&, mlir::Location, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                                      return {args[0]};
+                                    })[0]);
+            }
+            return out;
+          }};
+}
+
+// masked_fill(x, mask): value where mask, else x, broadcast.
+Structured masked_fill() {
+  return {[](mlir::Operation* op) -> std::string {
+            if (!scalar_attr(op->getAttr("value"))) return "fill value is not a number";
+            return {};
+          },
+          [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+            auto rt = result_type(op);
+            mlir::Type t = rt.getElementType();
+            double value = *scalar_attr(op->getAttr("value"));
+            Value x = op->getOperand(0), mask = op->getOperand(1);
+            Space sp = Space::parallel(b.getContext(), rt.getShape());
+            return generic(b, op->getLoc(), sp,
+                           {{x, sp.broadcast(type_of(x).getShape())}, {mask, sp.broadcast(type_of(mask).getShape())}},
+                           {{empty(b, op->getLoc(), rt.getShape(), t), sp.full()}},
+                           [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                             Value v = nb.create<mlir::arith::ConstantOp>(nloc, mlir::cast<mlir::TypedAttr>(splat_value(t, value)));
+                             return {nb.create<mlir::arith::SelectOp>(nloc, convert(nb, nloc, args[1], nb.getI1Type()), v,
+                                                                      convert(nb, nloc, args[0], t))};
+                           });
+          }};
+}
+
+// one_hot(index): result[..., c] = (index[...] == c).
+Structured one_hot() {
+  return {[](mlir::Operation*) { return std::string(); },
+          [](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
+            auto rt = result_type(op);
+            Value index = op->getOperand(0);
+            Space sp = Space::parallel(b.getContext(), rt.getShape());
+            llvm::SmallVector<mlir::AffineExpr> e;
+            for (int64_t d = 0; d + 1 < rt.getRank(); ++d) e.push_back(sp.dim(d));
+            return generic(b, op->getLoc(), sp, {{index, sp.map(e)}},
+                           {{empty(b, op->getLoc(), rt.getShape(), rt.getElementType()), sp.full()}},
+                           [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                             Arith a{nb, nloc, rt.getElementType()};
+                             Value hit = nb.create<mlir::arith::CmpIOp>(
+                                 nloc, mlir::arith::CmpIPredicate::eq, a.index(static_cast<unsigned>(rt.getRank() - 1)),
+                                 convert(nb, nloc, args[0], nb.getI64Type()));
+                             return {convert(nb, nloc, hit, rt.getElementType())};
+                           });
           }};
 }
 
@@ -1106,6 +1320,10 @@ const llvm::StringMap<Structured>& structured() {
     t["amin"] = reduction(Combine::Min);
     t["any"] = reduction(Combine::Or);
     t["all"] = reduction(Combine::And);
+    t["max"] = arg_extreme(true, true);
+    t["min"] = arg_extreme(false, true);
+    t["argmax"] = arg_extreme(true, false);
+    t["argmin"] = arg_extreme(false, false);
     t["var"] = variance(false);
     t["std"] = variance(true);
     t["logsumexp"] = logsumexp();
@@ -1115,12 +1333,17 @@ const llvm::StringMap<Structured>& structured() {
     t["permute"] = permute();
     for (const char* name : {"slice", "narrow", "select"}) t[name] = pick(name);
     for (const char* name : {"reshape", "view", "flatten", "squeeze", "unsqueeze"}) t[name] = reshape_op();
+    for (const char* name : {"split", "split_with_sizes", "chunk"}) t[name] = split();
+    t["broadcast_tensors"] = broadcast_tensors();
+    t["masked_fill"] = masked_fill();
+    t["one_hot"] = one_hot();
     t["sgd_step"] = sgd_step();
     t["adam_step"] = adam_step();
     t["cross_entropy"] = cross_entropy(false);
     t["cross_entropy_backward"] = cross_entropy_backward(false);
     t["nll_loss"] = cross_entropy(true);
     t["mse_loss"] = mse_loss();
+    t["binary_cross_entropy_with_logits"] = bce_with_logits();
     t["nll_loss_backward"] = cross_entropy_backward(true);
     return t;
   }();
@@ -1175,7 +1398,7 @@ std::string refusal(mlir::Operation* op) {
   if (it == rules().end()) return "not an op the compiler knows";
   const Rule& rule = it->second;
   bool int_ok = rule.int_result && (re.isInteger(32) || re.isInteger(64));
-  if (rule.bool_result ? !re.isInteger(1) : !(is_float(re) || int_ok))
+  if (!rule.any_result && (rule.bool_result ? !re.isInteger(1) : !(is_float(re) || int_ok)))
     return "only float32 and float64 results (bool for comparisons, int32/int64 for integer arithmetic) are compiled";
   if (kiln_name == "where" && op->getNumOperands() != 3) return "unexpected operands";
   // Result shape must be the broadcast of the operands'.

@@ -10,10 +10,11 @@
 //     conversions where an operand's element type differs from the
 //     computation's. float32/float64 results, bool for comparisons and
 //     logical ops, int32/int64 for add, sub, mul, neg, abs, maximum,
-//     minimum, where and casts;
+//     minimum, where, bitwise ops and casts;
 //   - reductions over dims with keepdim: sum, mean, prod, amax, amin, any,
-//     all (one generic), var (two), std and logsumexp (their result needs one
-//     more elementwise generic). Float combinations carry fastmath
+//     all, max/min(dim) with indices, argmax, argmin (one generic), var
+//     (two), std and logsumexp (their result needs one more elementwise
+//     generic). Float combinations carry fastmath
 //     `reassoc` so that LLVM vectorizes them: the summation order, and so
 //     the rounding, differs from eager's;
 //   - softmax, log_softmax, native_layer_norm: two one-result reduction
@@ -22,12 +23,14 @@
 //     pass: that measured 4-6x slower (its loop is not vectorized);
 //     elementwise producers fuse into all three;
 //   - layout: permute (a generic whose input map is the permutation), slice,
-//     narrow, select (affine input maps), reshape, view, flatten, squeeze,
-//     unsqueeze (collapse_shape then expand_shape);
+//     narrow, select, split, split_with_sizes, chunk (affine input maps),
+//     broadcast_tensors, reshape, view, flatten, squeeze, unsqueeze
+//     (collapse_shape then expand_shape);
+//   - masked_fill, one_hot, gelu_tanh, casts (to_copy), copy;
 //   - a training step's ops: sgd_step and adam_step (one generic with a
 //     result per updated tensor); cross_entropy, nll_loss and their backward
 //     ops with class indices on (N, C) inputs without label smoothing;
-//     mse_loss (one generic);
+//     mse_loss and binary_cross_entropy_with_logits (one generic);
 //   - views (permute, reshape, slice...) whose every use is matmul, linear or
 //     conv2d stay kiln ops: eagerly free, and BLAS reads them in place.
 // Reduction generics list the kept dims' loops before the reduced ones

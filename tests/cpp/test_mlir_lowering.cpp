@@ -16,6 +16,8 @@
 #include <limits>
 #include <sstream>
 
+#include <mlir/Dialect/Func/IR/FuncOps.h>
+#include <mlir/Dialect/Linalg/IR/Linalg.h>
 #include <mlir/IR/BuiltinOps.h>
 #include <mlir/IR/MLIRContext.h>
 #include <mlir/IR/Verifier.h>
@@ -218,6 +220,7 @@ TEST_CASE("layout ops lower to generics and reshapes", "[lowering]") {
     return {permute(a[0], {2, 0, 1}), transpose(a[0], 0, 2).contiguous(), reshape(a[0], {4, 6}),
             reshape(a[0], {3, 8}), flatten(a[0], 1, 2), unsqueeze(a[0], 1), squeeze(unsqueeze(a[0], 0), 0),
             slice(a[0], 2, 1, std::nullopt, 2), narrow(a[0], 1, 1, 2), select(a[0], 1, -1),
+            narrow(a[0], 2, 0, 3) * 2.0, slice(a[0], 1, std::nullopt, 2, 1) + 1.0,  // prefixes: i mod size
             reshape(a[0], {24}) * 2.0};
   };
   check_against_eager({x}, f, 0);
@@ -293,7 +296,36 @@ TEST_CASE("cross_entropy, nll_loss and their backward ops equal eager", "[loweri
 }
 
 namespace {
-// The ops of a traced module that lower_to_linalg leaves, as "op: reason".
+// What the lowering emits, per its contract: in the function, only generics,
+// tensor.empty, arith.constant, expand/collapse_shape and the kiln ops left;
+// each generic's results indexed by projected permutations of exactly its
+// parallel loops.
+void check_contract(mlir::ModuleOp module) {
+  module.walk([](mlir::func::FuncOp func) {
+    for (mlir::Operation& op : func.getBody().getOps()) {
+      llvm::StringRef name = op.getName().getStringRef();
+      INFO(name.str());
+      CHECK((name.starts_with("kiln.") || llvm::is_contained({"linalg.generic", "tensor.empty", "arith.constant",
+                                                              "tensor.expand_shape", "tensor.collapse_shape",
+                                                              "func.return"},
+                                                             name)));
+      auto generic = mlir::dyn_cast<mlir::linalg::GenericOp>(op);
+      if (!generic) continue;
+      for (mlir::OpOperand& init : generic.getDpsInitsMutable()) {
+        mlir::AffineMap map = generic.getMatchingIndexingMap(&init);
+        CHECK(map.isProjectedPermutation());
+        llvm::SmallVector<unsigned> parallel, used;
+        generic.getParallelDims(parallel);
+        for (mlir::AffineExpr e : map.getResults()) used.push_back(mlir::cast<mlir::AffineDimExpr>(e).getPosition());
+        llvm::sort(used);
+        CHECK(used == parallel);
+      }
+    }
+  });
+}
+
+// The ops of a traced module that lower_to_linalg leaves, as "op: reason";
+// checks the contract after lowering and after fusion.
 std::vector<std::string> left_ops(const std::string& text) {
   auto context = ir::make_context();
   mlir::OwningOpRef<mlir::ModuleOp> module = mlir::parseSourceString<mlir::ModuleOp>(text, context.get());
@@ -301,11 +333,32 @@ std::vector<std::string> left_ops(const std::string& text) {
   passes::simplify(*module);
   std::vector<std::string> left;
   for (const passes::NotLowered& n : passes::lower_to_linalg(*module)) left.push_back(n.op + ": " + n.reason);
+  REQUIRE(mlir::succeeded(mlir::verify(*module)));
+  check_contract(*module);
   passes::fuse_elementwise(*module);
   REQUIRE(mlir::succeeded(mlir::verify(*module)));
+  check_contract(*module);
   return left;
 }
 }  // namespace
+
+TEST_CASE("every lowered op keeps the emission contract", "[lowering]") {
+  std::string text = trace_text(
+      {{{4, 1, 6}, DType::Float32}, {{5, 6}, DType::Float32}, {{6}, DType::Float32}, {{4}, DType::Int64},
+       {{5, 6}, DType::Float64}},
+      [](auto& a) -> std::vector<Tensor> {
+        Tensor h = a[0] * a[1] + a[2];  // (4, 5, 6)
+        Tensor x2 = reshape(h, {20, 6});
+        return {sum(h, {0, 2}, true), mean(h, {1}), amax(h, {0}), var(h, {2}, 1, true), kiln::std(h, {0, 1}, 0, false),
+                logsumexp(h, {1}), any(gt(h, 0), {2}), softmax(h, 0), log_softmax(h, -1),
+                layer_norm(h, {5, 6}, Tensor(), Tensor(), 1e-5), layer_norm(h, {6}, a[2], a[2], 1e-5),
+                permute(h, {2, 0, 1}), slice(h, 1, 1, 4, 2), select(h, 2, 3), narrow(h, 0, 1, 2), flatten(h, 0, 1),
+                unsqueeze(x2, 1), nn::functional::cross_entropy(select(h, 2, 0), a[3], Tensor(), -100, "mean", 0.0),
+                nn::functional::mse_loss(a[1], a[4], "sum"), to_dtype(h, DType::Int32) * 3};
+      });
+  std::vector<std::string> left = left_ops(text);
+  for (const std::string& l : left) FAIL_CHECK(l);
+}
 
 TEST_CASE("a training step lowers except its matmuls and the views feeding them", "[lowering]") {
   // An MLP layer's step as the tracer records it: linear, relu, cross_entropy,

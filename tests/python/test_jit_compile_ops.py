@@ -1,7 +1,7 @@
 """kiln.jit(f, compile=True) for the ops lowered beyond elementwise: reductions, softmax,
-log_softmax, layer_norm, layout ops, integer arithmetic, cross_entropy, nll_loss, mse_loss;
-compiled vs eager (f called without jit) on random shapes with sizes 1 and odd sizes,
-broadcasting, float32 and float64, and each variant checked to be compiled (cache_report).
+log_softmax, layer_norm, layout ops, integer arithmetic, the losses; compiled vs eager (f
+called without jit) on random shapes with sizes 1 and odd sizes, broadcasting, float32
+and float64, and each variant checked to be compiled (cache_report).
 
 Tolerances: float reductions combine with fastmath `reassoc`, so LLVM vectorizes them and
 sums in another order than eager (which sums float32 in double in places); float32 exp,
@@ -189,7 +189,14 @@ LAYOUT = {
     "narrow": lambda v: v.narrow(2, 1, v.shape[2] - 1),
     "select": lambda v: v.select(1, -1),
     "slice_step": lambda v: v[:, :, 1::2],
+    "slice_prefix": lambda v: v[:, :, :-1] + v[:, :, 1:],
+    "narrow_prefix": lambda v: v.narrow(1, 0, 1) * 3,
     "contiguous": lambda v: v.transpose(1, 2).contiguous(),
+    "split": lambda v: v.split(1, dim=1),
+    "chunk": lambda v: tuple(p * 2 for p in v.chunk(2, dim=-1)),
+    "split_with_sizes": lambda v: v.split([1, v.shape[2] - 1], dim=2),
+    "broadcast_tensors": lambda v: kiln.broadcast_tensors(v, v[:, :1, :], v[0, 0, :]),
+    "masked_fill": lambda v: v.masked_fill(v[:, :1, :] > 0, -1.5),
 }
 
 
@@ -203,6 +210,42 @@ def test_layout_ops(name, shape):
 
 # ---- integers ----
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_argmax_and_max_with_indices(dtype):
+    """Ties go to the first extreme, NaN beats every number (the first NaN wins)."""
+    rng = np.random.default_rng(14)
+    x = rng.integers(-3, 4, (5, 6, 7)).astype(dtype)  # many ties
+    if dtype != np.int32:
+        x[1, 2, 3] = x[3, 0, 0] = x[3, 4, 0] = np.nan
+    x = kiln.from_numpy(x)
+
+    def f(x):
+        v, i = x.max(dim=1)
+        w, j = x.min(dim=-1, keepdim=True)
+        return v, i, w, j, x.argmax(), x.argmin(dim=0), x.argmax(dim=2, keepdim=True)
+
+    got, want = compiled(f, x)
+    assert_close(got, want, 0)
+
+
+def test_bitwise_ops():
+    rng = np.random.default_rng(15)
+    a = kiln.from_numpy(rng.integers(-100, 100, (4, 5)))
+    b = kiln.from_numpy(rng.integers(-100, 100, (5,)))
+    got, want = compiled(lambda a, b: (a & b, a | b, a ^ b, (a > 0) & (b > 0), (a > 0) ^ (b < 0)), a, b)
+    assert_close(got, want, 0)
+
+
+def test_one_hot_and_gelu_tanh():
+    rng = np.random.default_rng(13)
+    t = kiln.from_numpy(rng.integers(0, 5, (3, 4)))
+    got, want = compiled(lambda t: kiln.one_hot(t, 6) * 2, t)
+    assert_close(got, want, 0)
+    x = rand(rng, (7, 9), np.float32, 3.0)
+    got, want = compiled(lambda x: F.gelu(x, approximate="tanh"), x)
+    assert_close(got, want, 2e-5)
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
 def test_integer_arithmetic(dtype):
     rng = np.random.default_rng(9)
@@ -210,7 +253,8 @@ def test_integer_arithmetic(dtype):
     b = kiln.from_numpy(rng.integers(-100, 100, (5, 1)).astype(dtype))
 
     def f(a, b):
-        return a + b, a - b * 3, -a, a.abs(), kiln.maximum(a, b), kiln.minimum(a, b), kiln.where(a > b, a, b), a * 2 + 1
+        return (a + b, a - b * 3, -a, a.abs(), kiln.maximum(a, b), kiln.minimum(a, b), kiln.where(a > b, a, b),
+                a * 2 + 1, (a.to(kiln.float64) * 0.37).to(a.dtype), a.to(kiln.bool), (a > 0).to(kiln.int32) + b)
 
     got, want = compiled(f, a, b)
     assert_close(got, want, 0)
@@ -259,3 +303,19 @@ def test_mse_loss_with_broadcasting(reduction, dtype):
     a, b = rand(rng, (5, 1, 3), dtype), rand(rng, (4, 1), dtype)
     got, want = compiled(lambda a, b: F.mse_loss(a, b, reduction=reduction), a, b)
     assert_close(got, want, TOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_binary_cross_entropy_with_logits(reduction, dtype):
+    rng = np.random.default_rng(16)
+    x, w, pw = rand(rng, (6, 5), dtype, 4.0), rand(rng, (5,), dtype).abs(), rand(rng, (5,), dtype).abs() + 0.5
+    t = kiln.from_numpy(rng.random((6, 5)).astype(dtype))
+
+    def f(x, t, w, pw):
+        return (F.binary_cross_entropy_with_logits(x, t, reduction=reduction),
+                F.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw, reduction=reduction),
+                F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction=reduction))
+
+    got, want = compiled(f, x, t, w, pw)
+    assert_close(got, want, 2e-5 if dtype == np.float32 else 1e-12)
