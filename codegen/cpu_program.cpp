@@ -162,8 +162,15 @@ std::vector<Tensor> run_program(const Program& program, const std::vector<Tensor
     }
   }
   if (stats) stats->peak_intermediate_bytes = peak;
+  // A value returned twice (CSE merged two equal computations) is two
+  // tensors, as eagerly: writing into one must not change the other.
   std::vector<Tensor> results;
-  for (ProgramValueId v : program.results) results.push_back(values[v]);
+  std::vector<char> returned(program.values.size(), 0);
+  for (ProgramValueId v : program.results) {
+    bool again = returned[v] && !std::count(program.arguments.begin(), program.arguments.end(), v);
+    results.push_back(again ? values[v].clone() : values[v]);
+    returned[v] = 1;
+  }
   return results;
 }
 

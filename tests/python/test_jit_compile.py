@@ -336,3 +336,10 @@ def test_softmax_and_layer_norm_are_one_kernel_each_and_equal_eager(threads):
             assert s["kernels_per_call"] == 1 and s["eager_ops_per_call"] == 0, s
     finally:
         kiln.set_num_threads(before)
+
+
+def test_equal_results_are_distinct_tensors():
+    f = kiln.jit(lambda v: (v * 2, v * 2), compile=True)  # CSE makes them one value
+    a, b = f(kiln.ones(3))
+    a.add_(1)
+    assert b.numpy().tolist() == [2.0, 2.0, 2.0]
