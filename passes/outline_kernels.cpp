@@ -133,10 +133,20 @@ void outline(mlir::ModuleOp module, llvm::ArrayRef<mlir::linalg::GenericOp> grou
       KILN_CHECK(inlinable_constant(v), IrError, "outline_kernels: a generic reads a non-constant value from outside");
       take(v, false);
     }
-    // Every result is returned, also those only the group reads: the runtime
-    // then allocates them once per call instead of each tile allocating them.
-    result_types.append(g->result_type_begin(), g->result_type_end());
   }
+  // Every result is returned, also those only the group reads (the runtime
+  // then allocates them once per call instead of each tile allocating them),
+  // except a result that a later generic only overwrites in place (its init).
+  auto returned = [&](mlir::Value r) {
+    for (mlir::OpOperand& use : r.getUses()) {
+      auto user = mlir::dyn_cast<mlir::linalg::GenericOp>(use.getOwner());
+      if (!user || !members.contains(user) || !user.isDpsInit(&use)) return true;
+    }
+    return false;
+  };
+  for (mlir::linalg::GenericOp g : group)
+    for (mlir::Value r : g->getResults())
+      if (returned(r)) result_types.push_back(r.getType());
 
   llvm::SmallVector<mlir::Type> argument_types;
   for (mlir::Value v : arguments) argument_types.push_back(v.getType());
@@ -182,7 +192,9 @@ void outline(mlir::ModuleOp module, llvm::ArrayRef<mlir::linalg::GenericOp> grou
   for (mlir::linalg::GenericOp g : group) {
     for (mlir::Value v : g.getDpsInits())
       if (splat_inits.contains(v)) map.map(v, fill_with(v));
-    llvm::append_range(results, b.clone(*g, map)->getResults());
+    mlir::Operation* copy = b.clone(*g, map);
+    for (auto [r, c] : llvm::zip(g->getResults(), copy->getResults()))
+      if (returned(r)) results.push_back(c);
   }
   b.create<mlir::func::ReturnOp>(first.getLoc(), results);
 
@@ -192,7 +204,8 @@ void outline(mlir::ModuleOp module, llvm::ArrayRef<mlir::linalg::GenericOp> grou
   auto call = b.create<mlir::func::CallOp>(first.getLoc(), kernel, arguments);
   unsigned next = 0;
   for (mlir::linalg::GenericOp g : group)
-    for (mlir::Value r : g->getResults()) r.replaceAllUsesWith(call.getResult(next++));
+    for (mlir::Value r : g->getResults())
+      if (returned(r)) r.replaceAllUsesWith(call.getResult(next++));
   for (mlir::linalg::GenericOp g : llvm::reverse(group)) g->erase();
   // What only the generics used (their fills, those fills' tensor.empty, ...) goes.
   llvm::SmallVector<mlir::Operation*> dead(prologue.begin(), prologue.end());
