@@ -1,5 +1,7 @@
 #include "tracer/tracer.h"
 
+#include <algorithm>
+
 #include "eager/autograd.h"
 #include "eager/ops.h"
 
@@ -130,6 +132,10 @@ std::shared_ptr<TracedFunction> Tracer::finish(const std::vector<Tensor>& result
     t.set_grad(before);
   }
   for (auto& [impl, id] : assigned_) graph_.writebacks.push_back({capture_index_.at(impl), id});
+  // In capture order, not the hash map's (pointer) order: the same function
+  // traces to the same IR in every process, so the disk cache hits.
+  std::sort(graph_.writebacks.begin(), graph_.writebacks.end(),
+            [](const Graph::WriteBack& a, const Graph::WriteBack& b) { return a.capture_index < b.capture_index; });
   fn->graph = std::move(graph_);
   fn->captures = std::move(captured_);
   return fn;

@@ -6,6 +6,28 @@ this module adds the PyTorch-style Python surface: sizes given as varargs,
 """
 import builtins as _builtins
 import functools as _functools
+import os as _os
+
+
+def _openblas_coretype():
+    """OpenBLAS (Debian's 0.3.21) does not recognize recent CPUs such as Sapphire Rapids and
+    falls back to its generic 'Prescott' kernels, at a third of the GEMM speed. Name the
+    kernels the CPU can run, unless the user did; it takes effect only if OpenBLAS is not
+    loaded yet (import kiln before numpy, or export OPENBLAS_CORETYPE)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    if "avx512f" in flags and "avx512bw" in flags:
+        return "SkylakeX"
+    if "avx2" in flags and "fma" in flags:
+        return "Haswell"
+    return None
+
+
+if "OPENBLAS_CORETYPE" not in _os.environ and _openblas_coretype():
+    _os.environ["OPENBLAS_CORETYPE"] = _openblas_coretype()
 
 import numpy as _np
 

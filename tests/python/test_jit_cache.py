@@ -92,3 +92,31 @@ def test_explain_miss_names_the_part_that_changed():
     assert h(x).numpy().tolist() == f(x).numpy().tolist()
     [called] = [s for s in h.stats() if s["calls"]]
     assert called["from_disk_cache"]
+
+
+TRAIN_CHILD = r"""
+import json
+import numpy as np
+import kiln, kiln.nn as knn, kiln.nn.functional as F
+kiln.manual_seed(0)
+model = knn.Sequential(knn.Linear(12, 16), knn.ReLU(), knn.Linear(16, 3))
+opt = kiln.optim.AdamW(model.parameters(), lr=1e-2)
+x = kiln.from_numpy(np.linspace(-1, 1, 60, dtype=np.float32).reshape(5, 12))
+y = kiln.from_numpy(np.array([0, 1, 2, 1, 0]))
+def step(x, y):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    return loss
+f = kiln.jit(step, compile=True)
+losses = [float(f(x, y).item()) for _ in range(3)]
+[s] = f.stats()
+print(json.dumps({"from_cache": s["from_disk_cache"], "losses": losses}))
+"""
+
+
+def test_a_training_step_traces_to_the_same_ir_in_every_process(tmp_path):
+    # (write-backs into optimizer state once came out in hash-map order)
+    first = run_child(tmp_path, TRAIN_CHILD)
+    second = run_child(tmp_path, TRAIN_CHILD)
+    assert not first["from_cache"] and second["from_cache"]
+    assert second["losses"] == first["losses"]
