@@ -49,6 +49,7 @@
 #include "passes/outline_kernels.h"
 #include "codegen/disk_cache.h"
 #include "codegen/program_io.h"
+#include "codegen/promote_accumulators.h"
 #include "runtime/version.h"
 #include "passes/simplify.h"
 
@@ -324,6 +325,7 @@ struct Compilation {
       pm.addNestedPass<mlir::func::FuncOp>(mlir::createConvertLinalgToLoopsPass());
       run(pm, "linalg to loops");
     }
+    promote_accumulators(*module);
     tile_loops();
     {
       // Polynomial approximations of exp, tanh, log, erf, sin, ... (float32),

@@ -731,7 +731,10 @@ Structured logsumexp() {
 }
 
 // softmax / log_softmax along `dim`: the statistics (two reductions), then
-// one elementwise generic.
+// one elementwise generic. softmax's sum pass also writes e = exp(x - m),
+// which the last generic scales in place by 1/s (hoisted out of the row):
+// one exp per element instead of two (softmax is compute-bound on exp; the
+// sum's accumulator stays in a register: codegen/promote_accumulators.h).
 Structured softmax(bool log) {
   return {float_result, [log](mlir::OpBuilder& b, mlir::Operation* op) -> llvm::SmallVector<Value> {
             mlir::Location loc = op->getLoc();
@@ -741,15 +744,34 @@ Structured softmax(bool log) {
             llvm::SmallVector<bool> mask(rt.getRank(), false);
             if (rt.getRank() > 0) mask[wrap(int_attr(op, "dim"), rt.getRank())] = true;
             Space red(b.getContext(), rt.getShape(), mask);
-            auto [m, s] = softmax_stats(b, loc, red, x, t);
             Space out = Space::parallel(b.getContext(), rt.getShape());
             out.reduced = mask;  // for kept(): the statistics' map (the loops stay parallel)
-            return generic(b, loc, out, {{x, out.full()}, {m, out.kept()}, {s, out.kept()}},
-                           {{empty(b, loc, rt.getShape(), t), out.full()}},
+            if (log) {
+              auto [m, s] = softmax_stats(b, loc, red, x, t);
+              return generic(b, loc, out, {{x, out.full()}, {m, out.kept()}, {s, out.kept()}},
+                             {{empty(b, loc, rt.getShape(), t), out.full()}},
+                             [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                               Arith a{nb, nloc, t};
+                               return {a.sub(a.sub(a.cvt(args[0]), args[1]), a.log(args[2]))};
+                             });
+            }
+            Value m0 = filled(b, loc, red.kept_shape(), identity(Combine::Max, t));
+            Value m = generic(b, loc, red, {{x, red.full()}}, {{m0, red.kept()}},
+                              [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                                return {combine(nb, nloc, Combine::Max, args[1], convert(nb, nloc, args[0], t))};
+                              })[0];
+            Value s0 = filled(b, loc, red.kept_shape(), identity(Combine::Add, t));
+            auto se = generic(b, loc, red, {{x, red.full()}, {m, red.kept()}},
+                              {{s0, red.kept()}, {empty(b, loc, rt.getShape(), t), red.full()}},
+                              [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
+                                Arith a{nb, nloc, t};
+                                Value e = a.exp(a.sub(a.cvt(args[0]), args[1]));
+                                return {combine(nb, nloc, Combine::Add, args[2], e), e};
+                              });
+            return generic(b, loc, out, {{se[0], out.kept()}}, {{se[1], out.full()}},
                            [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
                              Arith a{nb, nloc, t};
-                             Value d = a.sub(a.cvt(args[0]), args[1]);
-                             return {log ? a.sub(d, a.log(args[2])) : a.div(a.exp(d), args[2])};
+                             return {a.mul(args[1], a.div(a.c(1.0), args[0]))};
                            });
           }};
 }
