@@ -12,13 +12,13 @@ import kiln.nn.functional as F
 
 
 def layer(x, w, b):
-    h = F.gelu(x @ w + b)  # the matmul calls BLAS; + b and gelu become one kernel
-    return F.softmax(h, dim=-1)  # two kernels: running max and sum, then normalize
+    h = F.gelu(F.linear(x, w, b))  # the GEMM calls BLAS; + b and gelu fuse into what follows
+    return F.softmax(h, dim=-1)  # max, sum of exp, scale: the same kernel, row tile by row tile
 
 
 rng = np.random.default_rng(0)
 x = kiln.from_numpy(rng.standard_normal((4, 8)).astype(np.float32))
-w = kiln.from_numpy(rng.standard_normal((8, 16)).astype(np.float32))
+w = kiln.from_numpy(rng.standard_normal((16, 8)).astype(np.float32))
 b = kiln.from_numpy(rng.standard_normal(16).astype(np.float32))
 
 stages = sys.argv[1:] or ["traced", "simplified", "decomposed", "linalg", "fused", "bufferized", "llvm"]
