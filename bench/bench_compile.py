@@ -557,13 +557,7 @@ def main():
               ] + extra
     if notes:
         lines += ["- Notes:"] + notes
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if "--no-save" not in sys.argv:
-        out = os.path.join(be.REPO, "bench", "results", f"{t0:%Y-%m-%d}-{socket.gethostname()}-compile.md")
-        with open(out, "w") as f:
-            f.write(text)
-        be.log(f"saved {os.path.relpath(out, be.REPO)}")
+    be.print_and_save("\n".join(lines) + "\n", t0, "compile")
 
 
 if __name__ == "__main__":

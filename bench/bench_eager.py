@@ -43,6 +43,21 @@ FRAMEWORKS = ("kiln", "numpy", "torch")
 MB = 1 << 20
 
 
+def print_and_save(text, when, kind=None):
+    """Prints a result table and, unless --no-save, writes it to
+    bench/results/<date>-<host>[-kind].md (via a temporary file)."""
+    print(text)
+    if "--no-save" in sys.argv:
+        return
+    suffix = f"-{kind}" if kind else ""
+    path = os.path.join(REPO, "bench", "results", f"{when:%Y-%m-%d}-{socket.gethostname()}{suffix}.md")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    log(f"saved {os.path.relpath(path, REPO)}")
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 

@@ -117,13 +117,7 @@ def main():
              "C++: medians of 25 samples of 20000 calls. The graph executor runs each recorded op on the eager "
              "kernels (codegen comes in the next issue), so 'graph executor' vs 'eager' is the executor's own cost "
              "per op and 'jit − graph' is the cost of the cache lookup and argument handling."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if "--no-save" not in sys.argv:
-        out = os.path.join(be.REPO, "bench", "results", f"{t0:%Y-%m-%d}-{socket.gethostname()}-jit.md")
-        with open(out, "w") as f:
-            f.write(text)
-        be.log(f"saved {os.path.relpath(out, be.REPO)}")
+    be.print_and_save("\n".join(lines) + "\n", t0, "jit")
 
 
 if __name__ == "__main__":

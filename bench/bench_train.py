@@ -126,13 +126,7 @@ def main():
               "with torch's opposite ones. A step: forward, cross-entropy, zero_grad, backward, AdamW step. "
               "Both models start from the same weights and the first two losses are checked to agree.",
               "Target (issue 3): the MLP step no slower than 1.3× PyTorch eager."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if "--no-save" not in sys.argv:
-        out = os.path.join(be.REPO, "bench", "results", f"{t0:%Y-%m-%d}-{socket.gethostname()}-train.md")
-        with open(out, "w") as f:
-            f.write(text)
-        be.log(f"saved {os.path.relpath(out, be.REPO)}")
+    be.print_and_save("\n".join(lines) + "\n", t0, "train")
 
 
 if __name__ == "__main__":

@@ -118,14 +118,7 @@ int stage_index(std::string_view stage) {
                    stage);
 }
 
-std::string where(mlir::Location loc) {
-  if (auto file = loc->findInstanceOf<mlir::FileLineColLoc>())
-    return fmt::format("{}:{}", file.getFilename().str(), file.getLine());
-  std::string text;
-  llvm::raw_string_ostream os(text);
-  loc.print(os);
-  return text;
-}
+std::string where(mlir::Location loc) { return ir::location_text(loc); }
 
 std::string type_text(mlir::Type t) {
   std::string s;

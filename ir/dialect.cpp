@@ -268,6 +268,15 @@ mlir::DenseElementsAttr attr_from_tensor(mlir::MLIRContext* context, const Tenso
 }
 }  // namespace
 
+std::string location_text(mlir::Location loc) {
+  if (auto file = loc->findInstanceOf<mlir::FileLineColLoc>())
+    return fmt::format("{}:{}", file.getFilename().str(), file.getLine());
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  loc.print(os);
+  return text;
+}
+
 std::optional<EagerCall> eager_call(mlir::Operation* op) {
   if (op->getName().getDialectNamespace() != "kiln") return std::nullopt;
   llvm::StringRef name = op->getName().stripDialect();

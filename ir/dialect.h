@@ -45,6 +45,9 @@ struct EagerCall {
 };
 std::optional<EagerCall> eager_call(mlir::Operation* op);
 
+// "file:line" of a location (its first file location), else MLIR's text.
+std::string location_text(mlir::Location loc);
+
 // A dense constant as a tensor of its dtype.
 Tensor tensor_from_attr(mlir::DenseElementsAttr attr);
 

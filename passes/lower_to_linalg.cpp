@@ -29,14 +29,7 @@ namespace {
 
 using mlir::Value;
 
-std::string where(mlir::Location loc) {
-  if (auto file = loc->findInstanceOf<mlir::FileLineColLoc>())
-    return fmt::format("{}:{}", file.getFilename().str(), file.getLine());
-  std::string text;
-  llvm::raw_string_ostream os(text);
-  loc.print(os);
-  return text;
-}
+std::string where(mlir::Location loc) { return ir::location_text(loc); }
 
 bool is_float(mlir::Type t) { return t.isF32() || t.isF64(); }
 // Element types an operand may have: converted to the compute type.
