@@ -1,4 +1,4 @@
-"""The eager demo: tensors, views, broadcasting, reductions and NumPy interop."""
+"""The demo: tensors, views, broadcasting, reductions, NumPy interop, and a compiled training step."""
 import numpy as np
 
 import kiln
@@ -23,3 +23,26 @@ try:
     kiln.ones(2, 3) + kiln.ones(4)
 except kiln.ShapeError as e:
     print("a clear error:", e)
+
+# kiln.jit traces a function once per signature and compiles it (MLIR -> LLVM):
+# here a whole training step, with the matmuls calling BLAS between fused kernels.
+import kiln.nn as nn  # noqa: E402
+import kiln.nn.functional as F  # noqa: E402
+
+model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 2))
+opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+
+
+@kiln.jit
+def step(x, target):
+    loss = F.cross_entropy(model(x), target)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+data = kiln.randn(64, 3)
+target = (data[:, 0] + data[:, 1] > 0).long()  # a rule the model can learn
+losses = [step(data, target).item() for _ in range(50)]
+print(f"jit training step: loss {losses[0]:.3f} -> {losses[-1]:.3f};", step.stats()[0]["note"])

@@ -33,12 +33,12 @@ __all__ = ["jit", "JitFunction", "config", "cond", "while_loop", "print"]
 
 class _Config:
     """Global switches: ``kiln.config.run_functions_eagerly(True)`` makes every jit function plain
-    Python; ``compile_by_default`` (from ``KILN_JIT_COMPILE=1``) is what ``kiln.jit(f)`` does when
-    ``compile`` is not given."""
+    Python; ``compile_by_default`` (True unless ``KILN_JIT_COMPILE=0``) is what ``kiln.jit(f)``
+    does when ``compile`` is not given."""
 
     def __init__(self):
         self._eager = False
-        self.compile_by_default = os.environ.get("KILN_JIT_COMPILE", "0") not in ("", "0")
+        self.compile_by_default = os.environ.get("KILN_JIT_COMPILE", "1") not in ("", "0")
 
     def run_functions_eagerly(self, enabled=True):
         self._eager = bool(enabled)
@@ -612,10 +612,11 @@ def jit(fn=None, *, dynamic=None, max_traces=8, policy="generalize", compile=Non
       {argument name: dim or dims}, or a sequence per positional argument.
     max_traces, policy: after ``max_traces`` variants, 'warn' warns and 'error' raises; 'generalize'
       (default) makes a dim that changed between calls dynamic instead of tracing a new variant.
-    compile: native CPU code (default: ``kiln.config.compile_by_default``, set by
-      ``KILN_JIT_COMPILE=1``; otherwise the graph executor): the ops that lower become fused, vectorized kernels
-      whose outer loops run on the thread pool (linalg, fusion, LLVM); the others (e.g. matmul, which
-      calls BLAS) run on the eager kernels between them. Variants with control flow run on the graph
+    compile: native CPU code (default ``kiln.config.compile_by_default``: True unless
+      ``KILN_JIT_COMPILE=0``). The ops that lower become fused, vectorized kernels whose outer
+      loops run on the thread pool (linalg, fusion, LLVM); the others (e.g. matmul, which calls
+      BLAS) run on the eager kernels between them. False runs the graph executor: every op on
+      the eager kernels, bitwise equal to eager. Variants with control flow run on the graph
       executor. ``KILN_LOG=compile`` prints what was compiled and why each other op was not;
       ``KILN_DUMP_IR=dir`` writes every stage's IR; ``f.stats()`` reports kernels per call and times.
     check: True (or {"rtol": .., "atol": ..}; default 1e-4, 1e-5) compiles and also runs every

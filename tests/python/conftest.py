@@ -243,3 +243,13 @@ def rng(request):
     """A NumPy generator seeded from the test's id, so each test is reproducible."""
     import zlib
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def graph_executor_jit():
+    """kiln.jit without compile=True runs the graph executor, which is bitwise equal to eager:
+    for the tests of tracing itself (compiled code is tested in test_jit_compile*.py)."""
+    before = kiln.config.compile_by_default
+    kiln.config.compile_by_default = False
+    yield
+    kiln.config.compile_by_default = before

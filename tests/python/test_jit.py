@@ -9,6 +9,9 @@ import pytest
 
 import kiln
 
+# Tracing is tested against the graph executor (bitwise equal to eager).
+pytestmark = pytest.mark.usefixtures("graph_executor_jit")
+
 rng = np.random.default_rng(0)
 
 

@@ -219,10 +219,21 @@ def test_requires_grad_arguments_run_the_graph():
     assert x.grad is not None
 
 
-def test_compile_is_opt_in():
+def test_compile_is_the_default_and_can_be_turned_off():
     f = kiln.jit(lambda v: v + 1)
     f(kiln.ones(2))
-    assert note(f) is None
+    assert note(f).startswith("compiled")
+    g = kiln.jit(lambda v: v + 1, compile=False)
+    g(kiln.ones(2))
+    assert note(g) is None  # the graph executor
+    before = kiln.config.compile_by_default
+    kiln.config.compile_by_default = False
+    try:
+        h = kiln.jit(lambda v: v + 1)
+        h(kiln.ones(2))
+        assert note(h) is None
+    finally:
+        kiln.config.compile_by_default = before
 
 
 def test_deep_shared_subexpressions_fuse_without_blowup():

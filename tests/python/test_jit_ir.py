@@ -10,6 +10,9 @@ import pytest
 import kiln
 import kiln.nn as nn
 
+# Tracing is tested against the graph executor (bitwise equal to eager).
+pytestmark = pytest.mark.usefixtures("graph_executor_jit")
+
 rng = np.random.default_rng(3)
 
 

@@ -8,6 +8,9 @@ import kiln
 import kiln.nn as nn
 import kiln.nn.functional as F
 
+# Tracing is tested against the graph executor (bitwise equal to eager).
+pytestmark = pytest.mark.usefixtures("graph_executor_jit")
+
 rng = np.random.default_rng(0)
 
 
