@@ -172,11 +172,57 @@ struct Compilation {
     if (last == 1) return;
     passes::fuse_elementwise(*module);
     passes::outline_kernels(*module);
+    write_back_in_place();
     if (last == 2) return;
     extract_program();
     bufferize();
     if (last == 3) return;
     lower_to_llvm();
+  }
+
+  // A captured tensor's new value (an optimizer step's parameter, its
+  // moments) is written by its kernel into the tensor's own buffer, with no
+  // copy afterwards, when nothing reads the old value later: the generic
+  // that computes it reads the capture elementwise (same indexing as its
+  // output) and is its only reader in the kernel. The kernel records
+  // {result, operand} pairs in kiln.in_place; the runtime then binds the
+  // result to the operand's tensor.
+  void write_back_in_place() {
+    llvm::DenseMap<int64_t, mlir::BlockArgument> capture_arg;
+    for (unsigned i = 0; i < entry.getNumArguments(); ++i)
+      if (auto c = entry.getArgAttrOfType<mlir::IntegerAttr>(i, "kiln.capture")) capture_arg[c.getInt()] = entry.getArgument(i);
+    auto ret = mlir::cast<mlir::func::ReturnOp>(entry.getBody().front().getTerminator());
+    llvm::DenseMap<mlir::Operation*, llvm::SmallVector<int64_t>> pairs;  // kernel -> {result, operand}...
+    for (unsigned r = 0; r < ret.getNumOperands(); ++r) {
+      auto target = entry.getResultAttrOfType<mlir::IntegerAttr>(r, "kiln.writeback");
+      auto it = target ? capture_arg.find(target.getInt()) : capture_arg.end();
+      if (it == capture_arg.end()) continue;
+      mlir::BlockArgument captured = it->second;
+      auto call = ret.getOperand(r).getDefiningOp<mlir::func::CallOp>();
+      if (!call) continue;
+      if (llvm::any_of(captured.getUsers(), [&](mlir::Operation* u) { return u != call && call->isBeforeInBlock(u); }))
+        continue;  // the old value is read after the update
+      auto operand = llvm::find(call.getOperands(), captured);
+      if (operand == call.getOperands().end()) continue;
+      auto j = static_cast<unsigned>(operand - call.getOperands().begin());
+      unsigned k = mlir::cast<mlir::OpResult>(ret.getOperand(r)).getResultNumber();
+      auto kernel = module->lookupSymbol<mlir::func::FuncOp>(call.getCallee());
+      mlir::BlockArgument arg = kernel.getArgument(j);
+      mlir::Value result = kernel.getBody().front().getTerminator()->getOperand(k);
+      auto generic = result.getDefiningOp<mlir::linalg::GenericOp>();
+      if (!generic || !arg.hasOneUse() || arg.getUses().begin()->getOwner() != generic.getOperation()) continue;
+      mlir::OpOperand& read = *arg.getUses().begin();
+      unsigned n = mlir::cast<mlir::OpResult>(result).getResultNumber();
+      mlir::OpOperand* init = generic.getDpsInitOperand(n);
+      if (!generic.isDpsInput(&read) || !init->get().getDefiningOp<mlir::tensor::EmptyOp>() ||
+          !generic.getRegionOutputArgs()[n].use_empty() || arg.getType() != init->get().getType() ||
+          generic.getMatchingIndexingMap(&read) != generic.getMatchingIndexingMap(init))
+        continue;
+      init->set(arg);
+      pairs[kernel.getOperation()].append({static_cast<int64_t>(k), static_cast<int64_t>(j)});
+    }
+    for (auto& [kernel, list] : pairs)
+      kernel->setAttr("kiln.in_place", mlir::DenseI64ArrayAttr::get(context.get(), list));
   }
 
   // The entry function becomes the Program; the module keeps the kernels.
@@ -208,6 +254,9 @@ struct Compilation {
           program.kernels.push_back({.symbol = call.getCallee().str(),
                                      .tile_extent = kernel->getAttrOfType<mlir::IntegerAttr>("kiln.tile_extent").getInt(),
                                      .work = kernel->getAttrOfType<mlir::IntegerAttr>("kiln.work").getInt()});
+          if (auto in_place = kernel->getAttrOfType<mlir::DenseI64ArrayAttr>("kiln.in_place"))
+            for (size_t i = 0; i + 1 < in_place.size(); i += 2)
+              program.kernels.back().in_place.emplace_back(static_cast<int>(in_place[i]), static_cast<int>(in_place[i + 1]));
         }
         step.kernel = it->second;
       } else if (auto constant = mlir::dyn_cast<mlir::arith::ConstantOp>(op)) {
@@ -236,9 +285,14 @@ struct Compilation {
     entry.erase();
     for (auto kernel : module->getOps<mlir::func::FuncOp>()) {
       kernel.setPublic();
-      // Inputs belong to the caller: bufferization must not write into them.
-      for (unsigned i = 0; i < kernel.getNumArguments(); ++i)
-        kernel.setArgAttr(i, "bufferization.writable", mlir::BoolAttr::get(context.get(), false));
+      // Inputs belong to the caller: bufferization must not write into them,
+      // except the captured tensors updated in place (write_back_in_place).
+      auto in_place = kernel->getAttrOfType<mlir::DenseI64ArrayAttr>("kiln.in_place");
+      for (unsigned i = 0; i < kernel.getNumArguments(); ++i) {
+        bool written = false;
+        for (size_t p = 1; in_place && p < in_place.size(); p += 2) written |= in_place[p] == static_cast<int64_t>(i);
+        kernel.setArgAttr(i, "bufferization.writable", mlir::BoolAttr::get(context.get(), written));
+      }
     }
   }
 
@@ -253,6 +307,8 @@ struct Compilation {
     // the runtime allocates (no copy).
     mlir::bufferization::BufferResultsToOutParamsOpts out_params;
     out_params.hoistStaticAllocs = true;
+    // A result written into an argument (an in-place update) is no result.
+    pm.addPass(mlir::bufferization::createDropEquivalentBufferResultsPass());
     pm.addPass(mlir::bufferization::createBufferResultsToOutParamsPass(out_params));
     pm.addPass(mlir::createCanonicalizerPass());
     mlir::bufferization::BufferDeallocationPipelineOptions dealloc;

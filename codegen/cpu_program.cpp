@@ -116,15 +116,26 @@ std::vector<Tensor> run_program(const Program& program, const std::vector<Tensor
     std::vector<Tensor> out;
     switch (step.kind) {
       case Step::Kind::Kernel: {
+        const Kernel& kernel = program.kernels[step.kernel];
         std::vector<Tensor> args;
         for (Tensor& t : in) args.push_back(t.is_contiguous() ? t : t.contiguous());
-        for (ProgramValueId v : step.outputs) {
-          const TensorType& type = program.values[v];
-          KILN_CHECK(is_static(type), Error, "kernel {}: output of dynamic shape", program.kernels[step.kernel].symbol);
-          out.push_back(Tensor::empty(type.shape, type.dtype));
-          args.push_back(out.back());
+        out.resize(step.outputs.size());
+        std::vector<char> written_in_place(step.outputs.size(), 0);
+        for (auto [result, operand] : kernel.in_place) {
+          out[result] = in[operand];
+          written_in_place[result] = 1;
         }
-        run_kernel(program.kernels[step.kernel], args);
+        for (size_t k = 0; k < step.outputs.size(); ++k) {
+          if (written_in_place[k]) continue;
+          const TensorType& type = program.values[step.outputs[k]];
+          KILN_CHECK(is_static(type), Error, "kernel {}: output of dynamic shape", kernel.symbol);
+          out[k] = Tensor::empty(type.shape, type.dtype);
+          args.push_back(out[k]);
+        }
+        run_kernel(kernel, args);
+        // an in-place operand that had to be made contiguous gets its values back
+        for (auto [result, operand] : kernel.in_place)
+          if (!args[operand].is_same(in[operand])) Tensor(in[operand]).copy_(args[operand]);
         break;
       }
       case Step::Kind::Host:
@@ -142,7 +153,11 @@ std::vector<Tensor> run_program(const Program& program, const std::vector<Tensor
     for (size_t k = 0; k < out.size(); ++k) {
       ProgramValueId v = step.outputs[k];
       values[v] = std::move(out[k]);
-      if (step.kind != Step::Kind::Constant && step.kind != Step::Kind::Reshape) {
+      bool in_place = step.kind == Step::Kind::Kernel &&
+                      std::any_of(program.kernels[step.kernel].in_place.begin(),
+                                  program.kernels[step.kernel].in_place.end(),
+                                  [&](const std::pair<int, int>& p) { return p.first == static_cast<int>(k); });
+      if (step.kind != Step::Kind::Constant && step.kind != Step::Kind::Reshape && !in_place) {
         owned[v] = 1;
         live += bytes_of(values[v]);
       }

@@ -5,6 +5,7 @@
 // MLIR and LLVM: the executor only needs the kernels' addresses.
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "eager/op.h"
@@ -20,6 +21,9 @@ struct Kernel {
   int64_t tile_extent = 0; // trip count of the outer loop the runtime may split (0: run whole)
   int64_t work = 0;        // iterations of the whole loop nest
   void* address = nullptr; // set once the code is loaded
+  // {result, operand}: the kernel writes that result into that operand's
+  // buffer (a captured tensor updated in place); it takes no buffer for it.
+  std::vector<std::pair<int, int>> in_place;
 };
 
 struct Step {

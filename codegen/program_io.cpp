@@ -7,7 +7,7 @@
 namespace kiln::codegen {
 namespace {
 
-constexpr uint32_t kProgramFormat = 1;
+constexpr uint32_t kProgramFormat = 2;
 
 class Writer {
  public:
@@ -149,6 +149,11 @@ std::string serialize_program(const Program& p, const std::vector<std::string>& 
     w.str(k.symbol);
     w.i64(k.tile_extent);
     w.i64(k.work);
+    w.u64(k.in_place.size());
+    for (auto [result, operand] : k.in_place) {
+      w.i64(result);
+      w.i64(operand);
+    }
   }
   w.u64(p.steps.size());
   for (const Step& s : p.steps) {
@@ -187,6 +192,11 @@ Program deserialize_program(std::string_view bytes, std::vector<std::string>& no
     k.symbol = r.str();
     k.tile_extent = r.i64();
     k.work = r.i64();
+    k.in_place.resize(r.count(16));
+    for (auto& [result, operand] : k.in_place) {
+      result = static_cast<int>(r.i64());
+      operand = static_cast<int>(r.i64());
+    }
   }
   p.steps.resize(r.count());
   for (Step& s : p.steps) {
@@ -224,7 +234,13 @@ Program deserialize_program(std::string_view bytes, std::vector<std::string>& no
     return std::none_of(ids.begin(), ids.end(), [](ProgramValueId v) { return v == kAbsent; });
   };
   bool ok = defined(p.arguments) && defined(p.results);
-  for (const Step& s : p.steps) ok &= defined(s.outputs) && (s.kind == Step::Kind::Host || defined(s.inputs));
+  for (const Step& s : p.steps) {
+    ok &= defined(s.outputs) && (s.kind == Step::Kind::Host || defined(s.inputs));
+    if (s.kind == Step::Kind::Kernel)
+      for (auto [result, operand] : p.kernels[s.kernel].in_place)
+        ok &= result >= 0 && operand >= 0 && static_cast<size_t>(result) < s.outputs.size() &&
+              static_cast<size_t>(operand) < s.inputs.size();
+  }
   KILN_CHECK(ok, Error, "compiled program: an absent value where one is required");
   p.compute_liveness();
   return p;

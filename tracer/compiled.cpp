@@ -62,7 +62,9 @@ std::vector<Tensor> CompiledFunction::finish(std::vector<Tensor> results) const 
     for (size_t k = 0; k < g.writebacks.size(); ++k) {
       const Tensor& target = fn_->captures[g.writebacks[k].capture_index];
       const Tensor& value = results[g.results.size() + k];
-      if (!value.is_same(target)) Tensor(target).copy_(value);
+      // written in place by its kernel: only the version counter to bump
+      if (value.is_same(target)) target.bump_version();
+      else Tensor(target).copy_(value);
     }
   }
   for (const auto& wb : fn_->grad_writebacks)
@@ -104,15 +106,33 @@ bool CompiledFunction::comparable() const {
   return true;
 }
 
+namespace {
+// The captured tensors a call writes back, with copies of their values, so a
+// failed check can undo what the compiled code wrote in place.
+std::vector<std::pair<Tensor, Tensor>> snapshot(const TracedFunction& fn) {
+  NoGradGuard no_grad;
+  std::vector<std::pair<Tensor, Tensor>> saved;
+  for (const auto& wb : fn.graph.writebacks)
+    saved.emplace_back(fn.captures[wb.capture_index], fn.captures[wb.capture_index].clone());
+  return saved;
+}
+void restore(const std::vector<std::pair<Tensor, Tensor>>& saved) {
+  NoGradGuard no_grad;
+  for (const auto& [target, value] : saved) Tensor(target).copy_(value);
+}
+}  // namespace
+
 std::vector<Tensor> CompiledFunction::run_checked(const std::vector<Tensor>& args, double rtol, double atol) const {
   std::vector<Tensor> inputs = inputs_for(args);
-  std::vector<Tensor> compiled = code_->run(inputs);
-  if (!comparable()) return finish(std::move(compiled));
+  if (!comparable()) return finish(code_->run(inputs));
+  // Eager first: the compiled code may update captured tensors in place.
   std::vector<Tensor> eager;
   {
     NoGradGuard no_grad;
     eager = execute(fn_->graph, inputs);
   }
+  std::vector<std::pair<Tensor, Tensor>> saved = snapshot(*fn_);
+  std::vector<Tensor> compiled = code_->run(inputs);
   for (size_t i = 0; i < eager.size(); ++i) {
     std::string why = difference(compiled[i], eager[i], rtol, atol);
     if (!why.empty()) {
@@ -120,6 +140,7 @@ std::vector<Tensor> CompiledFunction::run_checked(const std::vector<Tensor>& arg
       std::string which = i < g.results.size() ? fmt::format("result {}", i)
                                                : fmt::format("the value written back into captured tensor {}",
                                                              g.writebacks[i - g.results.size()].capture_index);
+      restore(saved);
       report_divergence(inputs, rtol, atol, fmt::format("{}: {}", which, why));
     }
   }
@@ -132,24 +153,29 @@ void CompiledFunction::report_divergence(const std::vector<Tensor>& inputs, doub
   if (!observed_)
     observed_ = std::make_unique<codegen::CpuFunction>(
         traced_ir(*fn_, "traced", {.locations = true, .observe_all = true}));
-  std::vector<Tensor> compiled = observed_->run(inputs);
   std::vector<Tensor> eager;
   {
     NoGradGuard no_grad;
     execute(g, inputs, &eager);
   }
+  std::vector<std::pair<Tensor, Tensor>> saved = snapshot(*fn_);
+  std::vector<Tensor> compiled = observed_->run(inputs);
+  std::string first;  // the first op whose result differs
   size_t k = g.results.size() + g.writebacks.size();
   for (const GraphNode& node : g.nodes) {
     for (ValueId id : node.outputs) {
       std::string why = difference(compiled[k++], eager[id], rtol, atol);
-      if (!why.empty())
-        fail<CheckError>(
-            "{}: compiled and eager results differ, first at kiln.{} ({}): {}. Run without check=True to keep the "
-            "compiled result, or compile=False to run eagerly; please report it with the function's IR "
-            "(f.lower(*args).ir('traced')).",
-            g.name, node.op->name, node.location.empty() ? "unknown location" : node.location, why);
+      if (first.empty() && !why.empty())
+        first = fmt::format("kiln.{} ({}): {}", node.op->name,
+                            node.location.empty() ? "unknown location" : node.location, why);
     }
   }
+  restore(saved);
+  if (!first.empty())
+    fail<CheckError>(
+        "{}: compiled and eager results differ, first at {}. Run without check=True to keep the compiled result, "
+        "or compile=False to run eagerly; please report it with the function's IR (f.lower(*args).ir('traced')).",
+        g.name, first);
   fail<CheckError>("{}: compiled and eager results differ in {} (no single op's result differs on its own)", g.name,
                    fallback);
 }

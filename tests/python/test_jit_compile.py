@@ -354,3 +354,34 @@ def test_equal_results_are_distinct_tensors():
     a, b = f(kiln.ones(3))
     a.add_(1)
     assert b.numpy().tolist() == [2.0, 2.0, 2.0]
+
+
+def test_captured_state_is_updated_in_place_by_its_kernel():
+    import kiln.nn as knn
+    import kiln.nn.functional as F
+    model = knn.Linear(6, 3)
+    opt = kiln.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = kiln.from_numpy(np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6))
+    y = kiln.from_numpy(np.array([0, 1, 2, 1]))
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    ref = knn.Linear(6, 3)
+    ref.load_state_dict(model.state_dict())
+    ref_opt = kiln.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    weight_view = model.weight[0]  # a view the user holds sees the in-place update
+    f = kiln.jit(step)
+    for _ in range(3):
+        f(x, y)
+        loss = F.cross_entropy(ref(x), y)
+        ref_opt.zero_grad()
+        loss.backward()
+        ref_opt.step()
+    np.testing.assert_allclose(model.weight.numpy(), ref.weight.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weight_view.numpy(), ref.weight.numpy()[0], rtol=1e-5, atol=1e-6)
+    assert "kiln.in_place" in f.lower(x, y).ir("fused")
