@@ -269,20 +269,36 @@ def make_mlp(seed):
     return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
-def run_training(model, opt, jit, batches, make_loss):
+def run_training(model, opt, jit, batches, make_loss, compiled=False):
     def train_step(x, y):
         loss = make_loss(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         return loss
-    step = kiln.jit(train_step) if jit else train_step
+    step = kiln.jit(train_step, compile=compiled) if jit else train_step
     losses = [step(x, y).numpy() for x, y in batches]
     return losses, step
 
 
+def assert_training_agrees(results, compiled):
+    """The graph executor gives eager's losses and parameters bit for bit; compiled code agrees
+    within float32 rounding over the steps (its exp/log are polynomial approximations and its
+    reductions reassociate)."""
+    (le, pe), (lj, pj) = results
+    if not compiled:
+        np.testing.assert_array_equal(np.array(lj), np.array(le))
+        for a, b in zip(pj, pe):
+            np.testing.assert_array_equal(a, b)
+        return
+    np.testing.assert_allclose(np.array(lj), np.array(le), rtol=1e-4, atol=1e-6)
+    for a, b in zip(pj, pe):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["graph", "compiled"])
 @pytest.mark.parametrize("optimizer", ["sgd", "sgd_nesterov", "adamw", "adam"])
-def test_jitted_training_step_equals_eager(optimizer):
+def test_jitted_training_step_equals_eager(optimizer, compiled):
     batches = [(t(32, 64), kiln.from_numpy(rng.integers(0, 10, 32))) for _ in range(20)]
     results = []
     for jit in (False, True):
@@ -295,17 +311,16 @@ def test_jitted_training_step_equals_eager(optimizer):
             opt = kiln.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-2)
         else:
             opt = kiln.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
-        losses, step = run_training(model, opt, jit, batches, F.cross_entropy)
+        losses, step = run_training(model, opt, jit, batches, F.cross_entropy, compiled)
         if jit:
             assert step.num_traces == 1
+            assert step.stats()[0]["compiled"] == compiled
         results.append((losses, [p.detach().numpy().copy() for p in model.parameters()]))
-    (le, pe), (lj, pj) = results
-    np.testing.assert_array_equal(np.array(lj), np.array(le))
-    for a, b in zip(pj, pe):
-        np.testing.assert_array_equal(a, b)
+    assert_training_agrees(results, compiled)
 
 
-def test_jitted_cnn_training_step_equals_eager():
+@pytest.mark.parametrize("compiled", [False, True], ids=["graph", "compiled"])
+def test_jitted_cnn_training_step_equals_eager(compiled):
     batches = [(t(8, 1, 12, 12), kiln.from_numpy(rng.integers(0, 5, 8))) for _ in range(5)]
     results = []
     for jit in (False, True):
@@ -317,12 +332,11 @@ def test_jitted_cnn_training_step_equals_eager():
         class Net:
             def __call__(self, x):
                 return fc(F.max_pool2d(conv(x).relu(), 2).reshape(-1, 4 * 6 * 6))
-        losses, _ = run_training(Net(), opt, jit, batches, F.cross_entropy)
+        losses, step = run_training(Net(), opt, jit, batches, F.cross_entropy, compiled)
+        if jit:
+            assert step.stats()[0]["compiled"] == compiled
         results.append((losses, [p.detach().numpy().copy() for p in params]))
-    (le, pe), (lj, pj) = results
-    np.testing.assert_array_equal(np.array(lj), np.array(le))
-    for a, b in zip(pj, pe):
-        np.testing.assert_array_equal(a, b)
+    assert_training_agrees(results, compiled)
 
 
 def test_batch_norm_training_updates_running_stats_like_eager():
