@@ -112,10 +112,11 @@ struct RationalErf : mlir::OpRewritePattern<mlir::math::ErfOp> {
 };
 
 int stage_index(std::string_view stage) {
-  for (int i = 0; i < 5; ++i)
+  for (int i = 0; i < 6; ++i)
     if (stage == kCompileStages[i]) return i;
-  fail<ValueError>("no compile stage '{}'; the stages are 'decomposed', 'linalg', 'fused', 'bufferized', 'llvm'",
-                   stage);
+  fail<ValueError>(
+      "no compile stage '{}'; the stages are 'decomposed', 'linalg', 'fused', 'bufferized', 'llvm', 'optimized'",
+      stage);
 }
 
 std::string where(mlir::Location loc) { return ir::location_text(loc); }
@@ -423,6 +424,11 @@ struct Compilation {
 std::string compile_stage_ir(std::string_view kiln_module, std::string_view stage, bool locations) {
   int last = stage_index(stage);
   Compilation c(kiln_module);
+  if (stage == "optimized") {
+    c.to(stage_index("llvm"));
+    return c.program.kernels.empty() ? "; no kernels: every op runs on the eager kernels\n"
+                                     : optimized_llvm_ir(c.print(false));
+  }
   c.to(last);
   return c.print(locations);
 }

@@ -24,11 +24,12 @@ class NotCompilable : public JitError {
 };
 
 // The compiler's stages, after the kiln-level "traced" and "simplified".
-inline constexpr const char* kCompileStages[] = {"decomposed", "linalg", "fused", "bufferized", "llvm"};
+inline constexpr const char* kCompileStages[] = {"decomposed", "linalg", "fused", "bufferized", "llvm", "optimized"};
 
 // `kiln_module` (text or bytecode of a kiln module with one func.func)
 // simplified and compiled up to `stage`, as text. From "bufferized" on it
-// holds the kernels only (the schedule is the entry function of "fused").
+// holds the kernels only (the schedule is the entry function of "fused");
+// "optimized" is LLVM IR after LLVM's O2 for the host (vectorized loops).
 std::string compile_stage_ir(std::string_view kiln_module, std::string_view stage, bool locations = true);
 
 // The disk-cache key of `kiln_module`'s compiled code (kiln.cache.explain_miss).

@@ -319,35 +319,61 @@ void register_host_symbol(std::string name, void* address) {
   symbols.table[std::move(name)] = address;
 }
 
-std::string compile_object(std::string_view mlir_source) {
+namespace {
+// The module as LLVM IR, optimized for the host (what the object code is
+// emitted from), with the names of the functions it defines.
+struct OptimizedModule {
+  std::unique_ptr<llvm::LLVMContext> context = std::make_unique<llvm::LLVMContext>();
+  std::unique_ptr<llvm::Module> module;
+  std::unique_ptr<llvm::TargetMachine> machine;
+  std::vector<std::string> functions;
+};
+
+OptimizedModule optimize_for_host(std::string_view mlir_source) {
   initialize_native_target();
   auto context = ir::make_context();
   DiagnosticCapture diags(*context);
   auto module = parse_and_lower(*context, mlir_source, diags);
 
-  llvm::LLVMContext llvm_context;
-  auto llvm_module = mlir::translateModuleToLLVMIR(*module, llvm_context, "kiln");
-  if (!llvm_module)
+  OptimizedModule out;
+  out.module = mlir::translateModuleToLLVMIR(*module, *out.context, "kiln");
+  if (!out.module)
     fail<JitError>("kiln::codegen: translating the llvm dialect to LLVM IR failed:\n{}",
                    diags.take());
   // Static constructors would need the JIT platform's initializer support,
   // which a linked object does not get; nothing kiln generates has them.
-  if (llvm_module->getNamedGlobal("llvm.global_ctors"))
+  if (out.module->getNamedGlobal("llvm.global_ctors"))
     fail<JitError>("kiln::codegen: the module has global constructors, which the object JIT "
                    "does not run; initialize globals from an explicit init function instead");
-  std::vector<std::string> functions;
-  for (llvm::Function& fn : *llvm_module)
-    if (!fn.isDeclaration()) functions.push_back(fn.getName().str());
-  std::sort(functions.begin(), functions.end());
+  for (llvm::Function& fn : *out.module)
+    if (!fn.isDeclaration()) out.functions.push_back(fn.getName().str());
+  std::sort(out.functions.begin(), out.functions.end());
 
-  auto machine = host_target_machine();
-  llvm_module->setDataLayout(machine->createDataLayout());
-  llvm_module->setTargetTriple(machine->getTargetTriple().getTriple());
-  add_packed_wrappers(*llvm_module);
-  auto optimize = mlir::makeOptimizingTransformer(kOptLevel, /*sizeLevel=*/0, machine.get());
-  if (auto error = optimize(llvm_module.get()))
+  out.machine = host_target_machine();
+  out.module->setDataLayout(out.machine->createDataLayout());
+  out.module->setTargetTriple(out.machine->getTargetTriple().getTriple());
+  add_packed_wrappers(*out.module);
+  auto optimize = mlir::makeOptimizingTransformer(kOptLevel, /*sizeLevel=*/0, out.machine.get());
+  if (auto error = optimize(out.module.get()))
     fail<JitError>("kiln::codegen: optimizing the LLVM IR failed: {}",
                    llvm::toString(std::move(error)));
+  return out;
+}
+}  // namespace
+
+std::string optimized_llvm_ir(std::string_view mlir_source) {
+  OptimizedModule m = optimize_for_host(mlir_source);
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  m.module->print(os, nullptr);
+  return text;
+}
+
+std::string compile_object(std::string_view mlir_source) {
+  OptimizedModule m = optimize_for_host(mlir_source);
+  auto& llvm_module = m.module;
+  auto& machine = m.machine;
+  auto& functions = m.functions;
 
   llvm::SmallVector<char, 0> elf;
   llvm::raw_svector_ostream elf_os(elf);

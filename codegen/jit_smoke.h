@@ -42,6 +42,11 @@ std::string host_target_id();
 // Throws JitError.
 std::string compile_object(std::string_view mlir_source);
 
+// The LLVM IR that compile_object emits code from: translated, then
+// optimized at O2 for the host (loops vectorized to its SIMD width show as
+// <16 x float> on AVX-512). For reading, as the "optimized" stage.
+std::string optimized_llvm_ir(std::string_view mlir_source);
+
 // The ELF relocatable object inside a kiln object (for linking an AOT
 // artifact or inspecting the code with objdump); throws JitError if
 // `object` is not a valid kiln object.

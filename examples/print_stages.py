@@ -21,7 +21,7 @@ x = kiln.from_numpy(rng.standard_normal((4, 8)).astype(np.float32))
 w = kiln.from_numpy(rng.standard_normal((16, 8)).astype(np.float32))
 b = kiln.from_numpy(rng.standard_normal(16).astype(np.float32))
 
-stages = sys.argv[1:] or ["traced", "simplified", "decomposed", "linalg", "fused", "bufferized", "llvm"]
+stages = sys.argv[1:] or ["traced", "simplified", "decomposed", "linalg", "fused", "bufferized", "llvm", "optimized"]
 lowered = kiln.jit(layer, compile=True).lower(x, w, b)
 for stage in stages:
     print(f"// ===== {stage} =====")

@@ -19,11 +19,11 @@ note = parts[-1].strip().splitlines()[-1].split(": ", 1)[-1]  # "1 kernel(s), 1 
 sections = [MARK_BEGIN, "", f"Printed by `examples/print_stages.py`; the function runs as {note}.", ""]
 for stage, text in zip(parts[1::2], parts[2::2]):
     lines = text.rstrip().splitlines()
-    if stage == "llvm" and len(lines) > LLVM_LINES:
+    if stage in ("llvm", "optimized") and len(lines) > LLVM_LINES:
         lines = lines[:LLVM_LINES] + [f"  ... ({len(lines) - LLVM_LINES} more lines)"]
     while lines and lines[-1].startswith("//"):
         lines.pop()
-    sections += [f"### {stage}", "", "```mlir", *lines, "```", ""]
+    sections += [f"### {stage}", "", "```llvm" if stage == "optimized" else "```mlir", *lines, "```", ""]
 sections.append(MARK_END)
 doc_path = "docs/compiler.md"
 doc = open(doc_path).read()

@@ -221,7 +221,7 @@ std::string bytecode(mlir::ModuleOp module) {
 std::string traced_ir(const TracedFunction& fn, std::string_view stage, const IrPrintOptions& options) {
   KILN_CHECK(std::find(std::begin(kIrStages), std::end(kIrStages), stage) != std::end(kIrStages), ValueError,
              "{}: no IR stage '{}'; the stages are 'traced', 'simplified', 'decomposed', 'linalg', 'fused', 'bufferized', "
-             "'llvm'",
+             "'llvm', 'optimized'",
              fn.graph.name, stage);
   auto context = ir::make_context();
   mlir::OwningOpRef<mlir::ModuleOp> module = build_verified(context.get(), fn, options.observe_all);

@@ -20,10 +20,10 @@ namespace kiln {
 // The stages a traced function can be printed at: "traced" (as recorded),
 // "simplified" (passes/simplify.h), then the CPU compiler's stages
 // (codegen/cpu_compiler.h): "decomposed", "linalg", "fused", "bufferized",
-// "llvm", which raise codegen::NotCompilable for a function the compiler
+// "llvm", "optimized" (LLVM IR after O2), which raise codegen::NotCompilable for a function the compiler
 // does not handle (control flow).
 inline constexpr const char* kIrStages[] = {"traced", "simplified", "decomposed", "linalg",
-                                            "fused",  "bufferized", "llvm"};
+                                            "fused",  "bufferized", "llvm",       "optimized"};
 
 struct IrPrintOptions {
   bool locations = true;  // print each op's file:line (as #loc aliases)

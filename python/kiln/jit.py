@@ -456,7 +456,8 @@ class JitFunction:
         return text
 
     def _dump_ir(self, entry, root):
-        """KILN_DUMP_IR=dir: every stage of this variant, as dir/<name>-<variant>/<n>-<stage>.mlir."""
+        """KILN_DUMP_IR=dir: every stage of this variant, as dir/<name>-<variant>/<n>-<stage>.mlir
+        (the optimized LLVM IR as .ll)."""
         variant = list(self._entries.values()).index(entry) + 1 if entry in self._entries.values() else len(self._entries) + 1
         folder = os.path.join(root, f"{self.__name__}-{variant}")
         os.makedirs(folder, exist_ok=True)
@@ -465,10 +466,11 @@ class JitFunction:
                 text = entry.traced.ir(stage, True, False)
             except _C.KilnError as e:
                 text = f"// {stage}: {e}\n"
-            tmp = os.path.join(folder, f".{n}-{stage}.mlir.tmp")
+            name = f"{n}-{stage}." + ("ll" if stage == "optimized" else "mlir")
+            tmp = os.path.join(folder, f".{name}.tmp")
             with open(tmp, "w") as out:
                 out.write(text)
-            os.replace(tmp, os.path.join(folder, f"{n}-{stage}.mlir"))
+            os.replace(tmp, os.path.join(folder, name))
 
     def _cache_key(self, *args, **kwargs):
         """The disk-cache key of the compiled code for these arguments (kiln.cache.explain_miss)."""
@@ -509,7 +511,7 @@ class JitFunction:
 class Lowered:
     """A traced variant of a jit function, as its IR (made by :meth:`JitFunction.lower`)."""
 
-    STAGES = ("traced", "simplified", "decomposed", "linalg", "fused", "bufferized", "llvm")
+    STAGES = ("traced", "simplified", "decomposed", "linalg", "fused", "bufferized", "llvm", "optimized")
 
     def __init__(self, name, entry):
         self.name = name
@@ -523,7 +525,8 @@ class Lowered:
         ops such as linear split into primitives), "linalg" (the ops that lower, as linalg.generic on
         tensors; the others stay kiln ops and run on the eager kernels), "fused" (fusion, then each
         kernel outlined into a function the schedule calls), "bufferized" (the kernels on memrefs,
-        results as out-parameters), "llvm" (the llvm dialect); they raise kiln.KilnError for a
+        results as out-parameters), "llvm" (the llvm dialect), "optimized" (LLVM IR after LLVM's
+        O2 for this CPU: vectorized loops show as <16 x float>); they raise kiln.KilnError for a
         function the compiler does not handle (control flow), saying why."""
         if stage not in self.STAGES:
             raise ValueError(f"kiln.jit: {self.name}: no IR stage {stage!r}; the stages are "

@@ -291,8 +291,10 @@ def test_dump_ir_writes_every_stage(tmp_path, monkeypatch):
     f(kiln.ones(4))
     [folder] = list(tmp_path.iterdir())
     names = sorted(p.name for p in folder.iterdir())
-    assert names == [f"{n}-{s}.mlir" for n, s in enumerate(sys.modules["kiln.jit"].Lowered.STAGES)]
-    assert "llvm.func" in (folder / names[-1]).read_text()
+    stages = sys.modules["kiln.jit"].Lowered.STAGES
+    assert names == [f"{n}-{s}." + ("ll" if s == "optimized" else "mlir") for n, s in enumerate(stages)]
+    assert "llvm.func" in (folder / f"{stages.index('llvm')}-llvm.mlir").read_text()
+    assert "define void @k0" in (folder / f"{len(stages) - 1}-optimized.ll").read_text()
 
 
 def test_algebraic_simplification():
@@ -385,3 +387,13 @@ def test_captured_state_is_updated_in_place_by_its_kernel():
     np.testing.assert_allclose(model.weight.numpy(), ref.weight.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(weight_view.numpy(), ref.weight.numpy()[0], rtol=1e-5, atol=1e-6)
     assert "kiln.in_place" in f.lower(x, y).ir("fused")
+
+
+def test_loops_vectorize_to_the_host_simd_width():
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    width = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    f = kiln.jit(lambda x, y: (x * y + 1.0).exp().sum(dim=-1))
+    text = f.lower(kiln.ones(64, 256), kiln.ones(256)).ir("optimized")
+    assert f"<{width} x float>" in text, "the elementwise loop and the reduction did not vectorize"
+    assert "reassoc" in text  # the sum's adds may reorder: that is what lets them vectorize
