@@ -470,6 +470,36 @@ std::string pack(const Program& program, const std::vector<std::string>& notes, 
 }
 }  // namespace
 
+std::string specialize_ir(std::string_view kiln_module, const std::vector<Shape>& shapes) {
+  Compilation c(kiln_module);
+  mlir::func::FuncOp func = c.entry;
+  KILN_CHECK(shapes.size() == func.getNumArguments(), ShapeError, "{}: {} argument shapes for {} arguments", c.display,
+             shapes.size(), func.getNumArguments());
+  mlir::Block& body = func.getBody().front();
+  for (unsigned i = 0; i < func.getNumArguments(); ++i) {
+    auto type = mlir::cast<mlir::RankedTensorType>(func.getArgument(i).getType());
+    bool fits = type.getRank() == static_cast<int64_t>(shapes[i].size());
+    for (int64_t d = 0; fits && d < type.getRank(); ++d)
+      fits = type.isDynamicDim(d) || type.getDimSize(d) == shapes[i][static_cast<size_t>(d)];
+    KILN_CHECK(fits, ShapeError, "{}: argument {} of type {} cannot take shape {}", c.display, i, type_text(type),
+               shape_str(shapes[i]));
+    body.getArgument(i).setType(mlir::RankedTensorType::get(shapes[i], type.getElementType()));
+  }
+  for (mlir::Operation& op : body) {
+    if (auto ret = mlir::dyn_cast<mlir::func::ReturnOp>(op)) {
+      func.setType(mlir::FunctionType::get(c.context.get(), body.getArgumentTypes(), ret.getOperandTypes()));
+      continue;
+    }
+    if (!ir::eager_call(&op)) continue;  // kiln.constant: its type is its value's
+    llvm::SmallVector<mlir::Type> types;
+    if (mlir::failed(ir::infer_result_types(op.getName().stripDialect(), c.context.get(), op.getLoc(),
+                                            op.getOperands(), op.getAttrDictionary(), types)))
+      fail<ShapeError>("{}: specializing to the call's shapes failed:\n{}", c.display, c.diags.take());
+    for (auto [result, type] : llvm::zip(op.getResults(), types)) result.setType(type);
+  }
+  return c.print(true);
+}
+
 CacheKey cpu_cache_key(std::string_view kiln_module) {
   Compilation c(kiln_module);
   c.simplify();

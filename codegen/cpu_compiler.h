@@ -32,6 +32,12 @@ inline constexpr const char* kCompileStages[] = {"decomposed", "linalg", "fused"
 // "optimized" is LLVM IR after LLVM's O2 for the host (vectorized loops).
 std::string compile_stage_ir(std::string_view kiln_module, std::string_view stage, bool locations = true);
 
+// `kiln_module` with its function's arguments given static `shapes` (which
+// must fit their `?` dims) and every op's result types inferred again: a
+// function traced with dynamic dims, specialized to the shapes of a call.
+// ShapeError when a shape does not fit.
+std::string specialize_ir(std::string_view kiln_module, const std::vector<Shape>& shapes);
+
 // The disk-cache key of `kiln_module`'s compiled code (kiln.cache.explain_miss).
 CacheKey cpu_cache_key(std::string_view kiln_module);
 

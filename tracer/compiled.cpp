@@ -16,26 +16,55 @@ CompiledFunction::CompiledFunction(std::shared_ptr<const TracedFunction> fn) : f
     if (t.device != kCPU)
       fail<codegen::NotCompilable>("{}: not compiled: it uses {} tensors (the compiler targets the CPU)", g.name,
                                    t.device.str());
-  code_ = std::make_unique<codegen::CpuFunction>(traced_ir(*fn_, "traced", {.locations = true}));
+  ir_ = traced_ir(*fn_, "traced", {.locations = true});
+  std::vector<ValueId> inputs = g.arguments;
+  inputs.insert(inputs.end(), g.captures.begin(), g.captures.end());
+  for (ValueId id : inputs)
+    for (int64_t d : g.values[id].shape) per_shape_ |= is_dynamic(d);
+  if (!per_shape_) code_ = std::make_shared<codegen::CpuFunction>(ir_);
+}
+
+std::shared_ptr<codegen::CpuFunction> CompiledFunction::code_for(const std::vector<Tensor>& inputs) const {
+  if (!per_shape_) return code_;
+  std::vector<Shape> shapes;
+  for (const Tensor& t : inputs) shapes.push_back(t.shape());
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto& code = by_shape_[shapes];
+  if (!code) code = std::make_shared<codegen::CpuFunction>(codegen::specialize_ir(ir_, shapes));
+  last_ = code;
+  return code;
+}
+
+std::shared_ptr<codegen::CpuFunction> CompiledFunction::current() const {
+  if (!per_shape_) return code_;
+  std::lock_guard<std::mutex> lock(mutex_);
+  return last_;
 }
 
 CompiledFunction::~CompiledFunction() = default;
 
-double CompiledFunction::compile_ms() const { return code_->compile_ms(); }
-bool CompiledFunction::from_cache() const { return code_->from_cache(); }
+double CompiledFunction::compile_ms() const { return current() ? current()->compile_ms() : 0.0; }
+bool CompiledFunction::from_cache() const { return current() && current()->from_cache(); }
 
 std::vector<std::pair<std::string, std::string>> compiled_cache_key(const TracedFunction& fn) {
   return codegen::cpu_cache_key(traced_ir(fn, "traced", {.locations = true})).parts;
 }
-int CompiledFunction::num_kernels() const { return code_->num_kernels(); }
+int CompiledFunction::num_kernels() const { return current() ? current()->num_kernels() : 0; }
 std::vector<std::pair<std::string, int64_t>> CompiledFunction::kernels() const {
   std::vector<std::pair<std::string, int64_t>> out;
-  for (const codegen::Kernel& k : code_->program().kernels) out.emplace_back(k.symbol, k.tile_extent);
+  if (auto code = current())
+    for (const codegen::Kernel& k : code->program().kernels) out.emplace_back(k.symbol, k.tile_extent);
   return out;
 }
-int CompiledFunction::num_host_ops() const { return static_cast<int>(code_->host_ops().size()); }
-const std::vector<std::string>& CompiledFunction::host_ops() const { return code_->host_ops(); }
-int64_t CompiledFunction::peak_intermediate_bytes() const { return code_->peak_intermediate_bytes(); }
+int CompiledFunction::num_host_ops() const { return static_cast<int>(host_ops().size()); }
+const std::vector<std::string>& CompiledFunction::host_ops() const {
+  static const std::vector<std::string> none;
+  std::shared_ptr<codegen::CpuFunction> code = current();
+  return code ? code->host_ops() : none;  // a CpuFunction lives as long as this object
+}
+int64_t CompiledFunction::peak_intermediate_bytes() const {
+  return current() ? current()->peak_intermediate_bytes() : 0;
+}
 
 std::vector<Tensor> CompiledFunction::inputs_for(const std::vector<Tensor>& args) const {
   const Graph& g = fn_->graph;
@@ -74,7 +103,8 @@ std::vector<Tensor> CompiledFunction::finish(std::vector<Tensor> results) const 
 }
 
 std::vector<Tensor> CompiledFunction::run(const std::vector<Tensor>& args) const {
-  return finish(code_->run(inputs_for(args)));
+  std::vector<Tensor> inputs = inputs_for(args);
+  return finish(code_for(inputs)->run(inputs));
 }
 
 namespace {
@@ -124,7 +154,8 @@ void restore(const std::vector<std::pair<Tensor, Tensor>>& saved) {
 
 std::vector<Tensor> CompiledFunction::run_checked(const std::vector<Tensor>& args, double rtol, double atol) const {
   std::vector<Tensor> inputs = inputs_for(args);
-  if (!comparable()) return finish(code_->run(inputs));
+  std::shared_ptr<codegen::CpuFunction> code = code_for(inputs);
+  if (!comparable()) return finish(code->run(inputs));
   // Eager first: the compiled code may update captured tensors in place.
   std::vector<Tensor> eager;
   {
@@ -132,7 +163,7 @@ std::vector<Tensor> CompiledFunction::run_checked(const std::vector<Tensor>& arg
     eager = execute(fn_->graph, inputs);
   }
   std::vector<std::pair<Tensor, Tensor>> saved = snapshot(*fn_);
-  std::vector<Tensor> compiled = code_->run(inputs);
+  std::vector<Tensor> compiled = code->run(inputs);
   for (size_t i = 0; i < eager.size(); ++i) {
     std::string why = difference(compiled[i], eager[i], rtol, atol);
     if (!why.empty()) {
@@ -150,9 +181,14 @@ std::vector<Tensor> CompiledFunction::run_checked(const std::vector<Tensor>& arg
 void CompiledFunction::report_divergence(const std::vector<Tensor>& inputs, double rtol, double atol,
                                          const std::string& fallback) const {
   const Graph& g = fn_->graph;
-  if (!observed_)
-    observed_ = std::make_unique<codegen::CpuFunction>(
-        traced_ir(*fn_, "traced", {.locations = true, .observe_all = true}));
+  std::string observed_ir = traced_ir(*fn_, "traced", {.locations = true, .observe_all = true});
+  if (per_shape_) {
+    std::vector<Shape> shapes;
+    for (const Tensor& t : inputs) shapes.push_back(t.shape());
+    observed_ = std::make_unique<codegen::CpuFunction>(codegen::specialize_ir(observed_ir, shapes));
+  } else if (!observed_) {
+    observed_ = std::make_unique<codegen::CpuFunction>(observed_ir);
+  }
   std::vector<Tensor> eager;
   {
     NoGradGuard no_grad;

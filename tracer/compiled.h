@@ -1,11 +1,15 @@
 #pragma once
 // A traced function compiled to native CPU code (codegen/cpu_compiler.h):
 // the ops that lower run as fused kernels, the others on the eager kernels.
+// A function traced with dynamic dims is compiled once per shape its calls
+// bring (kernels need static shapes), each from the disk cache when it can.
 // Captured tensors are read and written back as TracedFunction::run does.
 // Construction throws codegen::NotCompilable (a kiln::Error) for what the
 // compiler refuses (control flow, non-CPU tensors); the caller then keeps the
 // graph executor.
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -36,6 +40,9 @@ class CompiledFunction {
   std::vector<Tensor> run_checked(const std::vector<Tensor>& args, double rtol, double atol) const;
   bool comparable() const;
 
+  // Compiled once per call shape (dynamic dims); the figures below are then
+  // those of the last shape compiled or run (zeros before the first call).
+  bool per_shape() const { return per_shape_; }
   double compile_ms() const;  // or the disk-cache load time
   bool from_cache() const;
   int num_kernels() const;
@@ -52,8 +59,17 @@ class CompiledFunction {
   [[noreturn]] void report_divergence(const std::vector<Tensor>& inputs, double rtol, double atol,
                                       const std::string& fallback) const;
 
+  // The code for these inputs (arguments, then captures).
+  std::shared_ptr<codegen::CpuFunction> code_for(const std::vector<Tensor>& inputs) const;
+  std::shared_ptr<codegen::CpuFunction> current() const;
+
   std::shared_ptr<const TracedFunction> fn_;
-  std::unique_ptr<codegen::CpuFunction> code_;
+  bool per_shape_ = false;
+  std::string ir_;  // the traced IR (per_shape_: specialized on each new shape)
+  std::shared_ptr<codegen::CpuFunction> code_;  // !per_shape_
+  mutable std::mutex mutex_;
+  mutable std::map<std::vector<Shape>, std::shared_ptr<codegen::CpuFunction>> by_shape_;
+  mutable std::shared_ptr<codegen::CpuFunction> last_;
   mutable std::unique_ptr<codegen::CpuFunction> observed_;  // every intermediate kept (check mode)
 };
 

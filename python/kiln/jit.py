@@ -284,8 +284,11 @@ class JitFunction:
         entry.compiled = compiled
         host = compiled.host_ops
         how = "loaded from the disk cache" if compiled.from_cache else "compiled"
-        entry.compile_note = (f"{how} in {compiled.compile_ms:.1f} ms: {compiled.num_kernels} kernel(s)"
-                              + (f", {len(host)} op(s) on the eager kernels" if host else ""))
+        if compiled.per_shape:  # dynamic dims: compiled at each new call shape
+            entry.compile_note = "compiled per call shape (dynamic dims)"
+        else:
+            entry.compile_note = (f"{how} in {compiled.compile_ms:.1f} ms: {compiled.num_kernels} kernel(s)"
+                                  + (f", {len(host)} op(s) on the eager kernels" if host else ""))
         if log:
             sys.stderr.write(f"kiln.jit: {self.__name__}: {entry.compile_note}\n")
             for line in host:

@@ -98,6 +98,7 @@ void bind_jit(py::module_& m) {
              return f.run_checked(args, rtol, atol);
            })
       .def_property_readonly("comparable", &CompiledFunction::comparable)
+      .def_property_readonly("per_shape", &CompiledFunction::per_shape)
       .def_property_readonly("compile_ms", &CompiledFunction::compile_ms)
       .def_property_readonly("from_cache", &CompiledFunction::from_cache)
       .def_property_readonly("num_kernels", &CompiledFunction::num_kernels)

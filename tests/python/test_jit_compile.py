@@ -397,3 +397,22 @@ def test_loops_vectorize_to_the_host_simd_width():
     text = f.lower(kiln.ones(64, 256), kiln.ones(256)).ir("optimized")
     assert f"<{width} x float>" in text, "the elementwise loop and the reduction did not vectorize"
     assert "reassoc" in text  # the sum's adds may reorder: that is what lets them vectorize
+
+
+def test_dynamic_dims_compile_once_per_call_shape():
+    import kiln.nn.functional as F
+    w = kiln.from_numpy(np.linspace(-1, 1, 8, dtype=np.float32))
+
+    def g(x):
+        return F.softmax(x * w + 1.0, dim=-1).sum(dim=0)
+
+    f = kiln.jit(g, dynamic={"x": 0})
+    for rows in (3, 5, 3, 1):
+        x = kiln.from_numpy(np.random.default_rng(rows).standard_normal((rows, 8)).astype(np.float32))
+        np.testing.assert_allclose(f(x).numpy(), g(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert f.num_traces == 1
+    [s] = f.stats()
+    assert s["note"] == "compiled per call shape (dynamic dims)" and s["kernels_per_call"] >= 1
+    assert s["eager_ops_per_call"] == 0
+    with pytest.raises(kiln.ShapeError, match=r"mul: shapes \(2, 9\) and \(8,\) cannot be broadcast"):
+        f(kiln.ones(2, 9))  # as eagerly: the error of the op, at the call's shapes
