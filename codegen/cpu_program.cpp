@@ -60,10 +60,11 @@ void run_kernel(const Kernel& kernel, const std::vector<Tensor>& args) {
     return;
   }
   // Enough outer iterations per task that the pool's wake-up cost is noise,
-  // and within a task, calls of at most ~64K iterations, so that a kernel of
+  // and within a task, calls of at most ~16K iterations (best measured of
+  // 4K..256K: softmax 6.5 vs 9.2 ms at 64K), so that a kernel of
   // several passes over its rows (softmax: max, sum, normalize) finds the
   // rows of the first pass still in cache in the next.
-  constexpr int64_t kWorkPerTask = 1 << 15, kWorkPerCall = 1 << 16;
+  constexpr int64_t kWorkPerTask = 1 << 15, kWorkPerCall = 1 << 14;
   int64_t per_row = std::max<int64_t>(1, kernel.work / kernel.tile_extent);
   int64_t grain = std::max<int64_t>(1, kWorkPerTask / per_row);
   int64_t rows_per_call = std::max<int64_t>(1, kWorkPerCall / per_row);
