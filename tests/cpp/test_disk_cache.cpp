@@ -1,6 +1,8 @@
 // The compile cache: kiln objects (compile once, link in milliseconds) and
 // the disk cache that keeps them across processes.
 #include <catch2/catch.hpp>
+
+#include "tests/cpp/memref.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,18 +27,6 @@ using Catch::Contains;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct MemRef1D {
-  float* allocated;
-  float* aligned;
-  int64_t offset;
-  int64_t size;
-  int64_t stride;
-};
-
-MemRef1D view(std::vector<float>& v) {
-  return {v.data(), v.data(), 0, static_cast<int64_t>(v.size()), 1};
-}
 
 // A fresh directory per test, removed afterwards.
 struct TempDir {

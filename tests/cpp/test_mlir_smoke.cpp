@@ -2,6 +2,8 @@
 // dialect, JIT with ORC, call, and errors surfacing as exceptions.
 #include <catch2/catch.hpp>
 
+#include "tests/cpp/memref.h"
+
 #include <cstdint>
 #include <vector>
 
@@ -12,19 +14,6 @@ using kiln::codegen::JitError;
 using Catch::Contains;
 
 namespace {
-
-// MLIR's C-interface descriptor for a rank-1 memref.
-struct MemRef1D {
-  float* allocated;
-  float* aligned;
-  int64_t offset;
-  int64_t size;
-  int64_t stride;
-};
-
-MemRef1D view(std::vector<float>& v) {
-  return {v.data(), v.data(), 0, static_cast<int64_t>(v.size()), 1};
-}
 
 constexpr const char* kScalars = R"mlir(
 func.func @add_scale(%a: f32, %b: f32) -> f32 {
