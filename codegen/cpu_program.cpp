@@ -30,7 +30,7 @@ std::vector<int64_t> describe(const Tensor& t) {
 
 // Calls kernel(begin, end, d0, d1, ...) through its exact prototype: every
 // memref argument of the C interface is a pointer to its descriptor.
-constexpr size_t kMaxKernelArgs = 48;
+constexpr size_t kMaxKernelArgs = 128;  // passes/outline_kernels.cpp keeps groups below it
 using Caller = void (*)(void* fn, int64_t begin, int64_t end, void* const* args);
 
 template <size_t... I>

@@ -1502,7 +1502,7 @@ void fuse_elementwise(mlir::ModuleOp module) {
   // each operand would inline its own copy of the producer (operands that
   // read it through different maps cannot merge: each gets its copy); and
   // no fused body grows beyond kMaxBodyOps.
-  constexpr size_t kMaxBodyOps = 2000;
+  constexpr size_t kMaxBodyOps = 2000, kMaxFusedBuffers = 96;
   mlir::linalg::populateElementwiseOpsFusionPatterns(patterns, [](mlir::OpOperand* operand) {
     auto consumer = mlir::cast<mlir::linalg::LinalgOp>(operand->getOwner());
     for (mlir::OpOperand& other : consumer->getOpOperands())
@@ -1510,9 +1510,13 @@ void fuse_elementwise(mlir::ModuleOp module) {
           consumer.getMatchingIndexingMap(&other) == consumer.getMatchingIndexingMap(operand))
         return false;
     size_t size = consumer->getRegion(0).front().getOperations().size();
-    if (auto producer = operand->get().getDefiningOp<mlir::linalg::GenericOp>())
+    size_t buffers = consumer->getNumOperands() + consumer->getNumResults();
+    if (auto producer = operand->get().getDefiningOp<mlir::linalg::GenericOp>()) {
       size += producer.getRegion().front().getOperations().size();
-    return size <= kMaxBodyOps;
+      buffers += producer->getNumOperands();
+    }
+    // (the runtime passes a kernel at most 128 buffers: codegen/cpu_program.cpp)
+    return size <= kMaxBodyOps && buffers <= kMaxFusedBuffers;
   });
   mlir::linalg::GenericOp::getCanonicalizationPatterns(patterns, context);
   mlir::tensor::EmptyOp::getCanonicalizationPatterns(patterns, context);

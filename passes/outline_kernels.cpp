@@ -86,6 +86,11 @@ int64_t work(mlir::linalg::GenericOp op) {
 // that loop's index, so each tile of rows is computed start to finish by one
 // call (the rows are still in cache for the second pass of a softmax).
 bool joins(llvm::ArrayRef<mlir::linalg::GenericOp> group, mlir::linalg::GenericOp g) {
+  // The runtime calls kernels with at most 128 buffers (codegen/cpu_program.cpp).
+  constexpr unsigned kMaxBuffers = 96;
+  unsigned buffers = g->getNumOperands() + g->getNumResults();
+  for (mlir::linalg::GenericOp member : group) buffers += member->getNumOperands() + member->getNumResults();
+  if (buffers > kMaxBuffers) return false;
   int64_t extent = tile_extent(group.front());
   if (extent == 0 || tile_extent(g) != extent) return false;
   for (mlir::OpOperand* operand : g.getDpsInputOperands()) {

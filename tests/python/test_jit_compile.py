@@ -416,3 +416,17 @@ def test_dynamic_dims_compile_once_per_call_shape():
     assert s["eager_ops_per_call"] == 0
     with pytest.raises(kiln.ShapeError, match=r"mul: shapes \(2, 9\) and \(8,\) cannot be broadcast"):
         f(kiln.ones(2, 9))  # as eagerly: the error of the op, at the call's shapes
+
+
+def test_a_sum_of_many_inputs_compiles_within_the_kernel_buffer_limit():
+    xs = [kiln.from_numpy(np.full((3, 5), float(i), np.float32)) for i in range(150)]
+
+    def g(*xs):
+        total = xs[0] * 1.5
+        for x in xs[1:]:
+            total = total + x * 0.5
+        return total
+
+    f = kiln.jit(g)
+    np.testing.assert_allclose(f(*xs).numpy(), g(*xs).numpy(), rtol=1e-5)
+    assert f.stats()[0]["compiled"] and f.stats()[0]["eager_ops_per_call"] == 0
