@@ -105,7 +105,7 @@ std::vector<Tensor> run_program(const Program& program, const std::vector<Tensor
   std::vector<Tensor> values(program.values.size());
   for (size_t i = 0; i < inputs.size(); ++i) values[program.arguments[i]] = inputs[i];
   int64_t live = 0, peak = 0;
-  std::vector<char> owned(program.values.size(), 0);  // allocated by this run (counted in `live`)
+  std::vector<char> owned(program.values.size(), 0);  // allocated by this run and still held
   // KILN_PROFILE=1: each step's time on stderr (kernels, eager ops, copies).
   static const bool profile = std::getenv("KILN_PROFILE") != nullptr;
   auto started = std::chrono::steady_clock::now();
@@ -115,22 +115,21 @@ std::vector<Tensor> run_program(const Program& program, const std::vector<Tensor
     std::vector<Tensor> in;
     for (ProgramValueId v : step.inputs) in.push_back(v == kAbsent ? Tensor() : values[v]);
     std::vector<Tensor> out;
+    // which outputs this step allocated (counted in `live` until released)
+    std::vector<char> fresh(step.outputs.size(), step.kind == Step::Kind::Host);
     switch (step.kind) {
       case Step::Kind::Kernel: {
         const Kernel& kernel = program.kernels[step.kernel];
         std::vector<Tensor> args;
         for (Tensor& t : in) args.push_back(t.is_contiguous() ? t : t.contiguous());
         out.resize(step.outputs.size());
-        std::vector<char> written_in_place(step.outputs.size(), 0);
-        for (auto [result, operand] : kernel.in_place) {
-          out[result] = in[operand];
-          written_in_place[result] = 1;
-        }
+        for (auto [result, operand] : kernel.in_place) out[result] = in[operand];
         for (size_t k = 0; k < step.outputs.size(); ++k) {
-          if (written_in_place[k]) continue;
+          if (out[k].defined()) continue;  // written in place
           const TensorType& type = program.values[step.outputs[k]];
           KILN_CHECK(is_static(type), Error, "kernel {}: output of dynamic shape", kernel.symbol);
           out[k] = Tensor::empty(type.shape, type.dtype);
+          fresh[k] = 1;
           args.push_back(out[k]);
         }
         run_kernel(kernel, args);
@@ -154,11 +153,7 @@ std::vector<Tensor> run_program(const Program& program, const std::vector<Tensor
     for (size_t k = 0; k < out.size(); ++k) {
       ProgramValueId v = step.outputs[k];
       values[v] = std::move(out[k]);
-      bool in_place = step.kind == Step::Kind::Kernel &&
-                      std::any_of(program.kernels[step.kernel].in_place.begin(),
-                                  program.kernels[step.kernel].in_place.end(),
-                                  [&](const std::pair<int, int>& p) { return p.first == static_cast<int>(k); });
-      if (step.kind != Step::Kind::Constant && step.kind != Step::Kind::Reshape && !in_place) {
+      if (fresh[k]) {
         owned[v] = 1;
         live += bytes_of(values[v]);
       }

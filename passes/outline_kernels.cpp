@@ -125,7 +125,7 @@ void outline(mlir::ModuleOp module, llvm::ArrayRef<mlir::linalg::GenericOp> grou
       prologue.push_back(def);
       return;
     }
-    map.map(v, v);  // placeholder: becomes a block argument below
+    map.map(v, v);  // taken (remapped to its block argument once the kernel exists)
     arguments.push_back(v);
   };
   llvm::SmallVector<mlir::Type> result_types;

@@ -461,7 +461,7 @@ class JitFunction:
     def _dump_ir(self, entry, root):
         """KILN_DUMP_IR=dir: every stage of this variant, as dir/<name>-<variant>/<n>-<stage>.mlir
         (the optimized LLVM IR as .ll)."""
-        variant = list(self._entries.values()).index(entry) + 1 if entry in self._entries.values() else len(self._entries) + 1
+        variant = list(self._entries.values()).index(entry) + 1  # the entry is cached before it first runs
         folder = os.path.join(root, f"{self.__name__}-{variant}")
         os.makedirs(folder, exist_ok=True)
         for n, stage in enumerate(Lowered.STAGES):
