@@ -119,7 +119,6 @@ int stage_index(std::string_view stage) {
       stage);
 }
 
-std::string where(mlir::Location loc) { return ir::location_text(loc); }
 
 std::string type_text(mlir::Type t) {
   std::string s;
@@ -149,7 +148,7 @@ struct Compilation {
     entry.walk([&](mlir::Operation* op) {
       if (op->getNumRegions() != 0 && op != entry.getOperation())
         fail<NotCompilable>("{}: not compiled: {} at {}: control flow is not compiled yet", display,
-                            op->getName().getStringRef().str(), where(op->getLoc()));
+                            op->getName().getStringRef().str(), ir::location_text(op->getLoc()));
     });
   }
 
@@ -246,7 +245,7 @@ struct Compilation {
         continue;
       }
       Step step;
-      step.location = where(op.getLoc());
+      step.location = ir::location_text(op.getLoc());
       if (auto call = mlir::dyn_cast<mlir::func::CallOp>(op)) {
         step.kind = Step::Kind::Kernel;
         auto [it, added] = kernel_index.try_emplace(call.getCallee(), static_cast<int>(program.kernels.size()));

@@ -29,7 +29,6 @@ namespace {
 
 using mlir::Value;
 
-std::string where(mlir::Location loc) { return ir::location_text(loc); }
 
 bool is_float(mlir::Type t) { return t.isF32() || t.isF64(); }
 // Element types an operand may have: converted to the compute type.
@@ -1474,7 +1473,7 @@ std::vector<NotLowered> lower_to_linalg(mlir::ModuleOp module) {
     for (mlir::Operation* op : ops) {
       std::string why = refusal(op);
       if (!why.empty()) {
-        kept.push_back({op->getName().getStringRef().str(), where(op->getLoc()), std::move(why)});
+        kept.push_back({op->getName().getStringRef().str(), ir::location_text(op->getLoc()), std::move(why)});
         continue;
       }
       b.setInsertionPoint(op);
