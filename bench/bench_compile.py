@@ -12,7 +12,9 @@ kiln jit reaches.
 
 Method (DESIGN.md "Benchmarking facts"): 2 threads for everyone (OpenBLAS, OpenMP, kiln,
 torch), OMP_WAIT_POLICY=PASSIVE; per row the four variants run alternately with the order
-rotating every repetition, after a warm-up; cells are medians with the interquartile range.
+rotating every repetition, after a warm-up; each timed call directly follows an untimed call of
+the same variant (steady state, as the bandwidth reference is measured: see run_interleaved);
+cells are medians with the interquartile range.
 Before timing, every kiln jit result is asserted to match kiln eager (allclose) and kiln eager
 is checked against PyTorch (same weights and inputs).
 
@@ -149,7 +151,7 @@ def bandwidth(reps, n=1 << 24):
     def two(fn):
         return lambda: list(pool.map(fn, halves))
     stats = be.run_interleaved({"copy 1T": copy, "copy 2T": two(copy), "triad 1T": triad, "triad 2T": two(triad)},
-                               reps=reps, warmup=2)
+                               reps=reps, warmup=2, settle=True)
     pool.shutdown()
     moved = {"copy 1T": 2 * 4 * n, "copy 2T": 2 * 4 * n, "triad 1T": 5 * 4 * n, "triad 2T": 5 * 4 * n}
     return {k: moved[k] / s.med / GB for k, s in stats.items()}
@@ -483,7 +485,9 @@ def main():
             fns = case.fns
             if inner > 1:  # call-overhead rows: loop inside the timed callable
                 fns = {k: (lambda f: lambda: [f() for _ in range(inner)])(f) for k, f in fns.items()}
-            stats = be.run_interleaved(fns, reps=reps, inner=inner, warmup=3)
+            stats = be.run_interleaved(fns, reps=reps, inner=inner, warmup=3, settle=True)
+            if case.nbytes:  # measured as the bandwidth reference is: back to back, alone
+                stats["kiln jit alone"] = be.run_interleaved({"j": fns["kiln jit"]}, reps=reps, warmup=2)["j"]
         how, note = jit_status(case.jitted)
         rows.append((case, stats, how, kernels_cell(case.jitted), note))
     bw_after = bandwidth(5 if quick else 11)
@@ -499,7 +503,8 @@ def main():
     fuser = torch_fuser_state()
 
     head = ["Workload", "kiln eager [ms]", "kiln jit [ms]", "kiln jit ran", "PyTorch eager [ms]",
-            "torch.jit trace+freeze [ms]", "BW limit [ms]", "jit / eager", "jit / torch.jit", "jit % of BW"]
+            "torch.jit trace+freeze [ms]", "BW limit [ms]", "kiln jit alone [ms]", "jit / eager", "jit / torch.jit",
+            "jit alone % of BW"]
     lines = [f"# kiln.jit(compile=True) benchmark — {t0:%Y-%m-%d %H:%M} on `{socket.gethostname()}`", "",
              f"- CPU: {be.cpu_model()}, {os.cpu_count()} logical CPUs; load average {load0:.2f} at start, "
              f"{os.getloadavg()[0]:.2f} at end; run took {elapsed:.0f} s; other processes used "
@@ -523,10 +528,12 @@ def main():
                 cells.append(how + kernels if how != "graph executor" else how + ": " + short_reason(note))
         limit = case.nbytes / (bw * GB) if case.nbytes else None
         cells.insert(6, f"{limit * 1e3:.2f}" if limit else "—")
+        alone = stats.get("kiln jit alone")
+        cells.insert(7, be.fmt_time(alone, unit) if alone else "—")
         for a, b in (("kiln jit", "kiln eager"), ("kiln jit", "torch.jit")):
             _, r = be.ratio_cell(stats[a], stats[b])
             cells.append(f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f})")
-        cells.append(f"{100 * limit / stats['kiln jit'].med:.0f}%" if limit else "—")
+        cells.append(f"{100 * limit / alone.med:.0f}%" if limit else "—")
         lines.append("| " + " | ".join(cells) + " |")
         if how == "graph executor":
             notes.append(f"  - {case.name}, kiln jit: graph executor because {note.split('not compiled:')[-1].strip()}")
@@ -541,9 +548,14 @@ def main():
     any_groups = any(c.note and c.note.get("torch fusion groups") for c, *_ in rows)
     lines += ["",
               "Cells: median (interquartile range) over repetitions in which the four variants run alternately "
-              "(order rotating) after a warm-up; ratios are of medians, with the range pairing each side's "
+              "(order rotating) after a warm-up, each timed call right after an untimed call of the same "
+              "variant (steady state; on this VM a core left idle ~10 ms runs the next few ms at up to half "
+              "speed, which would charge each variant for the one before it); ratios are of medians, with the range pairing each side's "
               "quartiles with the other's opposite ones — differences inside it are noise. BW limit = the "
-              "minimal bytes (inputs read once, output written once) / the bandwidth above. Every kiln jit "
+              "minimal bytes (inputs read once, output written once) / the bandwidth above. kiln jit alone: the "
+              "same compiled function timed back to back with nothing in between, as the bandwidth reference "
+              "is (the interleaved kiln jit column pays for the previous variant's dirty cache lines: a call "
+              "after kiln eager's gelu measured 5.2 against 4.0 ms); % of BW is of that time. Every kiln jit "
               "result was asserted equal (allclose) to kiln eager before timing; the training step's losses "
               "and updated weights too. Inference rows run under no_grad in both frameworks. kiln has a "
               "caching allocator; PyTorch 1.13 CPU does not (its large outputs page-fault every call), so "

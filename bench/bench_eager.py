@@ -92,8 +92,14 @@ class Stat:
 
 # ------------------------------------------------------------------- timing
 
-def run_interleaved(fns, reps, inner=1, warmup=3):
+def run_interleaved(fns, reps, inner=1, warmup=3, settle=False):
     """fns: {framework: zero-arg callable}. Returns {framework: Stat} (seconds per call).
+
+    With settle, each timed call directly follows an untimed call of the same
+    callable: steady state, not the first call after another framework left
+    the cores idle or busy (on the VM a core idle for ~10 ms runs the next
+    few ms at up to half speed, which would charge each variant for the one
+    before it).
 
     With inner > 1 each callable must itself loop `inner` times (so the loop
     is not another Python call per iteration) and the time is divided by it.
@@ -113,6 +119,8 @@ def run_interleaved(fns, reps, inner=1, warmup=3):
             k = r % len(names)
             for name in names[k:] + names[:k]:
                 fn = fns[name]
+                if settle:
+                    fn()
                 t0 = clock()
                 fn()
                 t1 = clock()

@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 #include <chrono>
+#include <cmath>
 #include <utility>
 #include <optional>
 
@@ -36,6 +37,7 @@
 #include <mlir/Dialect/MemRef/Transforms/Passes.h>
 #include <mlir/IR/BuiltinOps.h>
 #include <mlir/IR/Diagnostics.h>
+#include <mlir/IR/Matchers.h>
 #include <mlir/IR/MLIRContext.h>
 #include <mlir/Parser/Parser.h>
 #include <mlir/Pass/PassManager.h>
@@ -50,6 +52,7 @@
 #include "codegen/disk_cache.h"
 #include "codegen/program_io.h"
 #include "codegen/promote_accumulators.h"
+#include "codegen/streaming_stores.h"
 #include "runtime/version.h"
 #include "passes/simplify.h"
 
@@ -93,20 +96,88 @@ struct RationalErf : mlir::OpRewritePattern<mlir::math::ErfOp> {
     auto fma = [&](mlir::Value a, mlir::Value b, mlir::Value c) -> mlir::Value {
       return rewriter.create<mlir::math::FmaOp>(loc, a, b, c);
     };
-    mlir::Value x = rewriter.create<mlir::arith::MinimumFOp>(loc, op.getOperand(), constant(4.0));
-    x = rewriter.create<mlir::arith::MaximumFOp>(loc, x, constant(-4.0));
+    // erf(c * y) (gelu's erf(x / sqrt 2)) takes c into the coefficients:
+    // with x = c y, x^2 = c^2 y^2 and x P = y (c P).
+    mlir::Value y = op.getOperand();
+    double c = 1.0;
+    if (auto mul = y.getDefiningOp<mlir::arith::MulFOp>()) {
+      for (int side = 0; side < 2; ++side) {
+        mlir::FloatAttr scale;
+        if (mlir::matchPattern(mul->getOperand(side), mlir::m_Constant(&scale)) && scale.getValueAsDouble() > 0) {
+          c = scale.getValueAsDouble();
+          y = mul->getOperand(1 - side);
+          break;
+        }
+      }
+    }
+    mlir::Value x = rewriter.create<mlir::arith::MinimumFOp>(loc, y, constant(4.0 / c));
+    x = rewriter.create<mlir::arith::MaximumFOp>(loc, x, constant(-4.0 / c));
     mlir::Value x2 = rewriter.create<mlir::arith::MulFOp>(loc, x, x);
     const double alpha[] = {-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
                             -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
                             -1.60960333262415e-02};
     const double beta[] = {-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
                            -7.37332916720468e-03, -1.42647390514189e-02};
-    mlir::Value p = constant(alpha[0]);
-    for (size_t i = 1; i < std::size(alpha); ++i) p = fma(p, x2, constant(alpha[i]));
+    // coefficient i of a polynomial of degree n in x^2, rescaled to y^2 (times c)
+    auto scaled = [&](const double* k, size_t n, size_t i, double extra) {
+      return k[i] * std::pow(c * c, static_cast<double>(n - 1 - i)) * extra;
+    };
+    mlir::Value p = constant(scaled(alpha, std::size(alpha), 0, c));
+    for (size_t i = 1; i < std::size(alpha); ++i) p = fma(p, x2, constant(scaled(alpha, std::size(alpha), i, c)));
     p = rewriter.create<mlir::arith::MulFOp>(loc, x, p);
-    mlir::Value q = constant(beta[0]);
-    for (size_t i = 1; i < std::size(beta); ++i) q = fma(q, x2, constant(beta[i]));
-    rewriter.replaceOpWithNewOp<mlir::arith::DivFOp>(op, p, q);
+    mlir::Value q = constant(scaled(beta, std::size(beta), 0, 1.0));
+    for (size_t i = 1; i < std::size(beta); ++i) q = fma(q, x2, constant(scaled(beta, std::size(beta), i, 1.0)));
+    // q <= beta[4] < 0 on the clamped range, so the quotient may use the
+    // host's reciprocal estimate refined by a Newton step (exact to ~1 ulp)
+    // instead of a full-latency division that would dominate gelu.
+    auto estimate = mlir::arith::FastMathFlags::arcp | mlir::arith::FastMathFlags::ninf;
+    rewriter.replaceOpWithNewOp<mlir::arith::DivFOp>(op, p, q, estimate);
+    return mlir::success();
+  }
+};
+
+// float32 exp(x) = 2^n * e^r with n = round(x / ln 2), in 16 vector
+// operations against the 20 of MLIR's approximation, which made softmax
+// compute-bound. n is rounded by adding 1.5 * 2^23 (plus the exponent bias
+// less one) in an FMA, so k's low mantissa bits already hold n + 126 and a
+// shift makes them the exponent of 2^(n-1); the polynomial returns 2 e^r
+// (Cephes' coefficients, doubled; |r| <= ln2 / 2). x is clamped above where
+// the product overflows to +inf anyway; below -87 (where 2^(n-1) would not
+// be a normal float) the result is 0. NaN stays NaN.
+struct FastExp : mlir::OpRewritePattern<mlir::math::ExpOp> {
+  using OpRewritePattern::OpRewritePattern;
+  mlir::LogicalResult matchAndRewrite(mlir::math::ExpOp op, mlir::PatternRewriter& rewriter) const override {
+    mlir::Type type = op.getType();
+    if (!mlir::getElementTypeOrSelf(type).isF32()) return mlir::failure();
+    mlir::Location loc = op.getLoc();
+    mlir::Type int_type = rewriter.getI32Type();
+    if (auto shaped = mlir::dyn_cast<mlir::ShapedType>(type)) int_type = shaped.clone(int_type);
+    auto splat = [&](mlir::Type t, mlir::TypedAttr a) -> mlir::Value {
+      mlir::Attribute value = a;
+      if (auto shaped = mlir::dyn_cast<mlir::ShapedType>(t)) value = mlir::SplatElementsAttr::get(shaped, a);
+      return rewriter.create<mlir::arith::ConstantOp>(loc, mlir::cast<mlir::TypedAttr>(value));
+    };
+    auto constant = [&](float v) { return splat(type, rewriter.getF32FloatAttr(v)); };
+    auto fma = [&](mlir::Value a, mlir::Value b, mlir::Value c) -> mlir::Value {
+      return rewriter.create<mlir::math::FmaOp>(loc, a, b, c);
+    };
+    mlir::Value x = op.getOperand();
+    mlir::Value xc = rewriter.create<mlir::arith::MinimumFOp>(loc, x, constant(88.8f));
+    mlir::Value shifter = constant(12582912.0f + 126.0f);  // 1.5 * 2^23 + (127 - 1)
+    mlir::Value k = fma(xc, constant(1.44269504088896341f), shifter);
+    mlir::Value n = rewriter.create<mlir::arith::SubFOp>(loc, k, shifter);
+    mlir::Value r = fma(n, constant(-0.693359375f), xc);  // ln 2 in two parts (Cody-Waite)
+    r = fma(n, constant(2.12194440e-4f), r);
+    const float coefficients[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+                                  1.6666665459e-1f, 5.0000001201e-1f, 1.0f, 1.0f};
+    mlir::Value p = constant(2 * coefficients[0]);
+    for (size_t i = 1; i < std::size(coefficients); ++i) p = fma(p, r, constant(2 * coefficients[i]));
+    mlir::Value bits = rewriter.create<mlir::arith::BitcastOp>(loc, int_type, k);
+    bits = rewriter.create<mlir::arith::ShLIOp>(loc, bits, splat(int_type, rewriter.getI32IntegerAttr(23)));
+    mlir::Value scale = rewriter.create<mlir::arith::BitcastOp>(loc, type, bits);
+    mlir::Value e = rewriter.create<mlir::arith::MulFOp>(loc, p, scale);
+    mlir::Value tiny = rewriter.create<mlir::arith::CmpFOp>(loc, mlir::arith::CmpFPredicate::OLT, x, constant(-87.0f));
+    rewriter.replaceOpWithNewOp<mlir::arith::SelectOp>(op, tiny, constant(0.0f), e);
     return mlir::success();
   }
 };
@@ -297,6 +368,11 @@ struct Compilation {
   }
 
   void bufferize() {
+    // The kernel's inputs come first; its fresh outputs become the
+    // out-parameters after them (mark_streaming_stores needs to know which).
+    mlir::OpBuilder b(context.get());
+    for (auto kernel : module->getOps<mlir::func::FuncOp>())
+      kernel->setAttr("kiln.inputs", b.getI64IntegerAttr(kernel.getNumArguments()));
     mlir::PassManager pm(context.get());
     pm.addPass(mlir::bufferization::createEmptyTensorToAllocTensorPass());
     mlir::bufferization::OneShotBufferizationOptions options;
@@ -316,7 +392,6 @@ struct Compilation {
     pm.addPass(mlir::createBufferizationToMemRefPass());
     pm.addPass(mlir::createCanonicalizerPass());
     run(pm, "bufferization");
-    mlir::OpBuilder b(context.get());
     for (auto kernel : module->getOps<mlir::func::FuncOp>()) {
       // Every buffer is its own allocation (inputs may repeat, but are only
       // read), so LLVM need not guard its vector loops with alias checks.
@@ -376,11 +451,12 @@ struct Compilation {
     }
     promote_accumulators(*module);
     tile_loops();
+    mark_streaming_stores(*module);
     {
       // Polynomial approximations of exp, tanh, log, erf, sin, ... (float32),
       // so that the loops they sit in vectorize instead of calling libm.
       mlir::RewritePatternSet patterns(context.get());
-      patterns.add<RationalErf>(context.get(), /*benefit=*/2);
+      patterns.add<RationalErf, FastExp>(context.get(), /*benefit=*/2);
       mlir::populateMathPolynomialApproximationPatterns(patterns);
       if (mlir::failed(mlir::applyPatternsAndFoldGreedily(*module, std::move(patterns))))
         fail<JitError>("kiln::codegen: math approximation did not converge:\n{}", diags.take());

@@ -7,7 +7,12 @@
 #include <cstdlib>
 #include <utility>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include "eager/autograd.h"
+#include "runtime/allocator.h"
 #include "runtime/parallel.h"
 
 namespace kiln::codegen {
@@ -44,6 +49,12 @@ constexpr std::array<Caller, sizeof...(N)> make_callers(std::index_sequence<N...
 }
 constexpr auto kCallers = make_callers(std::make_index_sequence<kMaxKernelArgs + 1>());
 
+void store_fence() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_sfence();
+#endif
+}
+
 void run_kernel(const Kernel& kernel, const std::vector<Tensor>& args) {
   KILN_CHECK(args.size() <= kMaxKernelArgs, Error, "kernel {} takes {} buffers; at most {} are supported",
              kernel.symbol, args.size(), kMaxKernelArgs);
@@ -54,23 +65,30 @@ void run_kernel(const Kernel& kernel, const std::vector<Tensor>& args) {
     descriptors.push_back(describe(t));
     pointers.push_back(descriptors.back().data());
   }
-  Caller call = kCallers[args.size()];
+  // Streaming stores (codegen/streaming_stores.h) are weakly ordered: each
+  // call fences them before whoever reads its output can look.
+  auto call = [caller = kCallers[args.size()], &kernel, &pointers](int64_t begin, int64_t end) {
+    caller(kernel.address, begin, end, pointers.data());
+    store_fence();
+  };
   if (kernel.tile_extent == 0) {
-    call(kernel.address, 0, 0, pointers.data());
+    call(0, 0);
     return;
   }
   // Enough outer iterations per task that the pool's wake-up cost is noise,
   // and within a task, calls of at most ~16K iterations (best measured of
   // 4K..256K: softmax 6.5 vs 9.2 ms at 64K), so that a kernel of
   // several passes over its rows (softmax: max, sum, normalize) finds the
-  // rows of the first pass still in cache in the next.
+  // rows of the first pass still in cache in the next. Kernels rely on that
+  // bound: an output they stage keeps a call's rows on the stack
+  // (codegen/streaming_stores.h).
   constexpr int64_t kWorkPerTask = 1 << 15, kWorkPerCall = 1 << 14;
   int64_t per_row = std::max<int64_t>(1, kernel.work / kernel.tile_extent);
   int64_t grain = std::max<int64_t>(1, kWorkPerTask / per_row);
   int64_t rows_per_call = std::max<int64_t>(1, kWorkPerCall / per_row);
   parallel_for(0, kernel.tile_extent, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; b += rows_per_call)
-      call(kernel.address, b, std::min(end, b + rows_per_call), pointers.data());
+      call(b, std::min(end, b + rows_per_call));
   });
 }
 
@@ -129,6 +147,9 @@ std::vector<Tensor> run_program(const Program& program, const std::vector<Tensor
           const TensorType& type = program.values[step.outputs[k]];
           KILN_CHECK(is_static(type), Error, "kernel {}: output of dynamic shape", kernel.symbol);
           out[k] = Tensor::empty(type.shape, type.dtype);
+          // kernels assume it (codegen/streaming_stores.h)
+          KILN_CHECK(reinterpret_cast<uintptr_t>(out[k].data_ptr()) % kCpuAlignment == 0, Error,
+                     "kernel {}: output buffer is not {}-byte aligned", kernel.symbol, kCpuAlignment);
           fresh[k] = 1;
           args.push_back(out[k]);
         }

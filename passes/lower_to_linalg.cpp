@@ -194,9 +194,10 @@ const llvm::StringMap<Rule>& rules() {
       return b.create<arith::MulFOp>(loc, h, b.create<arith::AddFOp>(loc, fconst(b, loc, r, 1.0), th));
     })};
     t["gelu"] = {unary([](OpBuilder& b, Location loc, Value x, Type r) -> Value {
+      // h + h * erf(x / sqrt 2), h = x / 2: one fused multiply-add once contracted
       Value e = b.create<math::ErfOp>(loc, b.create<arith::MulFOp>(loc, x, fconst(b, loc, r, 0.70710678118654752440)));
       Value h = b.create<arith::MulFOp>(loc, fconst(b, loc, r, 0.5), x);
-      return b.create<arith::MulFOp>(loc, h, b.create<arith::AddFOp>(loc, fconst(b, loc, r, 1.0), e));
+      return b.create<arith::AddFOp>(loc, h, b.create<arith::MulFOp>(loc, h, e));
     })};
     t["sign"] = {unary([](OpBuilder& b, Location loc, Value x, Type r) -> Value {
       Value zero = fconst(b, loc, r, 0.0);
@@ -681,6 +682,17 @@ Structured variance(bool root) {
           }};
 }
 
+// The running max that softmax and logsumexp subtract before exp. A NaN in
+// the row makes its exp(x - m) NaN, so the sum and the whole row come out NaN
+// whatever m is; that frees the max from NaN and signed-zero ordering
+// (nnan, nsz): one vmaxps per vector instead of the six of IEEE maximum.
+Value shift_max(mlir::OpBuilder& b, mlir::Location loc, Value acc, Value x) {
+  if (!mlir::isa<mlir::FloatType>(acc.getType())) return combine(b, loc, Combine::Max, acc, x);
+  using F = mlir::arith::FastMathFlags;
+  return b.create<mlir::arith::MaximumFOp>(loc, acc, x,
+                                           mlir::arith::FastMathFlagsAttr::get(b.getContext(), F::reassoc | F::nnan | F::nsz));
+}
+
 // The max m of x over `space`'s reduced dims and s = sum(exp(x - m)), as
 // two one-result reductions. (Not one online pass: its coupled (m, s)
 // recurrence is not a reduction LLVM vectorizes, and a generic with several
@@ -693,7 +705,7 @@ std::pair<Value, Value> softmax_stats(mlir::OpBuilder& b, mlir::Location loc, co
   Value m0 = filled(b, loc, space.kept_shape(), identity(Combine::Max, t));
   Value m = generic(b, loc, space, {{x, space.full()}}, {{m0, space.kept()}},
                     [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
-                      return {combine(nb, nloc, Combine::Max, args[1], convert(nb, nloc, args[0], t))};
+                      return {shift_max(nb, nloc, args[1], convert(nb, nloc, args[0], t))};
                     })[0];
   Value s0 = filled(b, loc, space.kept_shape(), identity(Combine::Add, t));
   Value sum = generic(b, loc, space, {{x, space.full()}, {m, space.kept()}}, {{s0, space.kept()}},
@@ -750,7 +762,7 @@ Structured softmax(bool log) {
             Value m0 = filled(b, loc, red.kept_shape(), identity(Combine::Max, t));
             Value m = generic(b, loc, red, {{x, red.full()}}, {{m0, red.kept()}},
                               [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
-                                return {combine(nb, nloc, Combine::Max, args[1], convert(nb, nloc, args[0], t))};
+                                return {shift_max(nb, nloc, args[1], convert(nb, nloc, args[0], t))};
                               })[0];
             Value s0 = filled(b, loc, red.kept_shape(), identity(Combine::Add, t));
             auto se = generic(b, loc, red, {{x, red.full()}, {m, red.kept()}},

@@ -430,3 +430,60 @@ def test_a_sum_of_many_inputs_compiles_within_the_kernel_buffer_limit():
     f = kiln.jit(g)
     np.testing.assert_allclose(f(*xs).numpy(), g(*xs).numpy(), rtol=1e-5)
     assert f.stats()[0]["compiled"] and f.stats()[0]["eager_ops_per_call"] == 0
+
+
+def test_large_outputs_are_written_with_aligned_streaming_stores():
+    # 2048 x 2048 float32 = 16 MiB: at the streaming threshold (codegen/streaming_stores.h)
+    x = kiln.from_numpy(np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32))
+    f = kiln.jit(lambda x: x * 1.5 + 1.0)
+    text = f.lower(x).ir("optimized")
+    stores = [line for line in text.splitlines() if "!nontemporal" in line and line.lstrip().startswith("store")]
+    assert stores and all("x float>" in s and "align 64" in s for s in stores), stores[:3]
+    # (one fused multiply-add: within an ulp of eager's two roundings)
+    np.testing.assert_allclose(f(x).numpy(), (x * 1.5 + 1.0).numpy(), rtol=2e-7, atol=5e-7)
+    small = kiln.jit(lambda x: x * 1.5 + 1.0).lower(kiln.ones(64, 64)).ir("optimized")
+    assert "!nontemporal" not in small  # the next kernel reads it from cache
+
+
+@pytest.mark.parametrize("cols", [4096, 4099])
+def test_softmax_stages_its_exponentials_and_streams_the_output(cols):
+    # rows of 4099 floats are not 64-byte aligned: LLVM cannot prove the
+    # vector stores aligned, and the non-temporal hint is dropped, not split
+    rng = np.random.default_rng(cols)
+    x = rng.standard_normal((1100, cols)).astype(np.float32) * 4
+    x[3, 7] = np.nan
+    x[5, :] = -np.inf
+    f = kiln.jit(lambda x: kiln.nn.functional.softmax(x, dim=-1))
+    assert "alloca" in f.lower(kiln.from_numpy(x)).ir("llvm")
+    optimized = f.lower(kiln.from_numpy(x)).ir("optimized")
+    assert all("align 64" in line for line in optimized.splitlines() if "!nontemporal" in line)
+    for threads in (1, 2):
+        kiln.set_num_threads(threads)
+        try:
+            got = f(kiln.from_numpy(x)).numpy()
+        finally:
+            kiln.set_num_threads(2)
+        want = kiln.nn.functional.softmax(kiln.from_numpy(x), dim=-1).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, equal_nan=True)
+        assert np.isnan(got[3]).all() and np.isnan(got[5]).all()
+
+
+def test_exp_is_accurate_over_the_float32_range():
+    x = np.concatenate([np.linspace(-86.9, 88.7, 400_001), [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
+    got = kiln.jit(lambda x: x.exp())(kiln.from_numpy(x)).numpy().astype(np.float64)
+    want = np.exp(x.astype(np.float64))
+    ulps = np.abs(got - want) / np.spacing(want.astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 1.0, f"max error {ulps.max():.2f} ulp at x = {x[np.argmax(ulps)]}"
+    special = np.float32([np.nan, np.inf, -np.inf, 89.0, -88.0, -1000.0])
+    got = kiln.jit(lambda x: x.exp())(kiln.from_numpy(special)).numpy()
+    np.testing.assert_array_equal(got, [np.nan, np.inf, 0.0, np.inf, 0.0, 0.0])  # below ~1.6e-38 flushes to 0
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.70710678, 3.0])
+def test_erf_of_a_scaled_input_is_accurate(scale):
+    import math
+    x = np.linspace(-8, 8, 40_001).astype(np.float32)
+    got = kiln.jit(lambda x: (x * scale).erf())(kiln.from_numpy(x)).numpy().astype(np.float64)
+    scaled = (x * np.float32(scale)).astype(np.float32)
+    want = np.array([math.erf(float(v)) for v in scaled])
+    assert np.abs(got - want).max() < 5e-7
