@@ -29,6 +29,8 @@
 #include <mlir/Dialect/Tensor/IR/Tensor.h>
 #include <mlir/Dialect/Utils/StaticValueUtils.h>
 #include <mlir/Interfaces/SideEffectInterfaces.h>
+#include <mlir/Dialect/LLVMIR/LLVMDialect.h>
+#include <mlir/Dialect/LLVMIR/Transforms/Passes.h>
 #include <mlir/Dialect/Linalg/Passes.h>
 #include <mlir/Dialect/Math/IR/Math.h>
 #include <mlir/Dialect/Math/Transforms/Approximation.h>
@@ -473,6 +475,38 @@ struct Compilation {
     pm.addPass(mlir::createConvertControlFlowToLLVMPass());
     pm.addPass(mlir::createReconcileUnrealizedCastsPass());
     run(pm, "lowering to the llvm dialect");
+    add_debug_info();
+  }
+
+  // Debug info from the ops' locations (the user's file:line): the object's
+  // line table maps each kernel's instructions back to the Python source.
+  // MLIR's pass reads plain file locations only (ours are fused with the
+  // function's name), and LLVM wants one on every call in a function with
+  // debug info (the C-interface wrappers' calls have none of their own): so
+  // each function and op first gets the first file location inside its own,
+  // or its function's, and the module the first kernel's file.
+  void add_debug_info() {
+    auto file_loc = [](mlir::Location loc) -> std::optional<mlir::FileLineColLoc> {
+      std::optional<mlir::FileLineColLoc> found;
+      loc->walk([&](mlir::Location inner) {
+        if (auto f = mlir::dyn_cast<mlir::FileLineColLoc>(inner)) found = f;
+        return found ? mlir::WalkResult::interrupt() : mlir::WalkResult::advance();
+      });
+      return found;
+    };
+    std::optional<mlir::FileLineColLoc> module_loc;
+    for (auto fn : module->getOps<mlir::LLVM::LLVMFuncOp>()) {
+      std::optional<mlir::FileLineColLoc> fn_loc = file_loc(fn.getLoc());
+      if (!fn_loc) continue;
+      if (!module_loc) module_loc = fn_loc;
+      fn->setLoc(*fn_loc);
+      fn.walk([&](mlir::Operation* op) { op->setLoc(file_loc(op->getLoc()).value_or(*fn_loc)); });
+    }
+    if (!module_loc) return;
+    (*module)->setLoc(*module_loc);
+    mlir::PassManager pm(context.get());
+    pm.addPass(mlir::LLVM::createDIScopeForLLVMFuncOpPass());
+    run(pm, "adding debug info");
   }
 
   // What compiled code depends on: the simplified IR (with the locations
@@ -612,7 +646,7 @@ CpuFunction::CpuFunction(std::string_view kiln_module) : impl_(std::make_unique<
   impl_->host_ops = std::move(c.host_ops);
   std::string object;
   if (!impl_->program.kernels.empty()) {
-    object = compile_object(c.print(false));
+    object = compile_object(c.print(true));  // with locations: the debug info
     impl_->jit.emplace(CpuJit::from_object(object));
     for (Kernel& k : impl_->program.kernels) k.address = impl_->jit->lookup("_mlir_ciface_" + k.symbol);
   }

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <dlfcn.h>
 #include <llvm/Config/llvm-config.h>
+#include <llvm/ExecutionEngine/Orc/DebugObjectManagerPlugin.h>
+#include <llvm/ExecutionEngine/Orc/EPCDebugObjectRegistrar.h>
+#include <llvm/ExecutionEngine/Orc/ObjectLinkingLayer.h>
+#include <llvm/ExecutionEngine/Orc/TargetProcess/JITLoaderGDB.h>
 #include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
 #include <llvm/ExecutionEngine/Orc/LLJIT.h>
 #include <llvm/IR/IRBuilder.h>
@@ -487,6 +491,17 @@ CpuJit CpuJit::from_object(std::string_view object) {
     errors->text += llvm::toString(std::move(error)) + "\n";
   });
   impl->jit->getMainJITDylib().addGenerator(std::make_unique<HostSymbolGenerator>());
+  // Registers each loaded object with GDB's JIT interface, so that a
+  // debugger sees the kernels with their line tables (the user's lines).
+  // LLVM's own setup looks the registration function up among the process's
+  // global symbols, where a Python extension's libLLVM is not.
+  if (auto* linker = llvm::dyn_cast<llvm::orc::ObjectLinkingLayer>(&impl->jit->getObjLinkingLayer())) {
+    auto& session = impl->jit->getExecutionSession();
+    auto registrar = std::make_unique<llvm::orc::EPCDebugObjectRegistrar>(
+        session, llvm::orc::ExecutorAddr::fromPtr(&llvm_orc_registerJITLoaderGDBWrapper));
+    linker->addPlugin(std::make_unique<llvm::orc::DebugObjectManagerPlugin>(
+        session, std::move(registrar), /*RequireDebugSections=*/true, /*AutoRegisterCode=*/true));
+  }
   // A copy, because the ELF parser wants the object aligned, which it is not
   // inside the envelope.
   auto buffer = llvm::MemoryBuffer::getMemBufferCopy(ref(fields.elf), "kiln-object");

@@ -120,3 +120,13 @@ def test_a_training_step_traces_to_the_same_ir_in_every_process(tmp_path):
     second = run_child(tmp_path, TRAIN_CHILD)
     assert not first["from_cache"] and second["from_cache"]
     assert second["losses"] == first["losses"]
+
+
+def test_cached_object_code_carries_a_line_table_of_the_users_source(tmp_path):
+    # The child's kernels come from line 7 of "<string>" (python -c): the
+    # object's DWARF line table names that file (gdb then breaks at its lines).
+    run_child(tmp_path)
+    [entry] = [p for p in tmp_path.iterdir() if p.suffix == ".kcache"]
+    data = entry.read_bytes()
+    elf = data[data.index(b"\x7fELF"):]
+    assert b".debug_line" in elf and b"<string>" in elf
