@@ -66,13 +66,13 @@ void run_kernel(const Kernel& kernel, const std::vector<Tensor>& args) {
     pointers.push_back(descriptors.back().data());
   }
   // Streaming stores (codegen/streaming_stores.h) are weakly ordered: each
-  // call fences them before whoever reads its output can look.
+  // task fences them before whoever reads the output can look.
   auto call = [caller = kCallers[args.size()], &kernel, &pointers](int64_t begin, int64_t end) {
     caller(kernel.address, begin, end, pointers.data());
-    store_fence();
   };
   if (kernel.tile_extent == 0) {
     call(0, 0);
+    store_fence();
     return;
   }
   // Enough outer iterations per task that the pool's wake-up cost is noise,
@@ -89,6 +89,7 @@ void run_kernel(const Kernel& kernel, const std::vector<Tensor>& args) {
   parallel_for(0, kernel.tile_extent, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; b += rows_per_call)
       call(b, std::min(end, b + rows_per_call));
+    store_fence();
   });
 }
 
