@@ -53,6 +53,7 @@
 #include "passes/outline_kernels.h"
 #include "codegen/disk_cache.h"
 #include "codegen/program_io.h"
+#include "codegen/prefetch_rows.h"
 #include "codegen/promote_accumulators.h"
 #include "codegen/streaming_stores.h"
 #include "runtime/version.h"
@@ -454,6 +455,7 @@ struct Compilation {
     promote_accumulators(*module);
     tile_loops();
     mark_streaming_stores(*module);
+    prefetch_next_rows(*module);
     {
       // Polynomial approximations of exp, tanh, log, erf, sin, ... (float32),
       // so that the loops they sit in vectorize instead of calling libm.

@@ -487,3 +487,16 @@ def test_erf_of_a_scaled_input_is_accurate(scale):
     scaled = (x * np.float32(scale)).astype(np.float32)
     want = np.array([math.erf(float(v)) for v in scaled])
     assert np.abs(got - want).max() < 5e-7
+
+
+def test_softmax_prefetches_the_next_row_while_it_computes_exponentials():
+    x = np.random.default_rng(7).standard_normal((1030, 4100)).astype(np.float32)
+    f = kiln.jit(lambda x: kiln.nn.functional.log_softmax(x, dim=-1) * 2.0)
+    assert "llvm.prefetch" in f.lower(kiln.from_numpy(x)).ir("optimized")
+    np.testing.assert_allclose(f(kiln.from_numpy(x)).numpy(),
+                               (kiln.nn.functional.log_softmax(kiln.from_numpy(x), dim=-1) * 2.0).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    # small inputs stay in cache; layer_norm's passes are memory-bound: neither prefetches
+    assert "llvm.prefetch" not in f.lower(kiln.ones(64, 4096)).ir("optimized")
+    g = kiln.jit(lambda x: kiln.nn.functional.layer_norm(x, (4100,)))
+    assert "llvm.prefetch" not in g.lower(kiln.from_numpy(x)).ir("optimized")
