@@ -15,9 +15,12 @@ namespace kiln {
 
 // exp for float: Cody-Waite range reduction and a degree-6 polynomial
 // (Cephes expf); about 1 ulp. Saturates to 0 / inf, keeps NaN.
+// The largest float whose exp is finite (ln FLT_MAX rounded down).
+inline constexpr float kExpMaxArg = 88.72283172607422f;
+
 KILN_INLINE float kexp(float x) {
   float xc = x < -87.3f ? -87.3f : x;
-  xc = xc > 88.7f ? 88.7f : xc;
+  xc = xc > kExpMaxArg ? kExpMaxArg : xc;
   // floor via truncation: std::floor does not vectorize without -fno-trapping-math.
   float t = xc * 1.44269504088896341f + 0.5f;
   int32_t ti = static_cast<int32_t>(t);
@@ -45,7 +48,7 @@ KILN_INLINE float kexp(float x) {
   std::memcpy(&xb, &x, 4);
   std::memcpy(&yb, &y, 4);
   uint32_t underflow = -static_cast<uint32_t>(x < -87.3f);
-  uint32_t overflow = -static_cast<uint32_t>(x > 88.7f);
+  uint32_t overflow = -static_cast<uint32_t>(x > kExpMaxArg);
   uint32_t nan = -static_cast<uint32_t>(x != x);
   yb &= ~underflow;
   yb = (yb & ~overflow) | (0x7f800000u & overflow);
