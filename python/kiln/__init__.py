@@ -331,6 +331,7 @@ from .autograd import grad_of as grad  # noqa: E402,F401  (JAX's kiln.grad(f); t
 from . import nn, optim, data  # noqa: E402,F401
 from .jit import jit, config, cond, while_loop, print, ir_parse  # noqa: E402,F401,A001
 from . import cache  # noqa: E402,F401  (kiln.cache.clear(), .dir(), .stats())
+from . import cuda  # noqa: E402,F401  (kiln.cuda.is_available(), .device_count())
 TraceError = _C.TraceError
 IrError = _C.IrError
 CheckError = _C.CheckError

@@ -1,5 +1,7 @@
 #include "python/src/convert.h"
 
+#include "runtime/cuda_driver.h"
+
 namespace kiln::python {
 
 std::optional<Scalar> to_scalar(py::handle obj) {
@@ -102,8 +104,10 @@ void check_device(py::handle device, const char* op) {
   if (device.is_none()) return;
   std::string name = py::str(device).cast<std::string>();
   Device d = Device::parse(name);
-  KILN_CHECK(d.is_cpu(), DeviceError,
-             "{}: device '{}' is not available: this build of kiln runs on the cpu only", op, name);
+  if (d.is_cpu()) return;
+  cuda::require(d, op);  // a clear error without a driver or GPU, or for a device that does not exist
+  fail<DeviceError>("{}: kiln cannot hold tensors on {} yet: its CUDA kernels are not built; use the cpu", op,
+                    d.str());
 }
 
 Tensor from_numpy(py::array array) {

@@ -47,5 +47,6 @@ void bind_nn(py::module_& m);
 void bind_optim(py::module_& m);
 void bind_jit(py::module_& m);
 void bind_cache(py::module_& m);
+void bind_cuda(py::module_& m);
 
 }  // namespace kiln::python

@@ -483,4 +483,5 @@ PYBIND11_MODULE(_C, m) {
   bind_optim(m);       // bind_optim.cpp: the optimizers' update steps
   bind_jit(m);         // bind_jit.cpp: the tracer behind kiln.jit
   bind_cache(m);       // bind_cache.cpp: the compile cache behind kiln.cache
+  bind_cuda(m);        // bind_cuda.cpp: the CUDA driver's queries behind kiln.cuda
 }
