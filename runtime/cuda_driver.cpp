@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 
 #include <mutex>
+#include <unordered_map>
 
 #include "runtime/error.h"
 
@@ -20,7 +21,8 @@ namespace {
 #define KILN_CUDA_DRIVER_CALLS(X)                                                                      \
   X(cuInit) X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceGetName)               \
   X(cuDeviceTotalMem_v2) X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuCtxSetCurrent)       \
-  X(cuCtxSynchronize) X(cuGetErrorName) X(cuGetErrorString)
+  X(cuCtxSynchronize) X(cuGetErrorName) X(cuGetErrorString) X(cuMemAlloc_v2) X(cuMemFree_v2)         \
+  X(cuMemsetD8_v2) X(cuMemcpyDtoH_v2)
 
 struct Driver {
 #define KILN_DECLARE(name) decltype(&::name) name = nullptr;
@@ -134,13 +136,67 @@ DeviceProperties device_properties(int index) {
   return p;
 }
 
-void synchronize(int index) {
-  const Driver& d = usable("synchronize");
-  CUdevice device = device_handle(d, index, "synchronize");
+namespace {
+// Makes the device's primary context current on this thread (kiln uses the
+// primary context, as the CUDA runtime and PyTorch do); it is retained once
+// per device and kept for the process.
+const Driver& enter(int index, std::string_view what) {
+  const Driver& d = usable(what);
+  CUdevice device = device_handle(d, index, what);
+  static std::mutex mutex;
+  static std::unordered_map<int, CUcontext> contexts;
   CUcontext context;
-  check(d.cuDevicePrimaryCtxRetain(&context, device), "cuDevicePrimaryCtxRetain");
+  {
+    std::lock_guard lock(mutex);
+    auto [it, added] = contexts.try_emplace(index, nullptr);
+    if (added) {
+      CUresult r = d.cuDevicePrimaryCtxRetain(&it->second, device);
+      if (r != CUDA_SUCCESS) contexts.erase(it);
+      check(r, "cuDevicePrimaryCtxRetain");
+    }
+    context = contexts.at(index);
+  }
   check(d.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+  return d;
+}
+
+class CudaMemory final : public DeviceMemory {
+ public:
+  explicit CudaMemory(int index) : index_(index) { enter(index, "device memory"); }
+  void* allocate(size_t nbytes) override {
+    const Driver& d = enter(index_, "allocate");
+    CUdeviceptr p = 0;
+    CUresult r = d.cuMemAlloc_v2(&p, nbytes);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY) return nullptr;
+    check(r, "cuMemAlloc");
+    return reinterpret_cast<void*>(p);
+  }
+  void release(void* ptr) override {
+    const Driver& d = enter(index_, "release");
+    check(d.cuMemFree_v2(reinterpret_cast<CUdeviceptr>(ptr)), "cuMemFree");
+  }
+  Device device() const override { return Device{DeviceType::CUDA, index_}; }
+
+ private:
+  int index_;
+};
+}  // namespace
+
+void synchronize(int index) {
+  const Driver& d = enter(index, "synchronize");
   check(d.cuCtxSynchronize(), "cuCtxSynchronize");
+}
+
+std::unique_ptr<DeviceMemory> device_memory(int index) { return std::make_unique<CudaMemory>(index); }
+
+void memset(void* device_ptr, unsigned char value, size_t nbytes, int index) {
+  const Driver& d = enter(index, "memset");
+  check(d.cuMemsetD8_v2(reinterpret_cast<CUdeviceptr>(device_ptr), value, nbytes), "cuMemsetD8");
+}
+
+void copy_to_host(void* host, const void* device_ptr, size_t nbytes, int index) {
+  const Driver& d = enter(index, "copy_to_host");
+  check(d.cuMemcpyDtoH_v2(host, reinterpret_cast<CUdeviceptr>(device_ptr), nbytes), "cuMemcpyDtoH");
 }
 
 void require(const Device& device, std::string_view op) {
@@ -155,6 +211,13 @@ int device_count() { return 0; }
 int driver_version() { return 0; }
 DeviceProperties device_properties(int) { fail<DeviceError>("device_properties: CUDA is not available: {}", unavailable_reason()); }
 void synchronize(int) { fail<DeviceError>("synchronize: CUDA is not available: {}", unavailable_reason()); }
+std::unique_ptr<DeviceMemory> device_memory(int) {
+  fail<DeviceError>("device memory: CUDA is not available: {}", unavailable_reason());
+}
+void memset(void*, unsigned char, size_t, int) { fail<DeviceError>("memset: CUDA is not available: {}", unavailable_reason()); }
+void copy_to_host(void*, const void*, size_t, int) {
+  fail<DeviceError>("copy_to_host: CUDA is not available: {}", unavailable_reason());
+}
 void require(const Device& device, std::string_view op) {
   if (!device.is_cpu()) fail<DeviceError>("{}: CUDA is not available: {}", op, unavailable_reason());
 }

@@ -9,6 +9,9 @@
 #include <string>
 #include <string_view>
 
+#include <memory>
+
+#include "runtime/block_allocator.h"
 #include "runtime/device.h"
 
 namespace kiln::cuda {
@@ -28,6 +31,13 @@ DeviceProperties device_properties(int index);
 
 // Waits for all work on the device (its primary context).
 void synchronize(int index);
+
+// The device's memory through the driver, for a BlockAllocator
+// (runtime/block_allocator.h); allocate returns nullptr when it is full.
+std::unique_ptr<DeviceMemory> device_memory(int index);
+// Synchronous helpers for tests and transfers.
+void memset(void* device_ptr, unsigned char value, size_t nbytes, int index);
+void copy_to_host(void* host, const void* device_ptr, size_t nbytes, int index);
 
 // A DeviceError for `op` unless `device` names a CUDA device that exists.
 void require(const Device& device, std::string_view op);

@@ -3,6 +3,9 @@
 // on a machine with one (the lent GPU machine) it must see it.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <vector>
+
 #include "runtime/cuda_driver.h"
 #include "runtime/error.h"
 
@@ -40,4 +43,23 @@ TEST_CASE("a failing driver call names the call", "[cuda]") {
   CHECK_NOTHROW(cuda::check(0, "cuMemAlloc"));
   CHECK_THROWS_WITH(cuda::check(2, "cuMemAlloc"), Catch::Contains("CUDA: cuMemAlloc failed"));
   if (cuda::available()) CHECK_THROWS_WITH(cuda::check(2, "cuMemAlloc"), Catch::Contains("CUDA_ERROR_OUT_OF_MEMORY"));
+}
+
+TEST_CASE("the block allocator on the GPU's own memory", "[cuda][allocator]") {
+  if (!cuda::available()) {
+    WARN("no CUDA GPU here (" << cuda::unavailable_reason() << "): skipped");
+    CHECK_THROWS_AS(cuda::device_memory(0), DeviceError);
+    return;
+  }
+  BlockAllocator a(cuda::device_memory(0));
+  void* p = a.allocate(3 << 20);
+  cuda::memset(p, 0x5A, 3 << 20, 0);
+  std::vector<unsigned char> back(3 << 20);
+  cuda::copy_to_host(back.data(), p, back.size(), 0);
+  CHECK(std::all_of(back.begin(), back.end(), [](unsigned char c) { return c == 0x5A; }));
+  a.deallocate(p, 3 << 20);
+  CHECK(a.allocate(3 << 20) == p);
+  CHECK(a.block_stats().num_segments == 1);
+  // more than the GPU has: a DeviceError that says so, not a crash
+  CHECK_THROWS_WITH(a.allocate(size_t{1} << 50), Catch::Contains("out of memory on cuda:0"));
 }
