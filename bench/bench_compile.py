@@ -349,6 +349,22 @@ def mlp_train_case():
                 {"torch fusion groups": fused, "torch.jit": "trace (no freeze)"})
 
 
+def mlp_step_gemms():
+    """The MLP training step's eight GEMMs alone, in NumPy (the same OpenBLAS kiln and PyTorch
+    call): forward x·W1ᵀ, h1·W2ᵀ, h2·W3ᵀ; weight gradients gᵀ·h; input gradients g·W (none
+    for the data). No variant of the step can be faster than these."""
+    rng = np.random.default_rng(7)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    x, w1, w2, w3 = f(256, 784), f(512, 784), f(512, 512), f(10, 512)
+    h1, h2, g1, g2, g3 = f(256, 512), f(256, 512), f(256, 512), f(256, 512), f(256, 10)
+
+    def gemms():
+        x @ w1.T, h1 @ w2.T, h2 @ w3.T
+        g3.T @ h2, g2.T @ h1, g1.T @ x
+        g3 @ w3, g2 @ w2
+    return gemms
+
+
 def transformer_case():
     """torch.nn.TransformerEncoderLayer and kiln.nn's (same parameter names): batch_first,
     GELU, no dropout, eval mode, no grad. PyTorch 1.13 eager takes its fused 'fast path'
@@ -496,6 +512,12 @@ def main():
 
     be.log("cold compile and disk cache (child processes) ...")
     extra = compile_lines("mlp_step", "MLP training step") + compile_lines("chain100", "100-op chain")
+    step = next(st for c, st, *_ in rows if c.name.startswith("MLP training step"))
+    floor = be.run_interleaved({"gemms": mlp_step_gemms()}, reps=reps_small, warmup=3, settle=True)["gemms"].med
+    extra.append(f"- MLP training step, GEMM floor: its 8 GEMMs alone (NumPy, same OpenBLAS, 822 MFLOP) take "
+                 f"**{floor * 1e3:.2f} ms**; kiln eager {step['kiln eager'].med * 1e3:.2f} ms, kiln jit "
+                 f"{step['kiln jit'].med * 1e3:.2f} ms (of which {100 * floor / step['kiln jit'].med:.0f}% GEMM). "
+                 f"1.5x kiln eager would be {step['kiln eager'].med / 1.5 * 1e3:.2f} ms.")
 
     busy1, own1 = be.cpu_busy_seconds()
     elapsed = (datetime.datetime.now() - t0).total_seconds()
