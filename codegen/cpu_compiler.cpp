@@ -420,7 +420,10 @@ struct Compilation {
     for (auto kernel : module->getOps<mlir::func::FuncOp>()) {
       auto attr = kernel->getAttrOfType<mlir::IntegerAttr>("kiln.tile_extent");
       int64_t extent = attr ? attr.getInt() : 0;
-      if (extent == 0) continue;
+      if (extent == 0) {
+        if (attr) tile_columns(kernel);
+        continue;
+      }
       mlir::Block& body = kernel.getBody().front();
       llvm::SmallVector<mlir::scf::ForOp> loops;
       bool ok = true;
@@ -447,6 +450,78 @@ struct Compilation {
       for (Kernel& k : program.kernels)
         if (k.symbol == kernel.getName()) k.tile_extent = extent;
     }
+  }
+
+  // A kernel whose outer loop reduces (a column sum: for i { for j {
+  // acc[j] += x[i, j] } }) has no outer parallel loop to split. When every
+  // top-level loop runs the same columns [0, n) (directly, or inside a
+  // loop over rows) and every buffer the kernel writes is only touched at
+  // the column being run, the column loops run [begin, end) instead: each
+  // call then sweeps all rows over its own columns (runtime: one call per
+  // task, Kernel::columns).
+  void tile_columns(mlir::func::FuncOp kernel) {
+    mlir::Block& body = kernel.getBody().front();
+    llvm::SmallVector<mlir::scf::ForOp> column_loops;
+    std::optional<int64_t> n;
+    auto runs_whole = [](mlir::scf::ForOp loop) -> std::optional<int64_t> {
+      if (mlir::getConstantIntValue(loop.getLowerBound()) != 0 || mlir::getConstantIntValue(loop.getStep()) != 1 ||
+          !loop.getInitArgs().empty())
+        return std::nullopt;
+      return mlir::getConstantIntValue(loop.getUpperBound());
+    };
+    auto nested_loops = [](mlir::scf::ForOp loop) {
+      return llvm::to_vector(loop.getBody()->getOps<mlir::scf::ForOp>());
+    };
+    for (mlir::Operation& op : body) {
+      auto loop = mlir::dyn_cast<mlir::scf::ForOp>(op);
+      if (!loop) {
+        if (!mlir::isa<mlir::func::ReturnOp>(op) && !mlir::isMemoryEffectFree(&op)) return;
+        continue;
+      }
+      auto inner = nested_loops(loop);
+      mlir::scf::ForOp columns = loop;
+      if (inner.size() == 1) {  // a loop over rows around the column loop
+        columns = inner.front();
+        if (!runs_whole(loop)) return;
+        for (mlir::Operation& other : *loop.getBody())
+          if (&other != columns.getOperation() && !mlir::isMemoryEffectFree(&other)) return;
+      } else if (!inner.empty()) {
+        return;
+      }
+      std::optional<int64_t> extent = runs_whole(columns);
+      if (!extent || !nested_loops(columns).empty() || (n && *n != *extent)) return;
+      n = extent;
+      column_loops.push_back(columns);
+    }
+    if (!n || *n < 2 * kMinColumnsPerCall) return;
+    // every access to a written buffer is at the column being run
+    llvm::DenseSet<mlir::Value> written;
+    kernel.walk([&](mlir::memref::StoreOp store) { written.insert(store.getMemRef()); });
+    bool own_columns = true;
+    kernel.walk([&](mlir::Operation* op) {
+      mlir::Value memref;
+      mlir::ValueRange index;
+      if (auto load = mlir::dyn_cast<mlir::memref::LoadOp>(op)) memref = load.getMemRef(), index = load.getIndices();
+      if (auto store = mlir::dyn_cast<mlir::memref::StoreOp>(op)) memref = store.getMemRef(), index = store.getIndices();
+      if (!memref) {
+        for (mlir::Value v : op->getOperands()) own_columns &= !written.contains(v);  // a view, a copy...
+        return;
+      }
+      if (!written.contains(memref)) return;
+      auto loop = op->getParentOfType<mlir::scf::ForOp>();
+      own_columns &= loop && llvm::is_contained(column_loops, loop) && !index.empty() &&
+                     index.back() == loop.getInductionVar() &&
+                     llvm::count(index, loop.getInductionVar()) == 1;
+    });
+    if (!own_columns) return;
+    for (mlir::scf::ForOp loop : column_loops) {
+      loop.getLowerBoundMutable().assign(body.getArgument(0));
+      loop.getUpperBoundMutable().assign(body.getArgument(1));
+    }
+    kernel->setAttr("kiln.tile_extent", mlir::IntegerAttr::get(mlir::IntegerType::get(context.get(), 64), *n));
+    kernel->setAttr("kiln.tile_columns", mlir::UnitAttr::get(context.get()));
+    for (Kernel& k : program.kernels)
+      if (k.symbol == kernel.getName()) k.tile_extent = *n, k.columns = true;
   }
 
   void lower_to_llvm() {

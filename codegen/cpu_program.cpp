@@ -75,6 +75,14 @@ void run_kernel(const Kernel& kernel, const std::vector<Tensor>& args) {
     store_fence();
     return;
   }
+  if (kernel.columns) {  // each task sweeps every row over its own columns, in one call
+    int64_t per_task = std::max(kMinColumnsPerCall, (kernel.tile_extent + num_threads() - 1) / num_threads());
+    parallel_for(0, kernel.tile_extent, per_task, [&](int64_t begin, int64_t end) {
+      call(begin, end);
+      store_fence();
+    });
+    return;
+  }
   // Enough outer iterations per task that the pool's wake-up cost is noise,
   // and within a task, calls of at most ~16K iterations (best measured of
   // 4K..256K: softmax 6.5 vs 9.2 ms at 64K), so that a kernel of

@@ -19,12 +19,20 @@ inline constexpr ProgramValueId kAbsent = -1;  // an absent optional operand of 
 struct Kernel {
   std::string symbol;      // its C interface: void(int64 begin, int64 end, memref descriptor*...)
   int64_t tile_extent = 0; // trip count of the outer loop the runtime may split (0: run whole)
+  bool columns = false;     // the split loop is the columns of a column reduction: one call per task
   int64_t work = 0;        // iterations of the whole loop nest
   void* address = nullptr; // set once the code is loaded
   // {result, operand}: the kernel writes that result into that operand's
   // buffer (a captured tensor updated in place); it takes no buffer for it.
   std::vector<std::pair<int, int>> in_place;
 };
+
+// A column kernel's call covers at least this many columns: 8 KiB of
+// float32 per row. Shorter pieces of rows do not stream (the prefetchers
+// start over on every page): a column sum of 8192 x 1024 measured 2.5 ms
+// split in two against 1.2 on one thread, while 1024 x 8192 went from 1.5 to
+// 0.73 ms.
+inline constexpr int64_t kMinColumnsPerCall = 2048;
 
 struct Step {
   enum class Kind { Kernel, Host, Reshape, Constant };

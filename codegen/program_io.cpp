@@ -7,7 +7,7 @@
 namespace kiln::codegen {
 namespace {
 
-constexpr uint32_t kProgramFormat = 2;
+constexpr uint32_t kProgramFormat = 3;
 
 class Writer {
  public:
@@ -148,6 +148,7 @@ std::string serialize_program(const Program& p, const std::vector<std::string>& 
   for (const Kernel& k : p.kernels) {
     w.str(k.symbol);
     w.i64(k.tile_extent);
+    w.u64(k.columns);
     w.i64(k.work);
     w.u64(k.in_place.size());
     for (auto [result, operand] : k.in_place) {
@@ -191,6 +192,7 @@ Program deserialize_program(std::string_view bytes, std::vector<std::string>& no
   for (Kernel& k : p.kernels) {
     k.symbol = r.str();
     k.tile_extent = r.i64();
+    k.columns = r.u64() != 0;
     k.work = r.i64();
     k.in_place.resize(r.count(16));
     for (auto& [result, operand] : k.in_place) {

@@ -500,3 +500,29 @@ def test_softmax_prefetches_the_next_row_while_it_computes_exponentials():
     assert "llvm.prefetch" not in f.lower(kiln.ones(64, 4096)).ir("optimized")
     g = kiln.jit(lambda x: kiln.nn.functional.layer_norm(x, (4100,)))
     assert "llvm.prefetch" not in g.lower(kiln.from_numpy(x)).ir("optimized")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_column_reductions_split_their_columns_over_threads(threads):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((301, 4103)).astype(np.float32)
+    x[5, 7] = np.nan
+    fns = {"sum": (lambda t: t.sum(0), lambda a: a.sum(0)),
+           "mean of 2x": (lambda t: (t * 2).mean(0), lambda a: (a * 2).mean(0)),
+           "max": (lambda t: t.amax(0), lambda a: a.max(0)),
+           "sum of squared deviations": (lambda t: ((t - t.mean(0)) ** 2).sum(0),
+                                         lambda a: ((a - a.mean(0)) ** 2).sum(0))}
+    kiln.set_num_threads(threads)
+    try:
+        for name, (f, ref) in fns.items():
+            g = kiln.jit(f)
+            got = g(kiln.from_numpy(x)).numpy()
+            np.testing.assert_allclose(got, ref(x.astype(np.float64)), rtol=1e-4, atol=1e-3, equal_nan=True,
+                                       err_msg=name)
+            assert all(k["parallel_rows"] == 4103 for k in g.stats()[0]["kernels"]), name
+    finally:
+        kiln.set_num_threads(2)
+    # rows of 1 KiB would be read in pieces too short to stream: the kernel runs whole
+    narrow = kiln.jit(lambda t: t.sum(0))
+    narrow(kiln.ones(64, 256))
+    assert narrow.stats()[0]["kernels"][0]["parallel_rows"] == 0
