@@ -81,6 +81,30 @@ class Diagnostics {
 
 std::string compiler_id();
 
+// The arithmetic of a float32 approximation, built where `op` was and
+// shaped like its result (constants splat for a vector type).
+struct Approximation {
+  mlir::PatternRewriter& rewriter;
+  mlir::Location loc;
+  mlir::Type type;
+
+  mlir::Value splat(mlir::Type t, mlir::TypedAttr a) const {
+    mlir::Attribute value = a;
+    if (auto shaped = mlir::dyn_cast<mlir::ShapedType>(t)) value = mlir::SplatElementsAttr::get(shaped, a);
+    return rewriter.create<mlir::arith::ConstantOp>(loc, mlir::cast<mlir::TypedAttr>(value));
+  }
+  mlir::Value constant(double v) const { return splat(type, rewriter.getF32FloatAttr(static_cast<float>(v))); }
+  mlir::Value fma(mlir::Value a, mlir::Value b, mlir::Value c) const {
+    return rewriter.create<mlir::math::FmaOp>(loc, a, b, c);
+  }
+  // sum of coefficients[i] * x^(n-1-i), by Horner's rule (highest power first)
+  mlir::Value polynomial(mlir::Value x, llvm::ArrayRef<double> coefficients) const {
+    mlir::Value p = constant(coefficients.front());
+    for (double c : coefficients.drop_front()) p = fma(p, x, constant(c));
+    return p;
+  }
+};
+
 // float32 erf(x) as x * P(x^2) / Q(x^2) on x clamped to [-4, 4] (the
 // rational approximation of Eigen and XLA, max error ~1e-7): 13 FMAs and a
 // division, less than half the work of MLIR's piecewise polynomial, which
@@ -88,17 +112,8 @@ std::string compiler_id();
 struct RationalErf : mlir::OpRewritePattern<mlir::math::ErfOp> {
   using OpRewritePattern::OpRewritePattern;
   mlir::LogicalResult matchAndRewrite(mlir::math::ErfOp op, mlir::PatternRewriter& rewriter) const override {
-    mlir::Type type = op.getType();
-    if (!mlir::getElementTypeOrSelf(type).isF32()) return mlir::failure();
-    mlir::Location loc = op.getLoc();
-    auto constant = [&](double v) -> mlir::Value {
-      mlir::Attribute a = rewriter.getF32FloatAttr(static_cast<float>(v));
-      if (auto shaped = mlir::dyn_cast<mlir::ShapedType>(type)) a = mlir::SplatElementsAttr::get(shaped, a);
-      return rewriter.create<mlir::arith::ConstantOp>(loc, mlir::cast<mlir::TypedAttr>(a));
-    };
-    auto fma = [&](mlir::Value a, mlir::Value b, mlir::Value c) -> mlir::Value {
-      return rewriter.create<mlir::math::FmaOp>(loc, a, b, c);
-    };
+    if (!mlir::getElementTypeOrSelf(op.getType()).isF32()) return mlir::failure();
+    Approximation a{rewriter, op.getLoc(), op.getType()};
     // erf(c * y) (gelu's erf(x / sqrt 2)) takes c into the coefficients:
     // with x = c y, x^2 = c^2 y^2 and x P = y (c P).
     mlir::Value y = op.getOperand();
@@ -113,23 +128,23 @@ struct RationalErf : mlir::OpRewritePattern<mlir::math::ErfOp> {
         }
       }
     }
-    mlir::Value x = rewriter.create<mlir::arith::MinimumFOp>(loc, y, constant(4.0 / c));
-    x = rewriter.create<mlir::arith::MaximumFOp>(loc, x, constant(-4.0 / c));
-    mlir::Value x2 = rewriter.create<mlir::arith::MulFOp>(loc, x, x);
+    // coefficients of polynomials in x^2 (highest power first), rescaled to
+    // y^2 and multiplied by `extra`
+    auto in_y = [c](llvm::ArrayRef<double> k, double extra) {
+      llvm::SmallVector<double> out;
+      for (size_t i = 0; i < k.size(); ++i) out.push_back(k[i] * std::pow(c * c, double(k.size() - 1 - i)) * extra);
+      return out;
+    };
     const double alpha[] = {-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
                             -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
                             -1.60960333262415e-02};
     const double beta[] = {-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
                            -7.37332916720468e-03, -1.42647390514189e-02};
-    // coefficient i of a polynomial of degree n in x^2, rescaled to y^2 (times c)
-    auto scaled = [&](const double* k, size_t n, size_t i, double extra) {
-      return k[i] * std::pow(c * c, static_cast<double>(n - 1 - i)) * extra;
-    };
-    mlir::Value p = constant(scaled(alpha, std::size(alpha), 0, c));
-    for (size_t i = 1; i < std::size(alpha); ++i) p = fma(p, x2, constant(scaled(alpha, std::size(alpha), i, c)));
-    p = rewriter.create<mlir::arith::MulFOp>(loc, x, p);
-    mlir::Value q = constant(scaled(beta, std::size(beta), 0, 1.0));
-    for (size_t i = 1; i < std::size(beta); ++i) q = fma(q, x2, constant(scaled(beta, std::size(beta), i, 1.0)));
+    mlir::Value x = rewriter.create<mlir::arith::MinimumFOp>(a.loc, y, a.constant(4.0 / c));
+    x = rewriter.create<mlir::arith::MaximumFOp>(a.loc, x, a.constant(-4.0 / c));
+    mlir::Value x2 = rewriter.create<mlir::arith::MulFOp>(a.loc, x, x);
+    mlir::Value p = rewriter.create<mlir::arith::MulFOp>(a.loc, x, a.polynomial(x2, in_y(alpha, c)));
+    mlir::Value q = a.polynomial(x2, in_y(beta, 1.0));
     // q <= beta[4] < 0 on the clamped range, so the quotient may use the
     // host's reciprocal estimate refined by a Newton step (exact to ~1 ulp)
     // instead of a full-latency division that would dominate gelu.
@@ -144,46 +159,36 @@ struct RationalErf : mlir::OpRewritePattern<mlir::math::ErfOp> {
 // compute-bound. n is rounded by adding 1.5 * 2^23 (plus the exponent bias
 // less one) in an FMA, so k's low mantissa bits already hold n + 126 and a
 // shift makes them the exponent of 2^(n-1); the polynomial returns 2 e^r
-// (|r| <= ln2 / 2). x is clamped above where
-// the product overflows to +inf anyway; below -87 (where 2^(n-1) would not
-// be a normal float) the result is 0. NaN stays NaN.
+// (|r| <= ln2 / 2). x is clamped above where the product overflows to +inf
+// anyway; below -87 (where 2^(n-1) would not be a normal float) the result
+// is 0. NaN stays NaN.
 struct FastExp : mlir::OpRewritePattern<mlir::math::ExpOp> {
   using OpRewritePattern::OpRewritePattern;
   mlir::LogicalResult matchAndRewrite(mlir::math::ExpOp op, mlir::PatternRewriter& rewriter) const override {
     mlir::Type type = op.getType();
     if (!mlir::getElementTypeOrSelf(type).isF32()) return mlir::failure();
-    mlir::Location loc = op.getLoc();
+    Approximation a{rewriter, op.getLoc(), type};
     mlir::Type int_type = rewriter.getI32Type();
     if (auto shaped = mlir::dyn_cast<mlir::ShapedType>(type)) int_type = shaped.clone(int_type);
-    auto splat = [&](mlir::Type t, mlir::TypedAttr a) -> mlir::Value {
-      mlir::Attribute value = a;
-      if (auto shaped = mlir::dyn_cast<mlir::ShapedType>(t)) value = mlir::SplatElementsAttr::get(shaped, a);
-      return rewriter.create<mlir::arith::ConstantOp>(loc, mlir::cast<mlir::TypedAttr>(value));
-    };
-    auto constant = [&](float v) { return splat(type, rewriter.getF32FloatAttr(v)); };
-    auto fma = [&](mlir::Value a, mlir::Value b, mlir::Value c) -> mlir::Value {
-      return rewriter.create<mlir::math::FmaOp>(loc, a, b, c);
-    };
     mlir::Value x = op.getOperand();
     // softmax's exp(x - max) needs no clamp (passes/lower_to_linalg.cpp)
-    mlir::Value xc = op->hasAttr("kiln.nonpositive") ? x : rewriter.create<mlir::arith::MinimumFOp>(loc, x, constant(88.8f));
-    mlir::Value shifter = constant(12582912.0f + 126.0f);  // 1.5 * 2^23 + (127 - 1)
-    mlir::Value k = fma(xc, constant(1.44269504088896341f), shifter);
-    mlir::Value n = rewriter.create<mlir::arith::SubFOp>(loc, k, shifter);
-    mlir::Value r = fma(n, constant(-0.693359375f), xc);  // ln 2 in two parts (Cody-Waite)
-    r = fma(n, constant(2.12194440e-4f), r);
-    // 2 e^r, highest power first: degree 6, fitted for relative error on
-    // [-ln2/2, ln2/2] (1.9e-9; 1.2 ulp evaluated in float32)
-    const float coefficients[] = {2.7674061505e-03f, 1.6749682030e-02f, 8.3336447079e-02f, 3.3332839734e-01f,
-                                  9.9999984166e-01f, 2.0000000728e+00f, 2.0000000011e+00f};
-    mlir::Value p = constant(coefficients[0]);
-    for (size_t i = 1; i < std::size(coefficients); ++i) p = fma(p, r, constant(coefficients[i]));
-    mlir::Value bits = rewriter.create<mlir::arith::BitcastOp>(loc, int_type, k);
-    bits = rewriter.create<mlir::arith::ShLIOp>(loc, bits, splat(int_type, rewriter.getI32IntegerAttr(23)));
-    mlir::Value scale = rewriter.create<mlir::arith::BitcastOp>(loc, type, bits);
-    mlir::Value e = rewriter.create<mlir::arith::MulFOp>(loc, p, scale);
-    mlir::Value tiny = rewriter.create<mlir::arith::CmpFOp>(loc, mlir::arith::CmpFPredicate::OLT, x, constant(-87.0f));
-    rewriter.replaceOpWithNewOp<mlir::arith::SelectOp>(op, tiny, constant(0.0f), e);
+    mlir::Value xc = op->hasAttr("kiln.nonpositive") ? x : rewriter.create<mlir::arith::MinimumFOp>(a.loc, x, a.constant(88.8));
+    mlir::Value shifter = a.constant(12582912.0 + 126.0);  // 1.5 * 2^23 + (127 - 1)
+    mlir::Value k = a.fma(xc, a.constant(1.44269504088896341), shifter);
+    mlir::Value n = rewriter.create<mlir::arith::SubFOp>(a.loc, k, shifter);
+    mlir::Value r = a.fma(n, a.constant(-0.693359375), xc);  // ln 2 in two parts (Cody-Waite)
+    r = a.fma(n, a.constant(2.12194440e-4), r);
+    // 2 e^r: degree 6, fitted for relative error on [-ln2/2, ln2/2]
+    // (1.9e-9; 1.2 ulp evaluated in float32)
+    mlir::Value p = a.polynomial(r, {2.7674061505e-03, 1.6749682030e-02, 8.3336447079e-02, 3.3332839734e-01,
+                                     9.9999984166e-01, 2.0000000728e+00, 2.0000000011e+00});
+    mlir::Value bits = rewriter.create<mlir::arith::BitcastOp>(a.loc, int_type, k);
+    bits = rewriter.create<mlir::arith::ShLIOp>(a.loc, bits, a.splat(int_type, rewriter.getI32IntegerAttr(23)));
+    mlir::Value scale = rewriter.create<mlir::arith::BitcastOp>(a.loc, type, bits);
+    mlir::Value e = rewriter.create<mlir::arith::MulFOp>(a.loc, p, scale);
+    mlir::Value tiny =
+        rewriter.create<mlir::arith::CmpFOp>(a.loc, mlir::arith::CmpFPredicate::OLT, x, a.constant(-87.0));
+    rewriter.replaceOpWithNewOp<mlir::arith::SelectOp>(op, tiny, a.constant(0.0), e);
     return mlir::success();
   }
 };

@@ -76,7 +76,8 @@ void prefetch_next_rows(mlir::ModuleOp module) {
   for (auto kernel : module.getOps<mlir::func::FuncOp>()) {
     auto inputs = kernel->getAttrOfType<mlir::IntegerAttr>("kiln.inputs");
     auto extent = kernel->getAttrOfType<mlir::IntegerAttr>("kiln.tile_extent");
-    if (!inputs || !extent || extent.getInt() == 0 || kernel.isExternal()) continue;
+    if (!inputs || !extent || extent.getInt() == 0 || kernel->hasAttr("kiln.tile_columns") || kernel.isExternal())
+      continue;
     mlir::Block& body = kernel.getBody().front();
     mlir::Value begin = body.getArgument(0), end = body.getArgument(1);
     llvm::SmallVector<mlir::scf::ForOp> row_loops;
@@ -105,9 +106,10 @@ void prefetch_next_rows(mlir::ModuleOp module) {
       // Only a pass that computes enough to hide the prefetches behind:
       // one with a transcendental (softmax's exp). layer_norm's passes are
       // memory-bound already, and measured slower with them.
+      mlir::scf::ForOp columns = again ? column_loop(again, x, n) : nullptr;
       bool heavy = false;
-      if (again)
-        column_loop(again, x, n)->walk([&](mlir::Operation* op) {
+      if (columns)
+        columns->walk([&](mlir::Operation* op) {
           heavy |= op->getDialect() && op->getDialect()->getNamespace() == "math";
         });
       if (!heavy) continue;
@@ -117,7 +119,7 @@ void prefetch_next_rows(mlir::ModuleOp module) {
       mlir::Value next = b.create<mlir::arith::MinSIOp>(
           loc, b.create<mlir::arith::AddIOp>(loc, again.getInductionVar(), b.create<mlir::arith::ConstantIndexOp>(loc, 1)),
           last);
-      chunk_and_prefetch(column_loop(again, x, n), x, next, n, itemsize);
+      chunk_and_prefetch(columns, x, next, n, itemsize);
     }
   }
 }

@@ -71,9 +71,8 @@ bool writes_every_element(mlir::memref::StoreOp store, mlir::scf::ForOp last, ml
 // cpu_program.cpp), so the output is only written, once.
 void stage_rewritten_output(mlir::func::FuncOp kernel, mlir::BlockArgument out) {
   auto type = mlir::cast<mlir::MemRefType>(out.getType());
-  if (type.getRank() == 0 || !kernel->getAttrOfType<mlir::IntegerAttr>("kiln.tile_extent") ||
-      kernel->getAttrOfType<mlir::IntegerAttr>("kiln.tile_extent").getInt() == 0)
-    return;
+  auto extent = kernel->getAttrOfType<mlir::IntegerAttr>("kiln.tile_extent");
+  if (type.getRank() == 0 || !extent || extent.getInt() == 0 || kernel->hasAttr("kiln.tile_columns")) return;
   int64_t row_bytes = type.getElementTypeBitWidth() / 8;
   for (int64_t d = 1; d < type.getRank(); ++d) row_bytes *= type.getDimSize(d);
   if (row_bytes > kScratchRowBytes) return;
