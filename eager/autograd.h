@@ -106,6 +106,7 @@ void record(const char* op, const Tensor& output, const std::vector<Tensor>& inp
 template <class AttrsFn, class Compute, class MakeBackward>
 Tensor autograd_op(const char* op, std::span<const Tensor> inputs, AttrsFn&& attrs, Compute&& compute,
                    MakeBackward&& make_backward) {
+  CurrentOpScope running(op);
   Tensor out;
   if (TraceHook* trace = active_trace()) {
     std::vector<Tensor> in(inputs.begin(), inputs.end());

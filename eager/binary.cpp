@@ -1,5 +1,6 @@
 // Elementwise binary ops (the rows of binary_ops.def), where and clamp.
 #include "eager/autograd.h"
+#include "eager/cuda/launch.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
 #include "eager/scalar_math.h"
@@ -40,17 +41,34 @@ TensorType where_meta(const TensorType& cond, const TensorType& a, const TensorT
   return {broadcast_shapes(broadcast_shapes(cond.shape, a.shape, "where"), b.shape, "where"), dtype, a.device};
 }
 
+// A 0-d CPU tensor combines with tensors on any device, as a scalar (as in
+// PyTorch); the device of an op over `tensors` is that of the others.
+bool is_cpu_scalar(const Tensor& t) { return t.dim() == 0 && t.device().is_cpu(); }
+Device common_device(std::initializer_list<const Tensor*> tensors, const char* name) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : tensors) {
+    if (!t || is_cpu_scalar(*t)) continue;
+    if (!first) first = t;
+    KILN_CHECK(t->device() == first->device(), DeviceError,
+               "{}: expected all tensors on the same device, got {} and {}; move one with .to()", name,
+               first->device().str(), t->device().str());
+  }
+  return first ? first->device() : kCPU;
+}
+
 template <BinaryKind kind, class Fn>
 Tensor binary_op(const Operand& a, const Operand& b, const char* name, const Tensor* into = nullptr) {
   auto [compute, out_dtype] = binary_dtypes(kind, result_type({a, b}), name);
-  if (a.tensor && b.tensor)
-    KILN_CHECK(a.tensor->device() == b.tensor->device(), DeviceError,
-               "{}: expected both tensors on the same device, got {} and {}", name,
-               a.tensor->device().str(), b.tensor->device().str());
+  const Device device = common_device({a.tensor, b.tensor, into}, name);
   Tensor ta = as_tensor(a, compute), tb = as_tensor(b, compute);
   Shape shape = broadcast_shapes(ta.shape(), tb.shape(), name);
-  Tensor out = make_output(shape, out_dtype, ta.device(), into, {&ta, &tb}, name);
+  Tensor out = make_output(shape, out_dtype, device, into, {&ta, &tb}, name);
   Tensor ea = expand(ta, shape), eb = expand(tb, shape);
+  if (!device.is_cpu()) {
+    cuda_kernels::binary(name, out, ea, eb);
+    finish_output(out, into);
+    return into ? *into : out;
+  }
   auto plan = plan_loop<3>(shape, {&out, &ea, &eb});
   auto kernel = [&]<class T>() {
     run_loop(plan, [](const std::array<char*, 3>& p, const std::array<int64_t, 3>& s, int64_t n) {
@@ -227,10 +245,15 @@ void where_contiguous(T* __restrict out, const uint8_t* __restrict cond, const T
 
 Tensor where_kernel(const Tensor& cond, const Tensor& a, const Tensor& b) {
   DType dtype = where_meta(type_of(cond), type_of(a), type_of(b)).dtype;
+  const Device device = common_device({&cond, &a, &b}, "where");
   Tensor ta = to_dtype(a, dtype), tb = to_dtype(b, dtype);
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), ta.shape(), "where"), tb.shape(), "where");
-  Tensor out = Tensor::empty(shape, dtype, a.device());
+  Tensor out = Tensor::empty(shape, dtype, device);
   Tensor ec = expand(cond, shape), ea = expand(ta, shape), eb = expand(tb, shape);
+  if (!device.is_cpu()) {
+    cuda_kernels::where(out, ec, ea, eb);
+    return out;
+  }
   auto plan = plan_loop<4>(shape, {&out, &ec, &ea, &eb});
   dispatch_all(dtype, "where", [&]<class T>() {
     run_loop(plan, [](const std::array<char*, 4>& p, const std::array<int64_t, 4>& s, int64_t n) {

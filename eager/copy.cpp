@@ -1,8 +1,10 @@
 // Type promotion, copies and dtype conversion, and the output rules every
 // elementwise kernel shares (in-place writes, overlap).
 #include "eager/autograd.h"
+#include "eager/cuda/launch.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
+#include "runtime/cuda_driver.h"
 
 namespace kiln {
 
@@ -104,6 +106,24 @@ TensorType copy_meta(const TensorType& dst, const TensorType& src) {
 }
 }  // namespace
 
+namespace {
+// src's values as a contiguous tensor on `device`, through the host when the
+// devices differ (the driver copies contiguous bytes only).
+Tensor transfer(const Tensor& src, Device device) {
+  Tensor from = contiguous(src);
+  Tensor out = Tensor::empty(src.shape(), src.dtype(), device);
+  const size_t nbytes = static_cast<size_t>(out.numel()) * out.itemsize();
+  if (from.device().is_cpu()) {
+    cuda::copy_from_host(out.address(), from.address(), nbytes, device.index);
+  } else if (device.is_cpu()) {
+    cuda::copy_to_host(out.address(), from.address(), nbytes, from.device().index);
+  } else {
+    return transfer(transfer(from, kCPU), device);
+  }
+  return out;
+}
+}  // namespace
+
 void copy_into(const Tensor& dst, const Tensor& src_in) {
   if (auto traced = trace_if_active("copy", {dst, src_in}, KILN_NO_ATTRS)) {
     // Recorded out of place: dst's new value.
@@ -111,9 +131,24 @@ void copy_into(const Tensor& dst, const Tensor& src_in) {
     return;
   }
   check_writable(dst, "copy_");
-  KILN_CHECK(dst.device() == src_in.device(), DeviceError,
-             "copy_: cannot copy a {} tensor into a {} tensor", src_in.device().str(), dst.device().str());
+  // A copy between devices moves the values first; a 0-d CPU tensor is a
+  // scalar to CUDA kernels (as in PyTorch).
   Tensor src = src_in;
+  if (dst.device() != src.device() && !(src.dim() == 0 && src.device().is_cpu())) src = transfer(src, dst.device());
+  if (!dst.device().is_cpu()) {
+    if (overlaps(dst, src) && !(dst.offset() == src.offset() && dst.strides() == src.strides()))
+      src = clone(src);
+    if (dst.dtype() == src.dtype() && dst.shape() == src.shape() && dst.is_contiguous() && src.is_contiguous() &&
+        src.device() == dst.device()) {
+      if (!dst.is_same(src) && dst.address() != src.address())
+        cuda::copy_on_device(dst.address(), src.address(), static_cast<size_t>(dst.numel()) * dst.itemsize(),
+                             dst.device().index);
+    } else {
+      cuda_kernels::copy(dst, expand(src, dst.shape()));
+    }
+    dst.bump_version();
+    return;
+  }
   // Reading and writing overlapping memory in one pass would read values
   // already overwritten; go through a temporary then.
   if (overlaps(dst, src) && !(dst.offset() == src.offset() && dst.strides() == src.strides() &&
@@ -137,6 +172,11 @@ void fill(const Tensor& dst, Scalar value) {
     return;
   }
   check_writable(dst, "fill_");
+  if (!dst.device().is_cpu()) {
+    cuda_kernels::fill(dst, value);
+    dst.bump_version();
+    return;
+  }
   auto plan = plan_loop<1>(dst.shape(), {&dst});
   dispatch_all(dst.dtype(), "fill_", [&]<class T>() {
     const T v = value.to<T>();
@@ -174,6 +214,21 @@ Tensor to_dtype(const Tensor& x, DType dtype) {
       [](const Tensor&) { return identity_back(); });
 }
 
+Tensor to_device(const Tensor& x, Device device) {
+  if (x.device() == device) return x;
+  cuda::require(device, "to");
+  return autograd_op(
+      "to_device", {x}, KILN_ATTRS(device.str()),
+      [&] {
+        Tensor out = Tensor::empty(x.shape(), x.dtype(), device);
+        copy_into(out, x);
+        return out;
+      },
+      [&](const Tensor&) {
+        return BackwardFn([from = x.device()](const Tensor& g, const Needs&) -> Grads { return {to_device(g, from)}; });
+      });
+}
+
 Tensor clone(const Tensor& x) {
   return autograd_op(
       "clone", {x}, KILN_NO_ATTRS,
@@ -201,6 +256,10 @@ void register_copy_ops() {
       {.name = "to_copy"}, "dtype",
       [](const auto& in, DType dtype) { return TensorType{in[0].shape, dtype, in[0].device}; },
       [](const auto& in, DType dtype) { return to_dtype(in[0], dtype); });
+  register_typed<std::string>(
+      {.name = "to_device"}, "device",
+      [](const auto& in, const std::string& device) { return TensorType{in[0].shape, in[0].dtype, Device::parse(device)}; },
+      [](const auto& in, const std::string& device) { return to_device(in[0], Device::parse(device)); });
   register_typed<>({.name = "clone"}, "", same_type, [](const auto& in) { return clone(in[0]); });
   register_typed<>({.name = "contiguous"}, "", same_type, [](const auto& in) { return contiguous(in[0]); });
   // copy_ out of place: dst's new value.

@@ -3,19 +3,33 @@
 #include <cstring>
 #include <mutex>
 
+#include "eager/cuda/launch.h"
 #include "eager/loops.h"
+#include "eager/philox.h"
 #include "eager/op.h"
 #include "eager/op_util.h"
 #include "eager/ops.h"
 
 namespace kiln {
 
-Tensor zeros(Shape shape, DType dtype) { return full(std::move(shape), 0, dtype); }
-Tensor ones(Shape shape, DType dtype) { return full(std::move(shape), 1, dtype); }
+Tensor zeros(Shape shape, DType dtype, Device device) { return full(std::move(shape), 0, dtype, device); }
+Tensor ones(Shape shape, DType dtype, Device device) { return full(std::move(shape), 1, dtype, device); }
 
-Tensor full(Shape shape, Scalar value, std::optional<DType> dtype) {
+namespace {
+// Compiled code runs on the CPU only so far (GPU code generation is a later
+// step): a trace refuses to create CUDA tensors rather than run them on the CPU.
+void check_traceable_device(Device device, const char* op) {
+  KILN_CHECK(device.is_cpu() || !active_trace(), TraceError,
+             "{}: kiln.jit compiles for the cpu only so far; create {} tensors outside the traced function, or "
+             "run it eagerly (kiln.config.run_functions_eagerly(True))",
+             op, device.str());
+}
+}  // namespace
+
+Tensor full(Shape shape, Scalar value, std::optional<DType> dtype, Device device) {
+  check_traceable_device(device, "full");
   if (auto traced = trace_if_active("full", {}, KILN_ATTRS(shape, value, dtype))) return (*traced)[0];
-  Tensor out = Tensor::empty(std::move(shape), dtype.value_or(default_dtype(value.category())));
+  Tensor out = Tensor::empty(std::move(shape), dtype.value_or(default_dtype(value.category())), device);
   fill(out, value);
   return out;
 }
@@ -27,7 +41,7 @@ Tensor ones_like(const Tensor& x, std::optional<DType> dtype) { return full_like
 Tensor full_like(const Tensor& x, Scalar value, std::optional<DType> dtype) {
   // Traced with x as an operand: x's shape may be dynamic.
   if (auto traced = trace_if_active("full_like", {x}, KILN_ATTRS(value, dtype))) return (*traced)[0];
-  return full(x.shape(), value, dtype.value_or(x.dtype()));
+  return full(x.shape(), value, dtype.value_or(x.dtype()), x.device());
 }
 Tensor empty_like(const Tensor& x, std::optional<DType> dtype) {
   return Tensor::empty(x.shape(), dtype.value_or(x.dtype()), x.device());
@@ -90,31 +104,9 @@ Tensor eye(int64_t n, std::optional<int64_t> m_opt, DType dtype) {
   return out;
 }
 
-// ---- random: Philox4x32-10 ----
-//
-// Element i of a draw reads 64 bits: counter block (offset + i / 2), words
-// 2 * (i % 2) and 2 * (i % 2) + 1, under the key `seed`. Each draw then
-// advances the offset past the blocks it used. The mapping depends on
-// nothing but (seed, offset, i), so CPU, CUDA, eager and traced code can all
-// produce the same numbers.
+// ---- random: Philox4x32-10 (eager/philox.h) ----
 
 namespace {
-
-struct Philox {
-  static std::array<uint32_t, 4> block(uint64_t seed, uint64_t counter) {
-    uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
-    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      uint64_t p0 = uint64_t{0xD2511F53u} * c0, p1 = uint64_t{0xCD9E8D57u} * c2;
-      uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0, n1 = static_cast<uint32_t>(p1);
-      uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1, n3 = static_cast<uint32_t>(p0);
-      c0 = n0, c1 = n1, c2 = n2, c3 = n3;
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    return {c0, c1, c2, c3};
-  }
-};
 
 struct Generator {
   std::mutex mutex;
@@ -135,26 +127,27 @@ Generator& generator() {
   return g;
 }
 
-// fn(uint32 a, uint32 b) -> double, for each element, written as dtype.
-template <class F>
-Tensor random_tensor(Shape shape, DType dtype, const char* op, F fn) {
-  Tensor out = Tensor::empty(std::move(shape), dtype);
+// fn(philox::Bits) -> double, for each element, written as dtype; on a GPU
+// `on_device(out, seed, first)` runs the same computation there.
+template <class F, class OnDevice>
+Tensor random_tensor(Shape shape, DType dtype, Device device, const char* op, F fn, OnDevice on_device) {
+  Tensor out = Tensor::empty(std::move(shape), dtype, device);
   const int64_t n = out.numel();
   const auto [seed, first] = generator().reserve(n);
+  if (!device.is_cpu()) {
+    on_device(out, seed, first);
+    return out;
+  }
   dispatch_numeric(dtype, op, [&]<class T>() {
     T* o = out.data<T>();
     parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        auto words = Philox::block(seed, first + static_cast<uint64_t>(i) / 2);
-        int lane = static_cast<int>(i % 2) * 2;
-        o[i] = convert<T>(fn(words[lane], words[lane + 1]));
+        o[i] = convert<T>(fn(philox::element(seed, first, static_cast<uint64_t>(i))));
       }
     });
   });
   return out;
 }
-
-constexpr double kTwoPow32Inv = 1.0 / 4294967296.0;
 
 }  // namespace
 
@@ -198,48 +191,47 @@ TensorType random_like_meta(const TensorType& x, std::optional<DType> dtype, con
 }
 }  // namespace
 
-Tensor rand(Shape shape, DType dtype) {
+Tensor rand(Shape shape, DType dtype, Device device) {
   rand_meta(shape, dtype);
+  check_traceable_device(device, "rand");
   if (auto traced = trace_if_active("rand", {}, KILN_ATTRS(shape, dtype))) return (*traced)[0];
   // As many random bits as the dtype has significand bits, so every value
   // is exact and rounding can never produce 1.0.
-  const int bits = dtype == DType::Float32 ? 24 : dtype == DType::Float16 ? 11 : dtype == DType::BFloat16 ? 8 : 53;
-  return random_tensor(std::move(shape), dtype, "rand", [bits](uint32_t a, uint32_t b) {
-    if (bits == 53)
-      return static_cast<double>((static_cast<uint64_t>(a) << 21) ^ (b >> 11)) * (1.0 / 9007199254740992.0);
-    return std::ldexp(static_cast<double>(a >> (32 - bits)), -bits);
-  });
+  const int bits = philox::uniform_bits(static_cast<int>(itemsize(dtype)), dtype == DType::BFloat16);
+  return random_tensor(
+      std::move(shape), dtype, device, "rand", [bits](philox::Bits r) { return philox::uniform(r, bits); },
+      [](const Tensor& out, uint64_t seed, uint64_t first) { cuda_kernels::rand(out, seed, first); });
 }
 
-Tensor randn(Shape shape, DType dtype) { return normal(0.0, 1.0, std::move(shape), dtype); }
+Tensor randn(Shape shape, DType dtype, Device device) { return normal(0.0, 1.0, std::move(shape), dtype, device); }
 
-Tensor normal(double mean, double std, Shape shape, DType dtype) {
+Tensor normal(double mean, double std, Shape shape, DType dtype, Device device) {
   normal_meta(std, shape, dtype);
+  check_traceable_device(device, "normal");
   if (auto traced = trace_if_active("normal", {}, KILN_ATTRS(mean, std, shape, dtype))) return (*traced)[0];
-  return random_tensor(std::move(shape), dtype, "normal", [mean, std](uint32_t a, uint32_t b) {
-    // Box-Muller; u1 in (0, 1] keeps the log finite.
-    double u1 = (static_cast<double>(a) + 1.0) * kTwoPow32Inv;
-    double u2 = static_cast<double>(b) * kTwoPow32Inv;
-    return mean + std * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
-  });
+  return random_tensor(
+      std::move(shape), dtype, device, "normal", [mean, std](philox::Bits r) { return philox::normal(r, mean, std); },
+      [&](const Tensor& out, uint64_t seed, uint64_t first) { cuda_kernels::normal(out, seed, first, mean, std); });
 }
 
-Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype) {
+Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype, Device device) {
   randint_meta(low, high, shape, dtype);
+  check_traceable_device(device, "randint");
   if (auto traced = trace_if_active("randint", {}, KILN_ATTRS(low, high, shape, dtype))) return (*traced)[0];
   const uint64_t range = static_cast<uint64_t>(high - low);
   // Computed in integers: a double would lose bits for ranges beyond 2^53.
-  Tensor out = Tensor::empty(std::move(shape), dtype);
+  Tensor out = Tensor::empty(std::move(shape), dtype, device);
   const int64_t n = out.numel();
   const auto [seed, first] = generator().reserve(n);
+  if (!device.is_cpu()) {
+    cuda_kernels::randint(out, seed, first, low, high);
+    return out;
+  }
   dispatch_numeric(dtype, "randint", [&]<class T>() {
     T* o = out.data<T>();
     parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        auto words = Philox::block(seed, first + static_cast<uint64_t>(i) / 2);
-        int lane = static_cast<int>(i % 2) * 2;
-        uint64_t bits = (static_cast<uint64_t>(words[lane]) << 32) | words[lane + 1];
-        o[i] = convert<T>(low + static_cast<int64_t>(bits % range));
+        o[i] = convert<T>(philox::integer(philox::element(seed, first, static_cast<uint64_t>(i)), low, range));
       }
     });
   });
@@ -249,12 +241,12 @@ Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype) {
 Tensor rand_like(const Tensor& x, std::optional<DType> dtype) {
   random_like_meta(type_of(x), dtype, "rand_like");
   if (auto traced = trace_if_active("rand_like", {x}, KILN_ATTRS(dtype))) return (*traced)[0];
-  return rand(x.shape(), dtype.value_or(x.dtype()));
+  return rand(x.shape(), dtype.value_or(x.dtype()), x.device());
 }
 Tensor randn_like(const Tensor& x, std::optional<DType> dtype) {
   random_like_meta(type_of(x), dtype, "randn_like");
   if (auto traced = trace_if_active("randn_like", {x}, KILN_ATTRS(dtype))) return (*traced)[0];
-  return randn(x.shape(), dtype.value_or(x.dtype()));
+  return randn(x.shape(), dtype.value_or(x.dtype()), x.device());
 }
 
 void register_creation_ops() {

@@ -23,11 +23,13 @@ struct LoopPlan {
   std::array<char*, N> base;
 };
 
-// Operands must all have `shape` (use expand() to broadcast first).
+// Operands must all have `shape` (use expand() to broadcast first). The
+// plan's base pointers are for CPU kernels (data_ptr: a DeviceError for
+// tensors elsewhere) unless `on_device` (eager/cuda/launch.cpp).
 template <int N>
-LoopPlan<N> plan_loop(const Shape& shape, const std::array<const Tensor*, N>& ops) {
+LoopPlan<N> plan_loop(const Shape& shape, const std::array<const Tensor*, N>& ops, bool on_device = false) {
   LoopPlan<N> plan;
-  for (int k = 0; k < N; ++k) plan.base[k] = static_cast<char*>(ops[k]->data_ptr());
+  for (int k = 0; k < N; ++k) plan.base[k] = static_cast<char*>(on_device ? ops[k]->address() : ops[k]->data_ptr());
   // Drop size-1 dims, then merge neighbours that are contiguous for everyone.
   for (size_t d = 0; d < shape.size(); ++d) {
     if (shape[d] == 1) continue;

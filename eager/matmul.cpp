@@ -7,11 +7,13 @@
 
 #include <algorithm>
 #include <climits>
+#include <optional>
 
 #include "eager/autograd.h"
 #include "eager/loops.h"
 #include "eager/op_util.h"
 #include "eager/ops.h"
+#include "runtime/cublas.h"
 #include "runtime/parallel.h"
 
 namespace kiln {
@@ -167,6 +169,48 @@ void blas_matmul(const Tensor& a_in, const Tensor& b_in, Tensor& out, const Shap
   }
 }
 
+// On a GPU, through cuBLAS (runtime/cublas.h), which is column-major: the
+// row-major C = A B is the column-major C^T = B^T A^T, and a row-major
+// operand is its own transpose read column-major, so the operands swap and
+// keep their transpose flags. Batches whose offsets are one stride apart
+// (contiguous, or one matrix for all) are one strided-batched call.
+void cuda_matmul(const Tensor& a_in, const Tensor& b_in, Tensor& out, const Shape& batch, int64_t m, int64_t n,
+                 int64_t k) {
+  Shape sa = batch, sb = batch;
+  sa.insert(sa.end(), {m, k});
+  sb.insert(sb.end(), {k, n});
+  auto [a, ma] = blas_operand(a_in, sa);
+  auto [b, mb] = blas_operand(b_in, sb);
+  const size_t nb = batch.size();
+  auto uniform_stride = [&](const Tensor& t) -> std::optional<int64_t> {
+    std::optional<int64_t> stride;
+    int64_t expected = 0;
+    for (size_t d = nb; d-- > 0;) {
+      if (t.shape()[d] == 1) continue;
+      if (!stride) stride = expected = t.strides()[d];
+      else if (t.strides()[d] != expected) return std::nullopt;
+      expected *= t.shape()[d];
+    }
+    return stride.value_or(0);
+  };
+  const int device = out.device().index;
+  const int64_t size = static_cast<int64_t>(out.itemsize());
+  auto gemm = [&](int64_t oa, int64_t ob, int64_t oc, int64_t stride_a, int64_t stride_b, int64_t count) {
+    cublas::gemm(device, out.dtype(), n, m, k,
+                 {static_cast<const char*>(b.address()) + ob * size, mb.ld, stride_b, mb.trans},
+                 {static_cast<const char*>(a.address()) + oa * size, ma.ld, stride_a, ma.trans},
+                 static_cast<char*>(out.address()) + oc * size, n, m * n, count);
+  };
+  const int64_t nbatch = numel(batch);
+  auto stride_a = uniform_stride(a), stride_b = uniform_stride(b);
+  if (stride_a && stride_b) return gemm(0, 0, 0, *stride_a, *stride_b, nbatch);
+  BatchIndexer index(batch, a, b);
+  for (int64_t i = 0; i < nbatch; ++i) {
+    auto [oa, ob] = index(i);
+    gemm(oa, ob, i * m * n, 0, 0, 1);
+  }
+}
+
 // Integer products wrap around on overflow like PyTorch's; computed in the
 // unsigned type so the wrap is defined behaviour.
 template <class T>
@@ -207,7 +251,7 @@ TensorType matmul_meta(const TensorType& a, const TensorType& b) {
   KILN_CHECK(!a.shape.empty() && !b.shape.empty(), ShapeError,
              "matmul: both arguments need at least 1 dim, got shapes {} and {}", shape_str(a.shape),
              shape_str(b.shape));
-  KILN_CHECK(a.device.is_cpu() && b.device.is_cpu(), DeviceError, "matmul: expected cpu tensors, got {} and {}",
+  KILN_CHECK(a.device == b.device, DeviceError, "matmul: expected both tensors on the same device, got {} and {}",
              a.device.str(), b.device.str());
   const DType dtype = result_type({{a.dtype, false}, {b.dtype, false}});
   KILN_CHECK(dtype != DType::Bool, DTypeError, "matmul: not supported for bool tensors (shapes {} and {})",
@@ -233,7 +277,12 @@ TensorType matmul_meta(const TensorType& a, const TensorType& b) {
 Tensor matmul_impl(const Tensor& a_in, const Tensor& b_in) {
   const TensorType result = matmul_meta(type_of(a_in), type_of(b_in));
   const DType dtype = result.dtype;
-  const DType compute = dtype == DType::Float16 || dtype == DType::BFloat16 ? DType::Float32 : dtype;
+  const bool gpu = !a_in.device().is_cpu();
+  KILN_CHECK(!gpu || is_floating(dtype), DTypeError,
+             "matmul on {}: {} is not supported (cuBLAS multiplies floating types); convert with .to(kiln.float32)",
+             a_in.device().str(), dtype_name(dtype));
+  // cuBLAS multiplies 16-bit floats itself (accumulating in float32).
+  const DType compute = !gpu && (dtype == DType::Float16 || dtype == DType::BFloat16) ? DType::Float32 : dtype;
   const bool a_vec = a_in.dim() == 1, b_vec = b_in.dim() == 1;
   Tensor a = to_dtype(a_vec ? unsqueeze(a_in, 0) : a_in, compute);
   Tensor b = to_dtype(b_vec ? unsqueeze(b_in, 1) : b_in, compute);
@@ -243,10 +292,12 @@ Tensor matmul_impl(const Tensor& a_in, const Tensor& b_in) {
 
   Shape out_shape = batch;
   out_shape.insert(out_shape.end(), {m, n});
-  Tensor out = Tensor::empty(out_shape, compute);
+  Tensor out = Tensor::empty(out_shape, compute, a_in.device());
   if (out.numel() > 0) {
     if (k == 0) {
       fill(out, 0);
+    } else if (gpu) {
+      cuda_matmul(a, b, out, batch, m, n, k);
     } else {
       dispatch_numeric(compute, "matmul", [&]<class T>() {
         if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>)

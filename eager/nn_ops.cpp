@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "eager/autograd.h"
+#include "eager/cuda/launch.h"
 #include "eager/loops.h"
 #include "eager/op_util.h"
 #include "eager/ops.h"
@@ -133,7 +134,6 @@ void softmax_cols(const T* x, T* o, int64_t R, int64_t B, int64_t bw) {
 }
 
 TensorType softmax_meta(const TensorType& x, int64_t dim, const char* name) {
-  KILN_CHECK(x.device.is_cpu(), DeviceError, "{}: expected a cpu tensor, got {}", name, x.device.str());
   KILN_CHECK(is_floating(x.dtype), DTypeError,
              "{}: expected a floating point tensor, got {} (convert it with .to(float32) first)", name,
              dtype_name(x.dtype));
@@ -146,8 +146,15 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, const char* name) {
   const int64_t d = wrap_dim(dim, x.dim(), name);
   int64_t A = 1, R = 1, B = 1;
   for (int64_t i = 0; i < x.dim(); ++i) (i < d ? A : i == d ? R : B) *= x.shape()[i];
-  Tensor out = Tensor::empty(x.shape(), x.dtype());
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (out.numel() == 0) return out;
+  if (!x.device().is_cpu()) {  // rows along the last dim (eager/cuda/rows.cu)
+    const int64_t last = x.dim() - 1;
+    Tensor in = contiguous(transpose(x, d, last));
+    Tensor rows = d == last ? out : Tensor::empty(in.shape(), x.dtype(), x.device());
+    cuda_kernels::softmax_rows(kLog, rows, in, in.numel() / R, R);
+    return d == last ? out : contiguous(transpose(rows, d, last));
+  }
   Tensor in = contiguous(x);
   dispatch_floating(x.dtype(), name, [&]<class T>() {
     const T* px = in.data<T>();
@@ -211,7 +218,6 @@ namespace {
 // A dynamic trailing dim of x matches any size (checked when it runs).
 TensorType layer_norm_meta(const TensorType& x, const Shape& normalized_shape, const TensorType& weight,
                            const TensorType& bias) {
-  KILN_CHECK(x.device.is_cpu(), DeviceError, "layer_norm: expected a cpu tensor, got {}", x.device.str());
   KILN_CHECK(is_floating(x.dtype), DTypeError, "layer_norm: expected a floating point tensor, got {}",
              dtype_name(x.dtype));
   const size_t nd = normalized_shape.size();
@@ -232,7 +238,19 @@ Tensor layer_norm_impl(const Tensor& x, const Shape& normalized_shape, const Ten
   const int64_t N = numel(normalized_shape);
   int64_t M = 1;
   for (int64_t i = 0; i < x.dim() - nd; ++i) M *= x.shape()[i];
-  Tensor out = Tensor::empty(x.shape(), x.dtype());
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (!x.device().is_cpu()) {
+    const DType compute = x.dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
+    auto on_device = [&](const Tensor& p, const char* what) {
+      if (!p.defined()) return p;
+      KILN_CHECK(p.device() == x.device(), DeviceError, "layer_norm: {} is on {}, the input on {}", what,
+                 p.device().str(), x.device().str());
+      return contiguous(to_dtype(p, compute));
+    };
+    if (out.numel() > 0)
+      cuda_kernels::layer_norm_rows(out, contiguous(x), on_device(weight, "weight"), on_device(bias, "bias"), eps, M, N);
+    return out;
+  }
   dispatch_floating(x.dtype(), "layer_norm", [&]<class T>() {
     using C = compute_t<T>;
     Tensor w = param<C>(weight, normalized_shape, 1.0, "weight");

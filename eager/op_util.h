@@ -33,6 +33,7 @@ namespace kiln {
 template <class AttrsFn, class Compute, class MakeBackward>
 std::vector<Tensor> autograd_op_n(const char* op, const std::vector<Tensor>& inputs, AttrsFn&& attrs,
                                   Compute&& compute, MakeBackward&& make_backward) {
+  CurrentOpScope running(op);
   std::vector<Tensor> outs;
   if (TraceHook* trace = active_trace()) {
     outs = trace->record(op_def(op), inputs, attrs());
@@ -53,6 +54,7 @@ std::vector<Tensor> autograd_op_n(const char* op, const std::vector<Tensor>& inp
 // A non-differentiable op with one output (backward kernels).
 template <class AttrsFn, class Compute>
 Tensor trace_or(const char* op, const std::vector<Tensor>& inputs, AttrsFn&& attrs, Compute&& compute) {
+  CurrentOpScope running(op);
   if (TraceHook* trace = active_trace()) return trace->record(op_def(op), inputs, attrs())[0];
   return compute();
 }

@@ -57,6 +57,8 @@ Tensor print_value(const Tensor& x, const std::string& label = "");
 
 // ---- copies and conversion ----
 Tensor to_dtype(const Tensor& x, DType dtype);
+// x's values on `device` (x itself when it is there); differentiable.
+Tensor to_device(const Tensor& x, Device device);
 Tensor contiguous(const Tensor& x);
 Tensor clone(const Tensor& x);
 // Writes src (broadcast, converted) into dst in place.
@@ -64,9 +66,9 @@ void copy_into(const Tensor& dst, const Tensor& src);
 void fill(const Tensor& dst, Scalar value);
 
 // ---- creation ----
-Tensor zeros(Shape shape, DType dtype = DType::Float32);
-Tensor ones(Shape shape, DType dtype = DType::Float32);
-Tensor full(Shape shape, Scalar value, std::optional<DType> dtype = std::nullopt);
+Tensor zeros(Shape shape, DType dtype = DType::Float32, Device device = kCPU);
+Tensor ones(Shape shape, DType dtype = DType::Float32, Device device = kCPU);
+Tensor full(Shape shape, Scalar value, std::optional<DType> dtype = std::nullopt, Device device = kCPU);
 Tensor scalar_tensor(Scalar value, std::optional<DType> dtype = std::nullopt);
 Tensor arange(Scalar start, Scalar end, Scalar step = 1, std::optional<DType> dtype = std::nullopt);
 Tensor linspace(double start, double end, int64_t steps, DType dtype = DType::Float32);
@@ -80,10 +82,10 @@ Tensor from_blob_copy(const void* data, Shape shape, DType dtype);
 
 // ---- random (counter-based Philox: same seed, same numbers everywhere) ----
 void manual_seed(uint64_t seed);
-Tensor rand(Shape shape, DType dtype = DType::Float32);
-Tensor randn(Shape shape, DType dtype = DType::Float32);
-Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype = DType::Int64);
-Tensor normal(double mean, double std, Shape shape, DType dtype = DType::Float32);
+Tensor rand(Shape shape, DType dtype = DType::Float32, Device device = kCPU);
+Tensor randn(Shape shape, DType dtype = DType::Float32, Device device = kCPU);
+Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype = DType::Int64, Device device = kCPU);
+Tensor normal(double mean, double std, Shape shape, DType dtype = DType::Float32, Device device = kCPU);
 // Traced with x as an operand, so x's shape may be dynamic.
 Tensor rand_like(const Tensor& x, std::optional<DType> dtype = std::nullopt);
 Tensor randn_like(const Tensor& x, std::optional<DType> dtype = std::nullopt);

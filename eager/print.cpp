@@ -120,6 +120,11 @@ void print_rec(const Tensor& x, const Formatter& f, bool summarize, size_t inden
 std::string Tensor::str() const {
   if (!defined()) return "tensor(<undefined>)";
   if (impl().traced) return fmt::format("Tensor(<traced>, shape={}, dtype={})", shape_str(shape()), dtype_name(dtype()));
+  if (!device().is_cpu()) {  // the values as the CPU prints them, then the device
+    std::string host = cpu().str();
+    host.pop_back();
+    return fmt::format("{}, device='{}')", host, device().str());
+  }
   std::string body;
   std::vector<std::string> suffix;
   if (numel() == 0) {
@@ -131,7 +136,6 @@ std::string Tensor::str() const {
   }
   bool default_dtype = dtype() == DType::Float32 || (numel() > 0 && (dtype() == DType::Int64 || dtype() == DType::Bool));
   if (!default_dtype) suffix.push_back(fmt::format("dtype=kiln.{}", dtype_name(dtype())));
-  if (!device().is_cpu()) suffix.push_back(fmt::format("device='{}'", device().str()));
   std::string out = "tensor(" + body;
   for (auto& s : suffix) out += ", " + s;
   return out + ")";

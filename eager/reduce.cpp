@@ -14,6 +14,7 @@
 #include <numeric>
 
 #include "eager/autograd.h"
+#include "eager/cuda/launch.h"
 #include "eager/loops.h"
 #include "eager/op_util.h"
 #include "eager/ops.h"
@@ -497,14 +498,40 @@ void run_plan(const ReducePlan& plan, Out* out, const Store& store) {
 
 enum class OnEmpty { Identity, Error };
 
+// A reduction on a GPU: the reduced dims moved last and made contiguous,
+// then one kernel over the rows (eager/cuda/rows.cu). mean is the sum
+// divided; any/all are max/min of x != 0.
+Tensor reduce_on_device(const Tensor& x, const std::vector<bool>& mask, bool keepdim, const char* name) {
+  const std::string_view op = name;
+  DimList order;
+  for (int pass = 0; pass < 2; ++pass)
+    for (int64_t d = 0; d < x.dim(); ++d)
+      if (mask[d] == (pass == 1)) order.push_back(d);
+  const int64_t count = reduced_count(x.shape(), mask);
+  Tensor in = op == "any" || op == "all" ? ne(x, 0) : x;
+  in = contiguous(permute(in, order));
+  const bool sums = op == "sum" || op == "mean" || op == "prod";
+  Tensor out = Tensor::empty(reduced_shape(x.shape(), mask, keepdim),
+                             sums && !is_floating(x.dtype()) ? DType::Int64 : in.dtype(), x.device());
+  const char* kernel = op == "prod" ? "prod" : sums ? "sum" : op == "amax" || op == "any" ? "max" : "min";
+  cuda_kernels::reduce_rows(kernel, out, in, out.numel(), count);
+  return op == "mean" ? div(out, static_cast<double>(count)) : out;
+}
+
 // The shared driver: validates dims, handles empty reductions, plans, runs.
 // `make_store(count)` gives the final map from accumulator to output.
 template <template <class> class OpT, OnEmpty kOnEmpty, class Dispatch, class MakeStore>
 Tensor reduce(const Tensor& x, const DimList& dims, bool keepdim, const char* name,
               Dispatch dispatch, MakeStore make_store) {
-  check_cpu(x, name);
   auto mask = reduced_mask(dims, x.dim(), name);
   const int64_t count = reduced_count(x.shape(), mask);
+  if (!x.device().is_cpu()) {
+    dispatch(x.dtype(), name, [&]<class T>() {});  // the CPU's dtype errors
+    // Empty inputs and results (identities, errors) are the CPU's business.
+    if (count == 0 || x.numel() == 0)
+      return to_device(reduce<OpT, kOnEmpty>(x.cpu(), dims, keepdim, name, dispatch, make_store), x.device());
+    return reduce_on_device(x, mask, keepdim, name);
+  }
   Tensor result;
   dispatch(x.dtype(), name, [&]<class T>() {
     using Op = OpT<T>;
@@ -567,7 +594,6 @@ struct ReduceType {
 };
 
 ReduceType reduce_type(const TensorType& x, const DimList& dims, bool keepdim, const char* op) {
-  KILN_CHECK(x.device.is_cpu(), DeviceError, "{}: expected a cpu tensor, got {}", op, x.device.str());
   ReduceType r{reduced_mask(dims, static_cast<int64_t>(x.shape.size()), op), {}, 1};
   r.shape = reduced_shape(x.shape, r.mask, keepdim);
   for (size_t d = 0; d < x.shape.size(); ++d)

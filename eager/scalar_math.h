@@ -7,6 +7,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "eager/scalar_ops.h"
+
 namespace kiln {
 
 // Kernels are large TUs where gcc runs out of inlining budget; a call left
@@ -100,103 +102,14 @@ extern "C" __attribute__((simd("notinbranch"), const, nothrow)) float kiln_vec_a
 KILN_INLINE float katan2(float a, float b) { return kiln_vec_atan2(a, b); }
 KILN_INLINE double katan2(double a, double b) { return std::atan2(a, b); }
 
-template <class C>
-KILN_INLINE C kabs(C x) {
-  if constexpr (std::is_unsigned_v<C>) return x;
-  else if constexpr (std::is_floating_point_v<C>) return std::fabs(x);
-  else return x < 0 ? C(-x) : x;
-}
-
-template <class C>
-KILN_INLINE C kmaximum(C a, C b) {
-  if constexpr (std::is_floating_point_v<C>) {
-    if (a != a) return a;
-    if (b != b) return b;
-  }
-  return a > b ? a : b;
-}
-template <class C>
-KILN_INLINE C kminimum(C a, C b) {
-  if constexpr (std::is_floating_point_v<C>) {
-    if (a != a) return a;
-    if (b != b) return b;
-  }
-  return a < b ? a : b;
-}
-
-// Python's floor division and modulo (the result takes the divisor's sign).
-// Integer division by zero gives 0 as NumPy does, instead of a SIGFPE.
-template <class C>
-KILN_INLINE C kfloordiv(C a, C b) {
-  if constexpr (std::is_floating_point_v<C>) {
-    // PyTorch's div_floor: exact for a/b near integers, unlike floor(a / b)
-    // (1.0 // 0.1 is 9, not 10).
-    if (b == 0) return a / b;
-    C mod = std::fmod(a, b);
-    C div = (a - mod) / b;
-    if (mod != 0 && ((b < 0) != (mod < 0))) div -= 1;
-    if (div == 0) return std::copysign(C(0), a / b);
-    C floordiv = std::floor(div);
-    if (div - floordiv > C(0.5)) floordiv += 1;
-    return floordiv;
-  } else if constexpr (std::is_same_v<C, bool>) {
-    return b ? a : false;
-  } else {
-    if (b == 0) return 0;
-    if constexpr (std::is_signed_v<C>) {
-      if (b == -1) return static_cast<C>(0 - static_cast<std::make_unsigned_t<C>>(a));
-      C q = static_cast<C>(a / b);
-      if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
-      return q;
-    } else {
-      return static_cast<C>(a / b);
-    }
-  }
-}
-template <class C>
-KILN_INLINE C kremainder(C a, C b) {
-  if constexpr (std::is_floating_point_v<C>) {
-    C r = std::fmod(a, b);
-    if (r != 0 && ((r < 0) != (b < 0))) r += b;
-    return r;
-  } else if constexpr (std::is_same_v<C, bool>) {
-    return false;
-  } else {
-    if (b == 0) return 0;
-    if constexpr (std::is_signed_v<C>) {
-      if (b == -1) return 0;
-      C r = static_cast<C>(a % b);
-      if (r != 0 && ((r < 0) != (b < 0))) r = static_cast<C>(r + b);
-      return r;
-    } else {
-      return static_cast<C>(a % b);
-    }
-  }
-}
-
 extern "C" __attribute__((simd("notinbranch"), const, nothrow)) float kiln_vec_pow(float, float)
     __asm__("powf");
 
 template <class C>
 KILN_INLINE C kpow(C a, C b) {
-  if constexpr (std::is_same_v<C, float>) {
-    return kiln_vec_pow(a, b);
-  } else if constexpr (std::is_floating_point_v<C>) {
-    return std::pow(a, b);
-  } else if constexpr (std::is_same_v<C, bool>) {
-    return a || !b;
-  } else {
-    if constexpr (std::is_signed_v<C>) {
-      if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);
-    }
-    using U = std::make_unsigned_t<C>;  // wraps like C on overflow, without UB
-    U result = 1, base = static_cast<U>(a);
-    for (auto e = static_cast<U>(b); e; e >>= 1) {
-      if (e & 1) result *= base;
-      base *= base;
-    }
-    return static_cast<C>(result);
-  }
+  if constexpr (std::is_same_v<C, float>) return kiln_vec_pow(a, b);
+  else if constexpr (std::is_floating_point_v<C>) return std::pow(a, b);
+  else return kipow(a, b);
 }
 
 }  // namespace kiln

@@ -20,6 +20,24 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   return Tensor(std::move(impl));
 }
 
+namespace {
+thread_local const char* running_op = nullptr;
+}
+const char* current_op() { return running_op; }
+CurrentOpScope::CurrentOpScope(const char* op) : previous_(running_op) {
+  // The outermost op names the error: the user called it.
+  if (!running_op) running_op = op;
+}
+CurrentOpScope::~CurrentOpScope() { running_op = previous_; }
+
+void Tensor::not_on_cpu_error() const {
+  const char* op = current_op();
+  fail<DeviceError>("{}: not implemented for {} tensors yet (got a {} tensor of shape {}); move it to the cpu with "
+                    ".cpu() for this op",
+                    op ? op : "this op", device().type == DeviceType::CUDA ? "CUDA" : device().str(), device().str(),
+                    shape_str(shape()));
+}
+
 int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size")]; }
 
 bool Tensor::is_contiguous() const {
@@ -51,7 +69,7 @@ T Tensor::item() const {
   KILN_CHECK(numel() == 1, ValueError,
              "item(): a tensor with {} elements cannot be converted to a scalar (shape {})",
              numel(), shape_str(shape()));
-  KILN_CHECK(device().is_cpu(), DeviceError, "item(): copy the tensor to the cpu first");
+  if (!device().is_cpu()) return cpu().item<T>();  // waits for the device, as in PyTorch
   return dispatch_all(dtype(), "item", [&]<class U>() -> T {
     return static_cast<T>(static_cast<compute_t<U>>(*static_cast<const U*>(data_ptr())));
   });
@@ -129,6 +147,7 @@ Tensor& Tensor::copy_(const Tensor& src) {
   return *this;
 }
 Tensor Tensor::to(DType dtype) const { return to_dtype(*this, dtype); }
+Tensor Tensor::to(Device device) const { return to_device(*this, device); }
 Tensor Tensor::contiguous() const { return kiln::contiguous(*this); }
 Tensor Tensor::clone() const { return kiln::clone(*this); }
 

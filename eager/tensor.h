@@ -60,9 +60,17 @@ class Tensor {
   TensorImpl* impl_ptr() const { return impl_.get(); }
   const std::shared_ptr<TensorImpl>& impl_handle() const { return impl_; }
 
-  void* data_ptr() const {
+  // The first element's address on the tensor's device: only that
+  // device's kernels may read it (eager/cuda/launch.h for CUDA).
+  void* address() const {
     if (impl().traced) needs_value_error();
     return static_cast<char*>(impl().storage->data()) + impl().offset * static_cast<int64_t>(itemsize());
+  }
+  // The first element for CPU kernels; a DeviceError naming the running op
+  // for a tensor on another device (an op without a kernel for it).
+  void* data_ptr() const {
+    if (!impl().traced && !impl().storage->device().is_cpu()) not_on_cpu_error();
+    return address();
   }
   template <class T>
   T* data() const {
@@ -121,6 +129,9 @@ class Tensor {
   Tensor& zero_();
   Tensor& copy_(const Tensor& src);
   Tensor to(DType dtype) const;
+  Tensor to(Device device) const;
+  Tensor cuda(int index = 0) const { return to(Device{DeviceType::CUDA, index}); }
+  Tensor cpu() const { return to(kCPU); }
   Tensor contiguous() const;
   Tensor clone() const;
 
@@ -171,11 +182,26 @@ class Tensor {
   // TraceError: a kernel (or .item(), .numpy()) asked for the value of a
   // symbolic tensor while tracing.
   [[noreturn]] void needs_value_error() const;
+  [[noreturn]] void not_on_cpu_error() const;
   const TensorImpl& impl() const {
     KILN_CHECK(impl_, Error, "use of an undefined tensor");
     return *impl_;
   }
   std::shared_ptr<TensorImpl> impl_;
+};
+
+// The public op running on this thread, for errors raised deep inside its
+// kernels (autograd_op and trace_or set it); null outside ops.
+const char* current_op();
+class CurrentOpScope {
+ public:
+  explicit CurrentOpScope(const char* op);
+  ~CurrentOpScope();
+  CurrentOpScope(const CurrentOpScope&) = delete;
+  CurrentOpScope& operator=(const CurrentOpScope&) = delete;
+
+ private:
+  const char* previous_;
 };
 
 // Operators, each spelled as its binary op (add, lt, ...).

@@ -1,6 +1,7 @@
 // Elementwise unary ops: the rows of unary_ops.def become kernels here, on
 // the strided loop engine of loops.h.
 #include "eager/autograd.h"
+#include "eager/cuda/launch.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
 #include "eager/scalar_math.h"
@@ -27,6 +28,11 @@ Tensor unary_op(const Tensor& x, const char* name, const Tensor* into = nullptr)
   }
   Tensor in = type.dtype == x.dtype() ? x : to_dtype(x, type.dtype);
   Tensor out = make_output(x.shape(), in.dtype(), x.device(), into, {&in}, name);
+  if (!x.device().is_cpu()) {
+    cuda_kernels::unary(name, out, in);
+    finish_output(out, into);
+    return into ? *into : out;
+  }
   auto plan = plan_loop<2>(x.shape(), {&out, &in});
   auto kernel = [&]<class T>() {
     run_loop(plan, [](const std::array<char*, 2>& p, const std::array<int64_t, 2>& s, int64_t n) {

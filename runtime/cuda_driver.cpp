@@ -22,7 +22,10 @@ namespace {
   X(cuInit) X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceGetName)               \
   X(cuDeviceTotalMem_v2) X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuCtxSetCurrent)       \
   X(cuCtxSynchronize) X(cuGetErrorName) X(cuGetErrorString) X(cuMemAlloc_v2) X(cuMemFree_v2)         \
-  X(cuMemsetD8_v2) X(cuMemcpyDtoH_v2)
+  X(cuMemGetInfo_v2) X(cuMemsetD8Async) X(cuMemcpyHtoDAsync_v2) X(cuMemcpyDtoHAsync_v2)                \
+  X(cuMemcpyDtoDAsync_v2) X(cuStreamCreate) X(cuStreamDestroy_v2) X(cuStreamSynchronize)              \
+  X(cuEventCreate) X(cuEventDestroy_v2) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime_v2) \
+  X(cuModuleLoadData) X(cuModuleGetFunction) X(cuLaunchKernel)
 
 struct Driver {
 #define KILN_DECLARE(name) decltype(&::name) name = nullptr;
@@ -138,10 +141,12 @@ DeviceProperties device_properties(int index) {
 
 namespace {
 // Makes the device's primary context current on this thread (kiln uses the
-// primary context, as the CUDA runtime and PyTorch do); it is retained once
-// per device and kept for the process.
+// primary context, as the CUDA runtime, cuBLAS and PyTorch do); it is
+// retained once per device and kept for the process.
 const Driver& enter(int index, std::string_view what) {
   const Driver& d = usable(what);
+  thread_local int current = -1;
+  if (current == index) return d;
   CUdevice device = device_handle(d, index, what);
   static std::mutex mutex;
   static std::unordered_map<int, CUcontext> contexts;
@@ -157,8 +162,11 @@ const Driver& enter(int index, std::string_view what) {
     context = contexts.at(index);
   }
   check(d.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+  current = index;
   return d;
 }
+
+CUstream stream_handle(int index) { return reinterpret_cast<CUstream>(current_stream(index)); }
 
 class CudaMemory final : public DeviceMemory {
  public:
@@ -180,6 +188,37 @@ class CudaMemory final : public DeviceMemory {
  private:
   int index_;
 };
+
+// The device's BlockAllocator, serving each request from the blocks of the
+// current stream.
+class CudaAllocator final : public Allocator {
+ public:
+  explicit CudaAllocator(int index) : index_(index), blocks_(device_memory(index)) {}
+  void* allocate(size_t nbytes) override { return blocks_.allocate(nbytes, current_stream(index_)); }
+  void deallocate(void* ptr, size_t nbytes) override { blocks_.deallocate(ptr, nbytes); }
+  Device device() const override { return blocks_.device(); }
+  AllocatorStats stats() const override { return blocks_.stats(); }
+  void empty_cache() override { blocks_.empty_cache(); }
+  BlockAllocatorStats block_stats() const { return blocks_.block_stats(); }
+
+ private:
+  int index_;
+  BlockAllocator blocks_;
+};
+
+CudaAllocator& cuda_allocator(int index) {
+  const Driver& d = usable("allocate");
+  device_handle(d, index, "allocate");
+  static std::mutex mutex;
+  // Never destroyed: tensors may outlive static destruction order.
+  static auto* allocators = new std::unordered_map<int, std::unique_ptr<CudaAllocator>>;
+  std::lock_guard lock(mutex);
+  auto& slot = (*allocators)[index];
+  if (!slot) slot = std::make_unique<CudaAllocator>(index);
+  return *slot;
+}
+
+thread_local std::unordered_map<int, StreamId> current_streams;
 }  // namespace
 
 void synchronize(int index) {
@@ -187,16 +226,138 @@ void synchronize(int index) {
   check(d.cuCtxSynchronize(), "cuCtxSynchronize");
 }
 
+void make_current(int index) { enter(index, "make_current"); }
+
+StreamId current_stream(int index) {
+  auto it = current_streams.find(index);
+  return it == current_streams.end() ? 0 : it->second;
+}
+
+Stream::Stream(int index) : index_(index) {
+  const Driver& d = enter(index, "Stream");
+  CUstream s = nullptr;
+  check(d.cuStreamCreate(&s, CU_STREAM_DEFAULT), "cuStreamCreate");
+  id_ = reinterpret_cast<StreamId>(s);
+}
+Stream::~Stream() {
+  // Queued work still completes: the driver destroys the stream after it.
+  if (id_) driver().cuStreamDestroy_v2(reinterpret_cast<CUstream>(id_));
+}
+void Stream::synchronize() const {
+  const Driver& d = enter(index_, "Stream.synchronize");
+  check(d.cuStreamSynchronize(reinterpret_cast<CUstream>(id_)), "cuStreamSynchronize");
+}
+
+StreamGuard::StreamGuard(const Stream& stream) : index_(stream.device()), previous_(current_stream(stream.device())) {
+  current_streams[index_] = stream.id();
+}
+StreamGuard::~StreamGuard() { current_streams[index_] = previous_; }
+
+Event::Event(int index) : index_(index) {
+  const Driver& d = enter(index, "Event");
+  CUevent e = nullptr;
+  check(d.cuEventCreate(&e, CU_EVENT_DEFAULT), "cuEventCreate");
+  event_ = e;
+}
+Event::~Event() {
+  if (event_) driver().cuEventDestroy_v2(static_cast<CUevent>(event_));
+}
+void Event::record() {
+  const Driver& d = enter(index_, "Event.record");
+  check(d.cuEventRecord(static_cast<CUevent>(event_), stream_handle(index_)), "cuEventRecord");
+}
+void Event::synchronize() const {
+  const Driver& d = enter(index_, "Event.synchronize");
+  check(d.cuEventSynchronize(static_cast<CUevent>(event_)), "cuEventSynchronize");
+}
+float Event::elapsed_ms(const Event& end) const {
+  const Driver& d = enter(index_, "Event.elapsed_ms");
+  float ms = 0;
+  check(d.cuEventElapsedTime_v2(&ms, static_cast<CUevent>(event_), static_cast<CUevent>(end.event_)),
+        "cuEventElapsedTime");
+  return ms;
+}
+
 std::unique_ptr<DeviceMemory> device_memory(int index) { return std::make_unique<CudaMemory>(index); }
+Allocator& allocator(int index) { return cuda_allocator(index); }
+BlockAllocatorStats memory_stats(int index) { return cuda_allocator(index).block_stats(); }
+
+MemoryInfo memory_info(int index) {
+  const Driver& d = enter(index, "memory_info");
+  MemoryInfo info;
+  check(d.cuMemGetInfo_v2(&info.free_bytes, &info.total_bytes), "cuMemGetInfo");
+  return info;
+}
 
 void memset(void* device_ptr, unsigned char value, size_t nbytes, int index) {
   const Driver& d = enter(index, "memset");
-  check(d.cuMemsetD8_v2(reinterpret_cast<CUdeviceptr>(device_ptr), value, nbytes), "cuMemsetD8");
+  check(d.cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(device_ptr), value, nbytes, stream_handle(index)),
+        "cuMemsetD8Async");
+}
+
+void copy_from_host(void* device_ptr, const void* host, size_t nbytes, int index) {
+  if (nbytes == 0) return;
+  const Driver& d = enter(index, "copy to the GPU");
+  CUstream stream = stream_handle(index);
+  check(d.cuMemcpyHtoDAsync_v2(reinterpret_cast<CUdeviceptr>(device_ptr), host, nbytes, stream), "cuMemcpyHtoDAsync");
+  // From pageable memory the driver may still be reading `host` when the
+  // call returns; the caller is free to release it after this.
+  check(d.cuStreamSynchronize(stream), "cuStreamSynchronize (after a copy to the GPU)");
 }
 
 void copy_to_host(void* host, const void* device_ptr, size_t nbytes, int index) {
-  const Driver& d = enter(index, "copy_to_host");
-  check(d.cuMemcpyDtoH_v2(host, reinterpret_cast<CUdeviceptr>(device_ptr), nbytes), "cuMemcpyDtoH");
+  const Driver& d = enter(index, "copy to the host");
+  CUstream stream = stream_handle(index);
+  if (nbytes)
+    check(d.cuMemcpyDtoHAsync_v2(host, reinterpret_cast<CUdeviceptr>(device_ptr), nbytes, stream),
+          "cuMemcpyDtoHAsync");
+  check(d.cuStreamSynchronize(stream), "cuStreamSynchronize (after a copy to the host)");
+}
+
+void copy_on_device(void* dst, const void* src, size_t nbytes, int index) {
+  if (nbytes == 0) return;
+  const Driver& d = enter(index, "copy on the GPU");
+  check(d.cuMemcpyDtoDAsync_v2(reinterpret_cast<CUdeviceptr>(dst), reinterpret_cast<CUdeviceptr>(src), nbytes,
+                               stream_handle(index)),
+        "cuMemcpyDtoDAsync");
+}
+
+namespace {
+CUfunction find_kernel(const Driver& d, int index, const KernelImage& image, const char* kernel) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, CUfunction> functions;   // "<device>/<kernel>"
+  static std::unordered_map<std::string, CUmodule> modules;       // "<device>/<image>"
+  std::string key = fmt::format("{}/{}", index, kernel);
+  std::lock_guard lock(mutex);
+  if (auto it = functions.find(key); it != functions.end()) return it->second;
+  std::string module_key = fmt::format("{}/{}", index, image.name);
+  auto [m, added] = modules.try_emplace(module_key, nullptr);
+  if (added) {
+    CUresult r = d.cuModuleLoadData(&m->second, image.data);
+    if (r == CUDA_ERROR_NO_BINARY_FOR_GPU || r == CUDA_ERROR_UNSUPPORTED_PTX_VERSION) {
+      modules.erase(m);
+      DeviceProperties p = device_properties(index);
+      fail<DeviceError>("CUDA: kiln's {} kernels have no code for {} (compute capability {}.{}): they are built for "
+                        "sm_80 and sm_90 plus PTX, which needs a driver for CUDA 13 or newer (this one is {})",
+                        image.name, p.name, p.compute_capability_major, p.compute_capability_minor, driver_version());
+    }
+    if (r != CUDA_SUCCESS) modules.erase(m);
+    check(r, fmt::format("cuModuleLoadData ({} kernels)", image.name));
+  }
+  CUfunction f = nullptr;
+  check(d.cuModuleGetFunction(&f, m->second, kernel), fmt::format("cuModuleGetFunction ({})", kernel));
+  functions.emplace(std::move(key), f);
+  return f;
+}
+}  // namespace
+
+void launch(int index, const KernelImage& image, const char* kernel, const LaunchShape& s, void** args) {
+  const Driver& d = enter(index, kernel);
+  CUfunction f = find_kernel(d, index, image, kernel);
+  CUresult r = d.cuLaunchKernel(f, s.grid_x, s.grid_y, s.grid_z, s.block_x, s.block_y, s.block_z, s.shared_bytes,
+                                stream_handle(index), args, nullptr);
+  if (r != CUDA_SUCCESS) check(r, fmt::format("cuLaunchKernel ({}, grid {}x{}x{}, block {}x{}x{})", kernel, s.grid_x,
+                                              s.grid_y, s.grid_z, s.block_x, s.block_y, s.block_z));
 }
 
 void require(const Device& device, std::string_view op) {
@@ -205,21 +366,40 @@ void require(const Device& device, std::string_view op) {
   device_handle(d, device.index, op);
 }
 #else
+namespace {
+[[noreturn]] void no_cuda(std::string_view what) {
+  fail<DeviceError>("{}: CUDA is not available: {}", what, unavailable_reason());
+}
+}  // namespace
 bool available() { return false; }
 std::string unavailable_reason() { return "this build of kiln has no CUDA support (cuda.h was not found)"; }
 int device_count() { return 0; }
 int driver_version() { return 0; }
-DeviceProperties device_properties(int) { fail<DeviceError>("device_properties: CUDA is not available: {}", unavailable_reason()); }
-void synchronize(int) { fail<DeviceError>("synchronize: CUDA is not available: {}", unavailable_reason()); }
-std::unique_ptr<DeviceMemory> device_memory(int) {
-  fail<DeviceError>("device memory: CUDA is not available: {}", unavailable_reason());
-}
-void memset(void*, unsigned char, size_t, int) { fail<DeviceError>("memset: CUDA is not available: {}", unavailable_reason()); }
-void copy_to_host(void*, const void*, size_t, int) {
-  fail<DeviceError>("copy_to_host: CUDA is not available: {}", unavailable_reason());
-}
+DeviceProperties device_properties(int) { no_cuda("device_properties"); }
+void synchronize(int) { no_cuda("synchronize"); }
+void make_current(int) { no_cuda("make_current"); }
+StreamId current_stream(int) { return 0; }
+Stream::Stream(int index) : index_(index) { no_cuda("Stream"); }
+Stream::~Stream() = default;
+void Stream::synchronize() const { no_cuda("Stream.synchronize"); }
+StreamGuard::StreamGuard(const Stream& stream) : index_(stream.device()), previous_(0) {}
+StreamGuard::~StreamGuard() = default;
+Event::Event(int index) : index_(index) { no_cuda("Event"); }
+Event::~Event() = default;
+void Event::record() { no_cuda("Event.record"); }
+void Event::synchronize() const { no_cuda("Event.synchronize"); }
+float Event::elapsed_ms(const Event&) const { no_cuda("Event.elapsed_ms"); }
+std::unique_ptr<DeviceMemory> device_memory(int) { no_cuda("device memory"); }
+Allocator& allocator(int) { no_cuda("allocate"); }
+BlockAllocatorStats memory_stats(int) { no_cuda("memory_stats"); }
+MemoryInfo memory_info(int) { no_cuda("memory_info"); }
+void memset(void*, unsigned char, size_t, int) { no_cuda("memset"); }
+void copy_from_host(void*, const void*, size_t, int) { no_cuda("copy to the GPU"); }
+void copy_to_host(void*, const void*, size_t, int) { no_cuda("copy to the host"); }
+void copy_on_device(void*, const void*, size_t, int) { no_cuda("copy on the GPU"); }
+void launch(int, const KernelImage&, const char* kernel, const LaunchShape&, void**) { no_cuda(kernel); }
 void require(const Device& device, std::string_view op) {
-  if (!device.is_cpu()) fail<DeviceError>("{}: CUDA is not available: {}", op, unavailable_reason());
+  if (!device.is_cpu()) no_cuda(op);
 }
 #endif
 

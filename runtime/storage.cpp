@@ -1,12 +1,13 @@
 #include "runtime/storage.h"
 
+#include "runtime/cuda_driver.h"
 #include "runtime/error.h"
 
 namespace kiln {
 
 Allocator& allocator_for(Device device) {
   if (device.is_cpu()) return cpu_allocator();
-  fail<DeviceError>("device {} is not available in this build of kiln (only cpu)", device.str());
+  return cuda::allocator(device.index);
 }
 
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {

@@ -13,13 +13,26 @@ Tracer::Tracer(std::string name, LocationFn location) : location_(std::move(loca
 
 Tracer::~Tracer() = default;
 
+namespace {
+// Code generation targets the CPU only so far; a GPU tensor in a trace would
+// be read by CPU code.
+void check_cpu_only(Device device, const Shape& shape, const char* what) {
+  KILN_CHECK(device.is_cpu(), TraceError,
+             "kiln.jit compiles for the cpu only so far, and {} (shape {}) is on {}; call the function without "
+             "kiln.jit for GPU tensors, or move them with .cpu()",
+             what, shape_str(shape), device.str());
+}
+}  // namespace
+
 Tensor Tracer::argument(const TensorType& type) {
+  check_cpu_only(type.device, type.shape, "an argument");
   ValueId id = graph_.add_value(type);
   graph_.arguments.push_back(id);
   return make_symbolic(type, std::make_shared<TraceValue>(TraceValue{id, this}));
 }
 
 int Tracer::capture(const Tensor& t) {
+  check_cpu_only(t.device(), t.shape(), "a tensor the function uses");
   auto [it, inserted] = capture_index_.try_emplace(t.impl_ptr(), static_cast<int>(captured_.size()));
   if (inserted) {
     captured_.push_back(t);

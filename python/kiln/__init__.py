@@ -103,103 +103,104 @@ def _size(size):
 
 
 def _device(device, op):
-    _C._check_device(device, op)
+    """The canonical name of a ``device=`` argument ("cpu", "cuda:0"), or None for the default (the cpu)."""
+    return _C._check_device(device, op)
+
+
+def _on(x, device):
+    """x moved to ``device`` (a name from _device) unless it is the default."""
+    return x if device is None else x.to(device)
 
 
 @_creation
 def zeros(*size, dtype=None, device=None):
-    _device(device, "zeros")
-    return _C._full(_size(size), 0, dtype or float32)
+    return _C._full(_size(size), 0, dtype or float32, _device(device, "zeros"))
 
 
 @_creation
 def ones(*size, dtype=None, device=None):
-    _device(device, "ones")
-    return _C._full(_size(size), 1, dtype or float32)
+    return _C._full(_size(size), 1, dtype or float32, _device(device, "ones"))
 
 
 @_creation
 def empty(*size, dtype=None, device=None):
-    _device(device, "empty")
-    return _C._empty(_size(size), dtype)
+    return _C._empty(_size(size), dtype, _device(device, "empty"))
 
 
 @_creation
 def full(size, fill_value, dtype=None, device=None):
-    _device(device, "full")
-    return _C._full(_size((size,)), fill_value, dtype)
+    return _C._full(_size((size,)), fill_value, dtype, _device(device, "full"))
 
 
 @_creation
 def zeros_like(x, dtype=None, device=None):
-    _device(device, "zeros_like")
-    return _C._full_like(x, 0, dtype)
+    return _full_like(x, 0, dtype, device, "zeros_like")
 
 
 @_creation
 def ones_like(x, dtype=None, device=None):
-    _device(device, "ones_like")
-    return _C._full_like(x, 1, dtype)
+    return _full_like(x, 1, dtype, device, "ones_like")
 
 
 @_creation
 def empty_like(x, dtype=None, device=None):
     if _C._is_tracing():  # traced values have no memory to leave uninitialized
         return zeros_like(x, dtype=dtype, device=device)
-    return empty(x.shape, dtype=dtype or x.dtype, device=device)
+    return empty(x.shape, dtype=dtype or x.dtype, device=device or x.device)
 
 
 @_creation
 def full_like(x, fill_value, dtype=None, device=None):
-    _device(device, "full_like")
-    return _C._full_like(x, fill_value, dtype)
+    return _full_like(x, fill_value, dtype, device, "full_like")
+
+
+def _full_like(x, fill_value, dtype, device, op):
+    device = _device(device, op)
+    if device is None or device == x.device:  # (traced with x, whose shape may be dynamic)
+        return _C._full_like(x, fill_value, dtype)
+    return _C._full(list(x.shape), fill_value, dtype or x.dtype, device)
 
 
 @_creation
 def arange(start, end=None, step=1, dtype=None, device=None):
-    _device(device, "arange")
+    device = _device(device, "arange")
     if end is None:
         start, end = 0, start
-    return _C._arange(start, end, step, dtype)
+    return _on(_C._arange(start, end, step, dtype), device)
 
 
 @_creation
 def linspace(start, end, steps, dtype=None, device=None):
-    _device(device, "linspace")
-    return _C._linspace(start, end, steps, dtype)
+    return _on(_C._linspace(start, end, steps, dtype), _device(device, "linspace"))
 
 
 @_creation
 def eye(n, m=None, dtype=None, device=None):
-    _device(device, "eye")
-    return _C._eye(n, m, dtype)
+    return _on(_C._eye(n, m, dtype), _device(device, "eye"))
 
 
 @_creation
 def rand(*size, dtype=None, device=None):
-    _device(device, "rand")
-    return _C._rand(_size(size), dtype)
+    return _C._rand(_size(size), dtype, _device(device, "rand"))
 
 
 @_creation
 def randn(*size, dtype=None, device=None):
-    _device(device, "randn")
-    return _C._randn(_size(size), dtype)
+    return _C._randn(_size(size), dtype, _device(device, "randn"))
 
 
 def randint(low, high=None, size=None, dtype=None, device=None):
-    _device(device, "randint")
+    device = _device(device, "randint")
     if high is None:
         low, high = 0, low
     if size is None:
         raise TypeError("randint() missing required argument 'size'")
-    return _C._randint(low, high, _size((size,)), dtype)
+    return _C._randint(low, high, _size((size,)), dtype, device)
 
 
 @_creation
 def normal(mean, std, size, dtype=None, device=None):
-    _device(device, "normal")
-    return _C._normal(mean, std, _size((size,)), dtype)
+    return _C._normal(mean, std, _size((size,)), dtype, _device(device, "normal"))
 
 
 @_creation
@@ -223,7 +224,10 @@ def tensor(data, dtype=None, device=None):
     Like torch.tensor: Python floats become float32, ints int64, bools bool;
     NumPy arrays keep their dtype.
     """
-    _device(device, "tensor")
+    return _on(_host_tensor(data, dtype), _device(device, "tensor"))
+
+
+def _host_tensor(data, dtype):
     dtype = _C._to_dtype(dtype)
     if isinstance(data, Tensor):
         out = data.detach().clone()

@@ -3,13 +3,19 @@
 The driver is loaded when first asked (``libcuda.so.1``); kiln itself needs
 neither a GPU nor a driver. Where there is none, ``is_available()`` is False
 and ``unavailable_reason()`` says why; asking for ``device="cuda"`` then
-raises a ``RuntimeError`` with that reason. Tensors on CUDA are not built
-yet: with a GPU present, creating one raises an error saying so.
+raises a ``RuntimeError`` with that reason.
+
+With a GPU, ``device="cuda"`` on creation functions, ``x.to("cuda")``,
+``x.cuda()`` and ``x.cpu()`` move tensors; elementwise ops, reductions,
+softmax, layer_norm and matmul (cuBLAS) run there, and any other op raises
+a ``RuntimeError`` naming it. ``kiln.cuda.matmul.allow_tf32`` lets float32
+matmuls use TF32 tensor cores.
 """
 from . import _C
 
 __all__ = ["is_available", "unavailable_reason", "device_count", "driver_version", "get_device_name",
-           "get_device_properties", "synchronize"]
+           "get_device_properties", "synchronize", "memory_stats", "memory_allocated", "memory_reserved",
+           "max_memory_allocated", "empty_cache", "mem_get_info", "matmul"]
 
 
 def is_available():
@@ -59,3 +65,52 @@ def get_device_name(device=None):
 def synchronize(device=None):
     """Waits until all work queued on the GPU has finished."""
     _C._cuda_synchronize(_index(device))
+
+
+def memory_stats(device=None):
+    """The caching allocator's counters for a GPU, as a dict: bytes in
+    tensors (``allocated_bytes``, ``peak_allocated_bytes``), bytes taken from
+    the driver (``reserved_bytes``, ``peak_reserved_bytes``), ``num_allocs``,
+    ``num_cache_hits`` (served without asking the driver), ``num_segments``
+    and ``num_oom_retries``."""
+    return _C._cuda_memory_stats(_index(device))
+
+
+def memory_allocated(device=None):
+    """Bytes held by live tensors on the GPU."""
+    return memory_stats(device)["allocated_bytes"]
+
+
+def memory_reserved(device=None):
+    """Bytes the caching allocator holds from the driver (in use or cached)."""
+    return memory_stats(device)["reserved_bytes"]
+
+
+def max_memory_allocated(device=None):
+    """The peak of ``memory_allocated``."""
+    return memory_stats(device)["peak_allocated_bytes"]
+
+
+def empty_cache(device=None):
+    """Returns the allocator's unused cached memory to the driver."""
+    _C._cuda_empty_cache(_index(device))
+
+
+def mem_get_info(device=None):
+    """(free, total) bytes of GPU memory, as the driver sees them."""
+    return _C._cuda_mem_get_info(_index(device))
+
+
+class _Matmul:
+    @property
+    def allow_tf32(self):
+        """Whether float32 matmuls on the GPU may use TF32 tensor cores (10-bit mantissa inputs), as
+        ``torch.backends.cuda.matmul.allow_tf32``; False by default."""
+        return _C._cuda_allow_tf32()
+
+    @allow_tf32.setter
+    def allow_tf32(self, value):
+        _C._cuda_set_allow_tf32(bool(value))
+
+
+matmul = _Matmul()

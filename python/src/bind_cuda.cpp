@@ -1,5 +1,6 @@
 // The CUDA driver's queries behind kiln.cuda (python/kiln/cuda.py).
 #include "python/src/convert.h"
+#include "runtime/cublas.h"
 #include "runtime/cuda_driver.h"
 
 namespace kiln::python {
@@ -20,6 +21,22 @@ void bind_cuda(py::module_& m) {
     py::gil_scoped_release release;
     cuda::synchronize(index);
   });
+  m.def("_cuda_memory_stats", [](int index) {
+    BlockAllocatorStats s = cuda::memory_stats(index);
+    py::dict d;
+    d["allocated_bytes"] = s.allocated_bytes, d["peak_allocated_bytes"] = s.peak_allocated_bytes;
+    d["reserved_bytes"] = s.reserved_bytes, d["peak_reserved_bytes"] = s.peak_reserved_bytes;
+    d["num_allocs"] = s.num_allocs, d["num_cache_hits"] = s.num_cache_hits;
+    d["num_segments"] = s.num_segments, d["num_oom_retries"] = s.num_oom_retries;
+    return d;
+  });
+  m.def("_cuda_empty_cache", [](int index) { cuda::allocator(index).empty_cache(); });
+  m.def("_cuda_mem_get_info", [](int index) {
+    cuda::MemoryInfo info = cuda::memory_info(index);
+    return py::make_tuple(info.free_bytes, info.total_bytes);
+  });
+  m.def("_cuda_allow_tf32", [] { return cublas::allow_tf32(); });
+  m.def("_cuda_set_allow_tf32", [](bool allow) { cublas::set_allow_tf32(allow); });
 }
 
 }  // namespace kiln::python

@@ -1,5 +1,6 @@
 #include "python/src/convert.h"
 
+#include "eager/cuda/launch.h"
 #include "runtime/cuda_driver.h"
 
 namespace kiln::python {
@@ -100,14 +101,14 @@ DimList to_dims(py::handle obj) {
   return to_shape(obj, "dim");
 }
 
-void check_device(py::handle device, const char* op) {
-  if (device.is_none()) return;
-  std::string name = py::str(device).cast<std::string>();
-  Device d = Device::parse(name);
-  if (d.is_cpu()) return;
+Device check_device(py::handle device, const char* op) {
+  if (device.is_none()) return kCPU;
+  Device d = Device::parse(py::str(device).cast<std::string>());
+  if (d.is_cpu()) return d;
   cuda::require(d, op);  // a clear error without a driver or GPU, or for a device that does not exist
-  fail<DeviceError>("{}: kiln cannot hold tensors on {} yet: its CUDA kernels are not built; use the cpu", op,
-                    d.str());
+  KILN_CHECK(cuda_kernels::built(), DeviceError,
+             "{}: this build of kiln has no CUDA kernels (nvcc was not found when it was built); use the cpu", op);
+  return d;
 }
 
 Tensor from_numpy(py::array array) {

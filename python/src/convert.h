@@ -29,7 +29,9 @@ Shape to_shape(py::handle obj, const char* op);
 DimList to_dims(py::handle obj);
 
 // The only device this build knows; anything else is a clear error.
-void check_device(py::handle device, const char* op);
+// The device a `device=` argument names (None: the cpu); a DeviceError for
+// one kiln cannot use here, naming `op`.
+Device check_device(py::handle device, const char* op);
 
 // NumPy interop.
 Tensor from_numpy(py::array array);

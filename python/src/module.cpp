@@ -145,11 +145,19 @@ void bind_tensor(py::module_& m) {
       }, py::return_value_policy::reference_internal)
       .def("zero_", &Tensor::zero_, py::return_value_policy::reference_internal)
       .def("_to", [](const Tensor& x, py::object dtype, py::object device, bool copy) {
-        check_device(device, "to");
         Tensor out = x;
-        if (auto d = to_dtype(dtype)) out = x.to(*d);
+        if (!device.is_none()) out = out.to(check_device(device, "to"));
+        if (auto d = to_dtype(dtype)) out = out.to(*d);
         return copy && out.is_same(x) ? x.clone() : out;
       })
+      .def("cuda", [](const Tensor& x, py::object device) {
+        // x.cuda(), x.cuda(1), x.cuda("cuda:1")
+        py::object name = device.is_none()                 ? py::str("cuda")
+                          : py::isinstance<py::int_>(device) ? py::str(fmt::format("cuda:{}", device.cast<int>()))
+                                                             : device;
+        return x.to(check_device(name, "cuda"));
+      }, py::arg("device") = py::none())
+      .def("cpu", [](const Tensor& x) { return x.cpu(); })
       // views
       .def("view", [](const Tensor& x, py::args shape) {
         if (shape.size() == 1 && (py::isinstance<DType>(shape[0])))
@@ -357,19 +365,19 @@ void bind_functions(py::module_& m) {
   m.def("broadcast_to", [](const Tensor& x, py::object shape) { return broadcast_to(x, to_shape(shape, "broadcast_to")); });
 
   // creation (sizes and dtypes are normalized by the Python layer)
-  m.def("_full", [](const Shape& s, py::handle v, py::object dtype) {
+  m.def("_full", [](const Shape& s, py::handle v, py::object dtype, py::object device) {
     auto sv = to_scalar(v);
     KILN_CHECK(sv, DTypeError, "full: fill_value must be a number, got {}", py::repr(v).cast<std::string>());
-    return full(s, *sv, to_dtype(dtype));
-  });
+    return full(s, *sv, to_dtype(dtype), check_device(device, "full"));
+  }, py::arg("size"), py::arg("value"), py::arg("dtype"), py::arg("device") = py::none());
   m.def("_full_like", [](const Tensor& x, py::handle v, py::object dtype) {
     auto sv = to_scalar(v);
     KILN_CHECK(sv, DTypeError, "full_like: fill_value must be a number, got {}", py::repr(v).cast<std::string>());
     return full_like(x, *sv, to_dtype(dtype));
   });
-  m.def("_empty", [](const Shape& s, py::object dtype) {
-    return Tensor::empty(s, to_dtype(dtype).value_or(DType::Float32));
-  });
+  m.def("_empty", [](const Shape& s, py::object dtype, py::object device) {
+    return Tensor::empty(s, to_dtype(dtype).value_or(DType::Float32), check_device(device, "empty"));
+  }, py::arg("size"), py::arg("dtype"), py::arg("device") = py::none());
   m.def("_arange", [](py::handle start, py::handle end, py::handle step, py::object dtype) {
     return arange(*opt_scalar(start, "arange"), *opt_scalar(end, "arange"), *opt_scalar(step, "arange"),
                   to_dtype(dtype));
@@ -380,20 +388,27 @@ void bind_functions(py::module_& m) {
   m.def("_eye", [](int64_t n, std::optional<int64_t> m, py::object dtype) {
     return eye(n, m, to_dtype(dtype).value_or(DType::Float32));
   });
-  m.def("_rand", [](const Shape& s, py::object dtype) { return rand(s, to_dtype(dtype).value_or(DType::Float32)); });
+  m.def("_rand", [](const Shape& s, py::object dtype, py::object device) {
+    return rand(s, to_dtype(dtype).value_or(DType::Float32), check_device(device, "rand"));
+  }, py::arg("size"), py::arg("dtype"), py::arg("device") = py::none());
   m.def("_rand_like", [](const Tensor& x, py::object dtype) { return rand_like(x, to_dtype(dtype)); });
   m.def("_randn_like", [](const Tensor& x, py::object dtype) { return randn_like(x, to_dtype(dtype)); });
-  m.def("_randn", [](const Shape& s, py::object dtype) { return randn(s, to_dtype(dtype).value_or(DType::Float32)); });
-  m.def("_normal", [](double mean, double std, const Shape& s, py::object dtype) {
-    return normal(mean, std, s, to_dtype(dtype).value_or(DType::Float32));
-  });
-  m.def("_randint", [](int64_t lo, int64_t hi, const Shape& s, py::object dtype) {
-    return randint(lo, hi, s, to_dtype(dtype).value_or(DType::Int64));
-  });
+  m.def("_randn", [](const Shape& s, py::object dtype, py::object device) {
+    return randn(s, to_dtype(dtype).value_or(DType::Float32), check_device(device, "randn"));
+  }, py::arg("size"), py::arg("dtype"), py::arg("device") = py::none());
+  m.def("_normal", [](double mean, double std, const Shape& s, py::object dtype, py::object device) {
+    return normal(mean, std, s, to_dtype(dtype).value_or(DType::Float32), check_device(device, "normal"));
+  }, py::arg("mean"), py::arg("std"), py::arg("size"), py::arg("dtype"), py::arg("device") = py::none());
+  m.def("_randint", [](int64_t lo, int64_t hi, const Shape& s, py::object dtype, py::object device) {
+    return randint(lo, hi, s, to_dtype(dtype).value_or(DType::Int64), check_device(device, "randint"));
+  }, py::arg("low"), py::arg("high"), py::arg("size"), py::arg("dtype"), py::arg("device") = py::none());
   m.def("manual_seed", [](uint64_t seed) { manual_seed(seed); });
   m.def("from_numpy", &from_numpy);
   m.def("_to_dtype", [](py::object d) { return to_dtype(d); });
-  m.def("_check_device", [](py::object d, const char* op) { check_device(d, op); });
+  m.def("_check_device", [](py::object d, const char* op) -> py::object {
+    if (d.is_none()) return py::none();
+    return py::str(check_device(d, op).str());
+  });
 
   // runtime knobs
   m.def("get_num_threads", &num_threads);

@@ -1,0 +1,56 @@
+#pragma once
+// The parameters of kiln's CUDA kernels, shared by the host code that
+// launches them (eager/cuda/launch.cpp) and the kernels (eager/cuda/*.cu).
+// Plain structs passed by value: every kernel takes one of them.
+#include <cstdint>
+
+namespace kiln::cuda_kernels {
+
+// Dims of an elementwise loop after coalescing (eager/loops.h); loops with
+// more are split into launches on the host.
+inline constexpr int kMaxDims = 6;
+
+// An input of an elementwise kernel: a strided tensor, or a scalar (a
+// Python number, a 0-d CPU tensor) when data is null.
+struct Operand {
+  const char* data;
+  int64_t strides[kMaxDims];  // bytes, per dim of the loop
+  double value;               // the scalar, for floating compute types
+  int64_t int_value;          // ... and for integer and bool ones
+};
+
+template <int Inputs>
+struct Elementwise {
+  int64_t n;  // elements
+  int ndim;
+  int64_t sizes[kMaxDims];  // innermost last
+  char* out;
+  int64_t out_strides[kMaxDims];
+  Operand in[Inputs];
+  // Every tensor operand is contiguous with aligned 16-byte groups (loop of
+  // one dim, stride = element size): the kernel loads and stores groups.
+  bool vector;
+};
+
+struct Random {
+  char* out;  // contiguous
+  int64_t n;
+  uint64_t seed, first;  // philox key and first counter block
+  double a, b;           // rand: unused; normal: mean, std; randint: low, range
+};
+
+// A reduction or normalization of each row of a contiguous (rows, cols)
+// input into out (rows of `out_cols` elements: 1 for reductions, cols for
+// softmax and layer_norm).
+struct Rows {
+  const char* in;
+  char* out;
+  int64_t rows, cols;
+  // layer_norm: weight and bias of `cols` elements of the compute type
+  // (null when absent), and eps.
+  const char* weight;
+  const char* bias;
+  double eps;
+};
+
+}  // namespace kiln::cuda_kernels

@@ -1,0 +1,235 @@
+#include "eager/cuda/launch.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "eager/cuda/kernel_args.h"
+#include "eager/loops.h"
+#include "eager/ops.h"
+#include "runtime/cuda_driver.h"
+
+#ifdef KILN_HAVE_CUDA_KERNELS
+#include "eager/cuda/binary_fatbin.h"
+#include "eager/cuda/copy_fatbin.h"
+#include "eager/cuda/rows_fatbin.h"
+#include "eager/cuda/unary_fatbin.h"
+#endif
+
+namespace kiln::cuda_kernels {
+namespace {
+
+#ifdef KILN_HAVE_CUDA_KERNELS
+#define KILN_IMAGE(NAME) \
+  const cuda::KernelImage NAME##_image{#NAME, reinterpret_cast<const unsigned char*>(kiln_##NAME##_fatbin), sizeof kiln_##NAME##_fatbin}
+KILN_IMAGE(unary);
+KILN_IMAGE(binary);
+KILN_IMAGE(copy);
+KILN_IMAGE(rows);
+#undef KILN_IMAGE
+#else
+const cuda::KernelImage unary_image{"unary", nullptr, 0}, binary_image = unary_image, copy_image = unary_image,
+                        rows_image = unary_image;
+#endif
+
+// The dtype's part of a kernel's name (eager/cuda/device.cuh).
+const char* suffix(DType d) {
+  switch (d) {
+    case DType::Bool: return "b8";
+    case DType::UInt8: return "u8";
+    case DType::Int8: return "i8";
+    case DType::Int32: return "i32";
+    case DType::Int64: return "i64";
+    case DType::Float16: return "f16";
+    case DType::BFloat16: return "bf16";
+    case DType::Float32: return "f32";
+    case DType::Float64: return "f64";
+  }
+  return "?";
+}
+
+constexpr int kThreads = 256, kVec = 4;  // as in eager/cuda/device.cuh
+
+template <class Args>
+void launch(const cuda::KernelImage& image, const std::string& kernel, int device, int64_t blocks, Args& args) {
+#ifndef KILN_HAVE_CUDA_KERNELS
+  fail<DeviceError>("{}: this build of kiln has no CUDA kernels (nvcc was not found when it was built)", kernel);
+#endif
+  if (blocks == 0) return;
+  KILN_CHECK(blocks < (int64_t{1} << 31), ShapeError, "{}: too many elements for one launch", kernel);
+  void* params[] = {&args};
+  cuda::launch(device, image, kernel.c_str(),
+               {.grid_x = static_cast<unsigned>(blocks), .block_x = static_cast<unsigned>(kThreads)}, params);
+}
+
+int device_of(const Tensor& t) { return t.device().index; }
+
+// A CPU operand of a CUDA kernel must be one value (a 0-d tensor, maybe
+// expanded); it is passed by value.
+bool is_host_scalar(const Tensor& t) {
+  return t.device().is_cpu() && std::all_of(t.strides().begin(), t.strides().end(), [](int64_t s) { return s == 0; });
+}
+
+Operand scalar_operand(Scalar s) {
+  Operand op{};
+  op.data = nullptr;
+  if (s.category() == DTypeCategory::Floating) {
+    op.value = s.to_double();
+    op.int_value = static_cast<int64_t>(op.value);
+  } else {
+    op.int_value = s.to_int();
+    op.value = static_cast<double>(op.int_value);
+  }
+  return op;
+}
+
+// Launches `kernel` over out = f(inputs...), splitting loops of more than
+// kMaxDims coalesced dims along their outermost dim.
+template <int N>
+void run_elementwise(const cuda::KernelImage& image, const std::string& kernel, const Tensor& out,
+                     const std::array<const Tensor*, N>& inputs) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  std::array<const Tensor*, N + 1> all;
+  all[0] = &out;
+  for (int k = 0; k < N; ++k) {
+    const Tensor& in = *inputs[k];
+    KILN_CHECK(in.shape() == out.shape(), ShapeError, "{}: operand of shape {} for an output of shape {}", kernel,
+               shape_str(in.shape()), shape_str(out.shape()));
+    KILN_CHECK(in.device() == out.device() || is_host_scalar(in), DeviceError,
+               "{}: expected all tensors on {}, got one on {}", kernel, out.device().str(), in.device().str());
+    all[k + 1] = &in;
+  }
+  LoopPlan<N + 1> plan = plan_loop<N + 1>(out.shape(), all, /*on_device=*/true);
+  Elementwise<N> args{};
+  std::array<bool, N> scalar{};
+  for (int k = 0; k < N; ++k) {
+    scalar[k] = is_host_scalar(*inputs[k]);
+    if (scalar[k]) args.in[k] = scalar_operand(inputs[k]->as_strided({}, {}, inputs[k]->offset()).item());
+  }
+  const int nd = static_cast<int>(plan.shape.size());
+  // The loop over dims [first, nd), at the bases given, one launch each.
+  auto run = [&](auto&& self, int first, std::array<char*, N + 1> base) -> void {
+    if (nd - first > kMaxDims) {
+      for (int64_t i = 0; i < plan.shape[first]; ++i) {
+        std::array<char*, N + 1> b = base;
+        for (int k = 0; k <= N; ++k) b[k] += i * plan.strides[k][first];
+        self(self, first + 1, b);
+      }
+      return;
+    }
+    args.ndim = nd - first;
+    args.n = 1;
+    for (int d = first; d < nd; ++d) {
+      args.sizes[d - first] = plan.shape[d];
+      args.n *= plan.shape[d];
+      args.out_strides[d - first] = plan.strides[0][d];
+      for (int k = 0; k < N; ++k) args.in[k].strides[d - first] = plan.strides[k + 1][d];
+    }
+    args.out = base[0];
+    for (int k = 0; k < N; ++k)
+      if (!scalar[k]) args.in[k].data = base[k + 1];
+    auto group_aligned = [](const char* p, size_t item) { return reinterpret_cast<uintptr_t>(p) % (item * kVec) == 0; };
+    args.vector = args.ndim == 1 && args.out_strides[0] == int64_t(out.itemsize()) && group_aligned(args.out, out.itemsize());
+    for (int k = 0; k < N && args.vector; ++k)
+      args.vector = scalar[k] || (args.in[k].strides[0] == int64_t(inputs[k]->itemsize()) &&
+                                  group_aligned(args.in[k].data, inputs[k]->itemsize()));
+    launch(image, kernel, device_of(out), (args.n + kThreads * kVec - 1) / (kThreads * kVec), args);
+  };
+  run(run, 0, plan.base);
+}
+
+}  // namespace
+
+bool built() {
+#ifdef KILN_HAVE_CUDA_KERNELS
+  return true;
+#else
+  return false;
+#endif
+}
+
+void copy(const Tensor& out, const Tensor& in) {
+  run_elementwise<1>(copy_image, fmt::format("kiln_copy_{}_{}", suffix(out.dtype()), suffix(in.dtype())), out, {&in});
+}
+
+void fill(const Tensor& out, Scalar value) {
+  // A scalar operand of the value's own category, converted by the copy kernel.
+  DType from = value.category() == DTypeCategory::Floating ? DType::Float64
+               : value.category() == DTypeCategory::Bool   ? DType::Bool
+                                                            : DType::Int64;
+  Tensor s = scalar_tensor(value, from).expand(out.shape());
+  run_elementwise<1>(copy_image, fmt::format("kiln_copy_{}_{}", suffix(out.dtype()), suffix(from)), out, {&s});
+}
+
+void unary(std::string_view op, const Tensor& out, const Tensor& in) {
+  run_elementwise<1>(unary_image, fmt::format("kiln_unary_{}_{}", op, suffix(in.dtype())), out, {&in});
+}
+
+void binary(std::string_view op, const Tensor& out, const Tensor& a, const Tensor& b) {
+  run_elementwise<2>(binary_image, fmt::format("kiln_binary_{}_{}", op, suffix(a.dtype())), out, {&a, &b});
+}
+
+void where(const Tensor& out, const Tensor& cond, const Tensor& a, const Tensor& b) {
+  run_elementwise<3>(copy_image, fmt::format("kiln_where_{}", suffix(out.dtype())), out, {&cond, &a, &b});
+}
+
+namespace {
+void run_random(const char* op, const Tensor& out, uint64_t seed, uint64_t first, double a, double b) {
+  Random args{static_cast<char*>(out.address()), out.numel(), seed, first, a, b};
+  launch(copy_image, fmt::format("kiln_{}_{}", op, suffix(out.dtype())), device_of(out),
+         (args.n + kThreads * kVec - 1) / (kThreads * kVec), args);
+}
+double bits_as_double(int64_t v) {
+  double d;
+  std::memcpy(&d, &v, sizeof d);
+  return d;
+}
+}  // namespace
+
+void rand(const Tensor& out, uint64_t seed, uint64_t first) { run_random("rand", out, seed, first, 0, 0); }
+void normal(const Tensor& out, uint64_t seed, uint64_t first, double mean, double std) {
+  run_random("normal", out, seed, first, mean, std);
+}
+void randint(const Tensor& out, uint64_t seed, uint64_t first, int64_t low, int64_t high) {
+  // low and the range travel as bits: a double holds integers exactly only up to 2^53.
+  run_random("randint", out, seed, first, bits_as_double(low),
+             bits_as_double(static_cast<int64_t>(static_cast<uint64_t>(high) - static_cast<uint64_t>(low))));
+}
+
+namespace {
+constexpr int64_t kWarpRowCols = 1024, kWarps = kThreads / 32;  // as in eager/cuda/rows.cu
+
+void run_rows(const std::string& kernel, const Tensor& out, const Tensor& in, int64_t rows, int64_t cols,
+              Rows args = {}) {
+  if (rows == 0) return;
+  KILN_CHECK(in.is_contiguous() && out.is_contiguous() && in.device() == out.device(), Error,
+             "{}: expects contiguous inputs and outputs on one device", kernel);
+  args.in = static_cast<const char*>(in.address());
+  args.out = static_cast<char*>(out.address());
+  args.rows = rows;
+  args.cols = cols;
+  launch(rows_image, kernel, device_of(out), cols <= kWarpRowCols ? (rows + kWarps - 1) / kWarps : rows, args);
+}
+}  // namespace
+
+void reduce_rows(std::string_view op, const Tensor& out, const Tensor& in, int64_t rows, int64_t cols) {
+  // The kernels' spelling of the ops (eager/cuda/rows.cu).
+  const char* name = op == "sum" ? "Sum" : op == "prod" ? "Prod" : op == "max" ? "Max" : op == "min" ? "Min" : nullptr;
+  KILN_CHECK(name, Error, "reduce_rows: no CUDA kernel for '{}'", op);
+  run_rows(fmt::format("kiln_rows_{}_{}", name, suffix(in.dtype())), out, in, rows, cols);
+}
+
+void softmax_rows(bool log, const Tensor& out, const Tensor& in, int64_t rows, int64_t cols) {
+  run_rows(fmt::format("kiln_{}_{}", log ? "log_softmax" : "softmax", suffix(in.dtype())), out, in, rows, cols);
+}
+
+void layer_norm_rows(const Tensor& out, const Tensor& in, const Tensor& weight, const Tensor& bias, double eps,
+                     int64_t rows, int64_t cols) {
+  Rows args{};
+  args.weight = weight.defined() ? static_cast<const char*>(weight.address()) : nullptr;
+  args.bias = bias.defined() ? static_cast<const char*>(bias.address()) : nullptr;
+  args.eps = eps;
+  run_rows(fmt::format("kiln_layer_norm_{}", suffix(in.dtype())), out, in, rows, cols, args);
+}
+
+}  // namespace kiln::cuda_kernels
