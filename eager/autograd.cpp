@@ -154,7 +154,7 @@ void rebase_view_write(const Tensor& view, const std::shared_ptr<Node>& write) {
   Shape root_shape = root.shape();
   DType root_dtype = root.dtype();
   view_of_root->backward = [region, root_shape, root_dtype](const Tensor& g, const Needs&) -> Grads {
-    Tensor full = zeros(root_shape, root_dtype);
+    Tensor full = zeros(root_shape, root_dtype, g.device());
     region.of(full).copy_(g);
     return {full};
   };

@@ -224,6 +224,7 @@ Tensor randint(int64_t low, int64_t high, Shape shape, DType dtype, Device devic
   const int64_t n = out.numel();
   const auto [seed, first] = generator().reserve(n);
   if (!device.is_cpu()) {
+    dispatch_numeric(dtype, "randint", []<class T>() {});  // the CPU's dtype error
     cuda_kernels::randint(out, seed, first, low, high);
     return out;
   }

@@ -13,6 +13,7 @@
 #include <numeric>
 
 #include "eager/autograd.h"
+#include "eager/cuda/launch.h"
 #include "eager/loops.h"
 #include "eager/ops.h"
 
@@ -65,6 +66,7 @@ struct IndexRule {
 template <class E>
 struct Take {
   using elem = E;
+  static constexpr const char* kind = "take";  // the CUDA kernel's (eager/cuda/index.cu)
   static void apply(char* plain, const char* based) { std::memcpy(plain, based, sizeof(E)); }
   static void apply_n(char* plain, const char* based, int64_t n) {
     std::memcpy(plain, based, n * sizeof(E));
@@ -73,6 +75,7 @@ struct Take {
 template <class E>
 struct Put {
   using elem = E;
+  static constexpr const char* kind = "put";
   static void apply(const char* plain, char* based) { std::memcpy(based, plain, sizeof(E)); }
   static void apply_n(const char* plain, char* based, int64_t n) {
     std::memcpy(based, plain, n * sizeof(E));
@@ -81,6 +84,7 @@ struct Put {
 template <class T>
 struct AddTo {
   using elem = T;
+  static constexpr const char* kind = "add";
   static void apply(const char* plain, char* based) {
     T& d = *reinterpret_cast<T*>(based);
     const T s = *reinterpret_cast<const T*>(plain);
@@ -98,6 +102,10 @@ struct AddTo {
 template <class Op, class I>
 void run_indexed(const Tensor& plain, const Tensor& base, const Tensor& index, const IndexRule& rule,
                  bool parallel) {
+  if (!base.device().is_cpu()) {  // one kernel; repeated writes race there (accumulation is atomic)
+    cuda_kernels::indexed(Op::kind, plain, base, index, {rule.stride, rule.size, rule.wrap, rule.dim, rule.op});
+    return;
+  }
   constexpr int64_t w = sizeof(typename Op::elem);
   auto plan = plan_loop<3>(plain.shape(), {&plain, &base, &index});
   auto inner = [&rule](const std::array<char*, 3>& p, const std::array<int64_t, 3>& s, int64_t n) {
@@ -474,7 +482,7 @@ Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index) {
           Shape ishape(shape.size(), 1);
           ishape[dim] = gshape[dim];
           Tensor idx = expand(reshape(sidx.get(), ishape), gshape);
-          Tensor gx = scatter_add(zeros(shape, g.dtype()), dim, idx, reshape(g, gshape));
+          Tensor gx = scatter_add(zeros(shape, g.dtype(), g.device()), dim, idx, reshape(g, gshape));
           return {reshape(gx, in_shape), Tensor()};
         });
       });
@@ -499,7 +507,7 @@ Tensor gather(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
       [&](const Tensor&) {
         return BackwardFn([shape = x_in.shape(), dim, sidx = SavedTensor(index_in)](const Tensor& g,
                                                                                     const Needs&) -> Grads {
-          return {scatter_add(zeros(shape, g.dtype()), dim, sidx.get(), g), Tensor()};
+          return {scatter_add(zeros(shape, g.dtype(), g.device()), dim, sidx.get(), g), Tensor()};
         });
       });
 }
@@ -527,7 +535,7 @@ Tensor scatter_add(const Tensor& x_in, int64_t dim, const Tensor& index_in, cons
         const int64_t per_row = rows == 0 ? 0 : index.numel() / rows;
         dispatch_index(index.dtype(), "scatter_add", [&]<class I>() {
           dispatch_all(out.dtype(), "scatter_add", [&]<class T>() {
-            if (axis < 0) return run_indexed<AddTo<T>, I>(plain, base, index, rule, false);
+            if (axis < 0 || !out.device().is_cpu()) return run_indexed<AddTo<T>, I>(plain, base, index, rule, false);
             parallel_for(0, rows, std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(per_row, 1)),
                          [&](int64_t b, int64_t e) {
                            run_indexed<AddTo<T>, I>(plain.narrow(axis, b, e - b), base.narrow(axis, b, e - b),
@@ -546,7 +554,7 @@ Tensor scatter_add(const Tensor& x_in, int64_t dim, const Tensor& index_in, cons
           if (need[2]) {
             gsrc = gather(g, dim, sidx.get());
             if (gsrc.shape() != src_shape) {
-              Tensor full = zeros(src_shape, g.dtype());
+              Tensor full = zeros(src_shape, g.dtype(), g.device());
               Tensor corner = full;
               for (int64_t d = 0; d < gsrc.dim(); ++d) corner = narrow(corner, d, 0, gsrc.shape()[d]);
               copy_into(corner, gsrc);
@@ -562,6 +570,10 @@ namespace {
 // dst = mask ? v : src over dst's shape (src may be dst itself).
 void masked_store(const Tensor& dst, const Tensor& src, const Tensor& mask, Scalar value,
                   const char* op) {
+  if (!dst.device().is_cpu()) {
+    cuda_kernels::where(dst, mask, scalar_tensor(value, dst.dtype()).expand(dst.shape()), src);
+    return;
+  }
   auto plan = plan_loop<3>(dst.shape(), {&dst, &src, &mask});
   dispatch_all(dst.dtype(), op, [&]<class T>() {
     const T v = value.to<T>();
@@ -627,6 +639,7 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, Scalar value) {
 }
 
 Tensor one_hot(const Tensor& index, int64_t num_classes) {
+  CurrentOpScope running("one_hot");
   one_hot_meta(type_of(index), num_classes);
   if (auto traced = trace_if_active("one_hot", {index}, KILN_ATTRS(num_classes))) return (*traced)[0];
   Tensor idx = index.to(DType::Int64).contiguous();
@@ -652,6 +665,7 @@ Tensor one_hot(const Tensor& index, int64_t num_classes) {
 }
 
 Tensor nonzero(const Tensor& x_in) {
+  CurrentOpScope running("nonzero");
   if (auto traced = trace_if_active("nonzero", {x_in}, KILN_NO_ATTRS)) return (*traced)[0];
   const Tensor x = x_in.contiguous();
   const int64_t n = x.numel(), nd = x.dim();
@@ -738,7 +752,7 @@ Tensor index(const Tensor& x, const std::vector<Tensor>& indices) {
       },
       [&](const Tensor&) {
         return BackwardFn([shape = x.shape(), sidx = save_all(indices)](const Tensor& g, const Needs&) -> Grads {
-          Tensor gx = zeros(shape, g.dtype());
+          Tensor gx = zeros(shape, g.dtype(), g.device());
           index_accumulate(gx, get_all(sidx), g);
           Grads grads(sidx.size() + 1);
           grads[0] = gx;

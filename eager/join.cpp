@@ -91,7 +91,7 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
           int64_t at = 0;
           for (size_t i = 0; i < sizes.size(); ++i) {
             if (sizes[i] < 0) {
-              if (need[i]) grads[i] = zeros({0}, g.dtype());
+              if (need[i]) grads[i] = zeros({0}, g.dtype(), g.device());
               continue;
             }
             if (need[i]) grads[i] = narrow(g, d, at, sizes[i]);
@@ -200,7 +200,7 @@ std::vector<Tensor> split_into(const Tensor& x, int64_t dim, const std::vector<i
     at += length;
     if (should_record({x}))
       record(op, out[i], {x}, [shape = x.shape(), dim, start, length](const Tensor& g, const Needs&) -> Grads {
-        Tensor z = zeros(shape, g.dtype());
+        Tensor z = zeros(shape, g.dtype(), g.device());
         copy_into(narrow(z, dim, start, length), g);
         return {z};
       });

@@ -48,14 +48,14 @@ void check_grad(const Tensor& param, const Tensor& grad, const char* op) {
 
 // New state is concrete even inside a trace (then it is captured state the
 // graph reads and writes back, not a value computed on every call).
-Tensor concrete_zeros(const Shape& shape, DType dtype) {
+Tensor concrete_zeros(const Shape& shape, DType dtype, Device device = kCPU) {
   TraceScope pause(nullptr);
-  return zeros(shape, dtype);
+  return zeros(shape, dtype, device);
 }
 
 Tensor& state_tensor(ParamState& state, const char* name, const Tensor& like) {
   Tensor& t = state[name];
-  if (!t.defined()) t = concrete_zeros(like.shape(), like.dtype());
+  if (!t.defined()) t = concrete_zeros(like.shape(), like.dtype(), like.device());
   return t;
 }
 
@@ -276,7 +276,7 @@ void sgd_update(const Tensor& param, const Tensor& grad, ParamState& state, cons
   if (active_trace() && (o.momentum == 0 || o.dampening == 0) &&
       use_fused(o.fused, "SGD", param, {&grad, buf && !first ? buf : &grad})) {
     // A new buffer is zeros: momentum * 0 + d is d, eager's first step.
-    if (first) *buf = concrete_zeros(param.shape(), param.dtype());
+    if (first) *buf = concrete_zeros(param.shape(), param.dtype(), param.device());
     std::vector<Tensor> out = sgd_fused_op(param, grad, buf ? *buf : Tensor(), o);
     trace_assign(p, out[0], "SGD");
     if (buf) trace_assign(*buf, out[1], "SGD");
@@ -295,7 +295,7 @@ void sgd_update(const Tensor& param, const Tensor& grad, ParamState& state, cons
   if (o.momentum != 0 && first && active_trace()) {
     // Traced, the first step's buffer is zeros: momentum * 0 + d is d, as
     // eager's first step; with dampening, a flag picks d on the first call.
-    *buf = concrete_zeros(param.shape(), param.dtype());
+    *buf = concrete_zeros(param.shape(), param.dtype(), param.device());
     if (o.dampening != 0) {
       Tensor& started = state["momentum_started"];
       started = concrete_zeros({}, DType::Bool);

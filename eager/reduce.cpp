@@ -509,13 +509,18 @@ Tensor reduce_on_device(const Tensor& x, const std::vector<bool>& mask, bool kee
       if (mask[d] == (pass == 1)) order.push_back(d);
   const int64_t count = reduced_count(x.shape(), mask);
   Tensor in = op == "any" || op == "all" ? ne(x, 0) : x;
+  // A 16-bit mean divides the float32 sum (its 16-bit rounding could overflow).
+  const bool half_mean = op == "mean" && (x.dtype() == DType::Float16 || x.dtype() == DType::BFloat16);
+  if (half_mean) in = to_dtype(in, DType::Float32);
   in = contiguous(permute(in, order));
   const bool sums = op == "sum" || op == "mean" || op == "prod";
   Tensor out = Tensor::empty(reduced_shape(x.shape(), mask, keepdim),
                              sums && !is_floating(x.dtype()) ? DType::Int64 : in.dtype(), x.device());
   const char* kernel = op == "prod" ? "prod" : sums ? "sum" : op == "amax" || op == "any" ? "max" : "min";
   cuda_kernels::reduce_rows(kernel, out, in, out.numel(), count);
-  return op == "mean" ? div(out, static_cast<double>(count)) : out;
+  if (op != "mean") return out;
+  out = div(out, static_cast<double>(count));
+  return half_mean ? to_dtype(out, x.dtype()) : out;
 }
 
 // The shared driver: validates dims, handles empty reductions, plans, runs.
@@ -647,7 +652,6 @@ TensorType logsumexp_meta(const TensorType& x, const DimList& dims, bool keepdim
 // 0-d result, or all ones with keepdim). The result shape, and the reduced
 // length R (kDynamic when unknown), which must not be 0.
 std::pair<Shape, int64_t> arg_type(const TensorType& x, std::optional<int64_t> dim, bool keepdim, const char* name) {
-  KILN_CHECK(x.device.is_cpu(), DeviceError, "{}: expected a cpu tensor, got {}", name, x.device.str());
   const int64_t ndim = static_cast<int64_t>(x.shape.size());
   Shape out = keepdim ? Shape(ndim, 1) : Shape{};
   int64_t R = static_numel(x.shape);
@@ -749,6 +753,12 @@ Tensor var_impl(const Tensor& x, const DimList& dims, int64_t correction, bool k
                 const char* name) {
   KILN_CHECK(is_floating(x.dtype()), DTypeError,
              "{}(): only supports floating point dtypes, got {}", name, dtype_name(x.dtype()));
+  if (!x.device().is_cpu() && x.numel() > 0) {  // composed of GPU ops: two passes, as on the cpu
+    const int64_t count = reduced_count(x.shape(), reduced_mask(dims, x.dim(), name));
+    Tensor d = sub(x, mean(x, dims, /*keepdim=*/true));
+    Tensor v = div(sum(mul(d, d), dims, keepdim), static_cast<double>(std::max<int64_t>(count - correction, 0)));
+    return root ? sqrt(v) : v;
+  }
   return centered(x, dims, keepdim, name, NAN,
                   [&]<class T>(const Slab& s, const T* px, T* out, int64_t count) {
     using Op = SumOp<T>;
@@ -772,6 +782,12 @@ Tensor var_impl(const Tensor& x, const DimList& dims, int64_t correction, bool k
 }
 
 Tensor logsumexp_impl(const Tensor& x, const DimList& dims, bool keepdim) {
+  if (!x.device().is_cpu() && x.numel() > 0) {  // composed of GPU ops, shifted as below
+    Tensor m = amax(x, dims, /*keepdim=*/true);
+    m = where(eq(abs(m), INFINITY), 0.0, m);
+    Tensor out = add(log(sum(exp(sub(x, m)), dims, /*keepdim=*/true)), m);
+    return keepdim ? out : reshape(out, reduced_shape(x.shape(), reduced_mask(dims, x.dim(), "logsumexp"), false));
+  }
   return centered(x, dims, keepdim, "logsumexp", -INFINITY,
                   [&]<class T>(const Slab& s, const T* px, T* out, int64_t) {
     using Op = SumOp<T>;
@@ -879,7 +895,7 @@ BackwardFn indexed_back(const Tensor& x, int64_t dim, bool keepdim, const Tensor
       idx = unsqueeze(idx, dim);
       src = unsqueeze(src, dim);
     }
-    return {scatter_add(zeros(shape, g.dtype()), dim, idx, src)};
+    return {scatter_add(zeros(shape, g.dtype(), g.device()), dim, idx, src)};
   };
 }
 
@@ -1028,6 +1044,15 @@ void arg_reduce(const T* x, T* values, int64_t* indices, int64_t A, int64_t R, i
   });
 }
 
+// x with dim d moved last, the others in order.
+Tensor movedim_last(const Tensor& x, int64_t d) {
+  DimList order;
+  for (int64_t i = 0; i < x.dim(); ++i)
+    if (i != d) order.push_back(i);
+  order.push_back(d);
+  return permute(x, order);
+}
+
 // dim nullopt: over the flattened input (a 0-d result, or all-ones with
 // keepdim). Returns (values or undefined, indices).
 template <bool kMax>
@@ -1043,9 +1068,14 @@ std::pair<Tensor, Tensor> arg_extreme(const Tensor& x, std::optional<int64_t> di
   } else if (dim) {
     R = 1;
   }
-  Tensor indices = Tensor::empty(out_shape, DType::Int64);
-  Tensor values = want_values ? Tensor::empty(out_shape, x.dtype()) : Tensor();
+  Tensor indices = Tensor::empty(out_shape, DType::Int64, x.device());
+  Tensor values = want_values ? Tensor::empty(out_shape, x.dtype(), x.device()) : Tensor();
   if (indices.numel() == 0) return {values, indices};
+  if (!x.device().is_cpu()) {  // the reduced dim moved last: one row each
+    Tensor in = dim && x.dim() > 0 ? contiguous(movedim_last(x, wrap_dim(*dim, x.dim(), name))) : contiguous(x);
+    cuda_kernels::arg_rows(kMax, values, indices, in, A * B, R);
+    return {values, indices};
+  }
   Tensor in = contiguous(x);
   dispatch_all(x.dtype(), name, [&]<class T>() {
     arg_reduce<T, kMax>(in.data<T>(), want_values ? values.data<T>() : nullptr, indices.data<int64_t>(),

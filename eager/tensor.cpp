@@ -2,6 +2,7 @@
 
 #include "eager/autograd.h"
 #include "eager/ops.h"
+#include "runtime/cuda_driver.h"
 
 namespace kiln {
 
@@ -148,6 +149,21 @@ Tensor& Tensor::copy_(const Tensor& src) {
 }
 Tensor Tensor::to(DType dtype) const { return to_dtype(*this, dtype); }
 Tensor Tensor::to(Device device) const { return to_device(*this, device); }
+
+bool Tensor::is_pinned() const { return device().is_cpu() && cuda::available() && storage()->allocator() == &cuda::pinned_allocator(); }
+
+Tensor Tensor::pin_memory() const {
+  KILN_CHECK(device().is_cpu(), DeviceError, "pin_memory: only cpu tensors can be pinned, got one on {}", device().str());
+  if (is_pinned()) return *this;
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = Storage::allocate(static_cast<size_t>(numel()) * itemsize(), cuda::pinned_allocator());
+  impl->shape = shape();
+  impl->strides = contiguous_strides(shape());
+  impl->dtype = dtype();
+  Tensor out(std::move(impl));
+  copy_into(out, *this);
+  return out;
+}
 Tensor Tensor::contiguous() const { return kiln::contiguous(*this); }
 Tensor Tensor::clone() const { return kiln::clone(*this); }
 

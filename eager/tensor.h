@@ -132,6 +132,10 @@ class Tensor {
   Tensor to(Device device) const;
   Tensor cuda(int index = 0) const { return to(Device{DeviceType::CUDA, index}); }
   Tensor cpu() const { return to(kCPU); }
+  // A copy in page-locked host memory (itself when it is already there),
+  // which moves to and from GPUs faster; needs a CUDA driver.
+  Tensor pin_memory() const;
+  bool is_pinned() const;
   Tensor contiguous() const;
   Tensor clone() const;
 

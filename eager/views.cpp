@@ -314,7 +314,7 @@ namespace {
 template <class Part>
 BackwardFn pick_back(const Tensor& x, Part part) {
   return [shape = x.shape(), part](const Tensor& g, const Needs&) -> Grads {
-    Tensor z = zeros(shape, g.dtype());
+    Tensor z = zeros(shape, g.dtype(), g.device());
     copy_into(part(z), g);
     return {z};
   };

@@ -1,6 +1,9 @@
 #include "runtime/allocator.h"
 
 #include <cstdlib>
+#include <functional>
+#include <memory>
+#include <string>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -19,9 +22,12 @@ size_t size_class(size_t n) {
   return (n + step - 1) & ~(step - 1);
 }
 
-class CpuCachingAllocator final : public Allocator {
+class HostCachingAllocator final : public Allocator {
  public:
-  ~CpuCachingAllocator() override { empty_cache(); }
+  HostCachingAllocator(std::function<void*(size_t)> raw_allocate, std::function<void(void*)> raw_release,
+                       std::string what)
+      : raw_allocate_(std::move(raw_allocate)), raw_release_(std::move(raw_release)), what_(std::move(what)) {}
+  ~HostCachingAllocator() override { empty_cache(); }
 
   void* allocate(size_t nbytes) override {
     size_t cls = size_class(std::max<size_t>(nbytes, 1));
@@ -38,12 +44,12 @@ class CpuCachingAllocator final : public Allocator {
         return p;
       }
     }
-    void* p = std::aligned_alloc(kCpuAlignment, cls);
+    void* p = raw_allocate_(cls);
     if (!p) {
       empty_cache();
-      p = std::aligned_alloc(kCpuAlignment, cls);
+      p = raw_allocate_(cls);
     }
-    if (!p) fail<Error>("out of memory: could not allocate {} bytes on cpu", nbytes);
+    if (!p) fail<Error>("out of memory: could not allocate {} bytes of {}", nbytes, what_);
     std::lock_guard lock(mutex_);
     note_alloc(cls);
     return p;
@@ -55,7 +61,7 @@ class CpuCachingAllocator final : public Allocator {
     std::lock_guard lock(mutex_);
     stats_.allocated_bytes -= cls;
     if (stats_.cached_bytes + cls > kMaxCachedBytes) {
-      std::free(ptr);
+      raw_release_(ptr);
       return;
     }
     free_[cls].push_back(ptr);
@@ -72,7 +78,7 @@ class CpuCachingAllocator final : public Allocator {
   void empty_cache() override {
     std::lock_guard lock(mutex_);
     for (auto& [cls, blocks] : free_)
-      for (void* p : blocks) std::free(p);
+      for (void* p : blocks) raw_release_(p);
     free_.clear();
     stats_.cached_bytes = 0;
   }
@@ -85,6 +91,9 @@ class CpuCachingAllocator final : public Allocator {
     stats_.peak_allocated_bytes = std::max(stats_.peak_allocated_bytes, stats_.allocated_bytes);
   }
 
+  std::function<void*(size_t)> raw_allocate_;
+  std::function<void(void*)> raw_release_;
+  std::string what_;
   mutable std::mutex mutex_;
   std::unordered_map<size_t, std::vector<void*>> free_;
   AllocatorStats stats_;
@@ -92,9 +101,16 @@ class CpuCachingAllocator final : public Allocator {
 
 }  // namespace
 
+std::unique_ptr<Allocator> make_host_caching_allocator(std::function<void*(size_t)> allocate,
+                                                       std::function<void(void*)> release, std::string what) {
+  return std::make_unique<HostCachingAllocator>(std::move(allocate), std::move(release), std::move(what));
+}
+
 Allocator& cpu_allocator() {
   // Leaked on purpose: tensors held by static objects may be freed after main.
-  static auto* allocator = new CpuCachingAllocator();
+  static Allocator* allocator =
+      make_host_caching_allocator([](size_t n) { return std::aligned_alloc(kCpuAlignment, n); }, std::free, "cpu memory")
+          .release();
   return *allocator;
 }
 

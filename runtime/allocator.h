@@ -1,6 +1,9 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
 
 #include "runtime/device.h"
 
@@ -32,5 +35,11 @@ inline constexpr size_t kCpuAlignment = 64;
 // reused, so large temporaries do not pay page faults on every op (glibc
 // returns blocks of 32 MiB and more to the OS on free).
 Allocator& cpu_allocator();
+
+// Host memory from `allocate` (nullptr when out of memory) and `release`,
+// cached in size classes as cpu_allocator()'s is; `what` names it in errors.
+// For page-locked memory (runtime/cuda_driver.h).
+std::unique_ptr<Allocator> make_host_caching_allocator(std::function<void*(size_t)> allocate,
+                                                       std::function<void(void*)> release, std::string what);
 
 }  // namespace kiln

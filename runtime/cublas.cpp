@@ -1,13 +1,12 @@
 #include "runtime/cublas.h"
 
-#include <dlfcn.h>
-
 #include <atomic>
 #include <limits>
 #include <mutex>
 #include <unordered_map>
 
 #include "runtime/cuda_driver.h"
+#include "runtime/dynamic_library.h"
 #include "runtime/error.h"
 
 #if __has_include(<cublas_api.h>)
@@ -43,25 +42,20 @@ struct Library {
 const Library& library() {
   static const Library lib = [] {
     Library lib;
-    void* handle = nullptr;
-    for (const char* name : {"libcublas.so.13", "libcublas.so", "/usr/local/cuda/lib64/libcublas.so.13"})
-      if ((handle = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
+    std::string why, missing;
+    void* handle = open_library({"libcublas.so.13", "libcublas.so", "/usr/local/cuda/lib64/libcublas.so.13"}, why);
     if (!handle) {
-      const char* why = dlerror();
       lib.unavailable = fmt::format("cuBLAS (libcublas.so.13) could not be loaded ({}); install the CUDA 13 "
                                     "toolkit's cuBLAS or put /usr/local/cuda/lib64 on LD_LIBRARY_PATH",
-                                    why ? why : "not found");
+                                    why);
       return lib;
     }
-    auto get = [&](auto& fn, const char* name) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(handle, name));
-      if (!fn) lib.unavailable += fmt::format("{}{}", lib.unavailable.empty() ? "libcublas lacks " : ", ", name);
-    };
-    get(lib.create, "cublasCreate_v2");
-    get(lib.set_stream, "cublasSetStream_v2");
-    get(lib.set_math_mode, "cublasSetMathMode");
-    get(lib.status_string, "cublasGetStatusString");
-    get(lib.gemm_strided_batched, "cublasGemmStridedBatchedEx");
+    resolve_symbol(handle, "cublasCreate_v2", lib.create, missing);
+    resolve_symbol(handle, "cublasSetStream_v2", lib.set_stream, missing);
+    resolve_symbol(handle, "cublasSetMathMode", lib.set_math_mode, missing);
+    resolve_symbol(handle, "cublasGetStatusString", lib.status_string, missing);
+    resolve_symbol(handle, "cublasGemmStridedBatchedEx", lib.gemm_strided_batched, missing);
+    if (!missing.empty()) lib.unavailable = fmt::format("libcublas lacks {}: kiln needs cuBLAS 12 or newer", missing);
     return lib;
   }();
   return lib;
@@ -120,6 +114,9 @@ void gemm(int device, DType dtype, int64_t m, int64_t n, int64_t k, const Matrix
   const void* alpha = dtype == DType::Float64 ? static_cast<const void*>(&alpha64) : &alpha32;
   const void* beta = dtype == DType::Float64 ? static_cast<const void*>(&beta64) : &beta32;
   cuda::make_current(device);
+  // A handle serves one thread at a time (setting its stream, then the call).
+  static std::mutex calls;
+  std::lock_guard lock(calls);
   cublasHandle_t h = handle(device);
   check(library().set_stream(h, reinterpret_cast<cudaStream_t>(cuda::current_stream(device))), "cublasSetStream");
   auto op = [](const Matrix& x) { return x.transposed ? CUBLAS_OP_T : CUBLAS_OP_N; };

@@ -1,10 +1,10 @@
 #include "runtime/cuda_driver.h"
 
-#include <dlfcn.h>
-
+#include <atomic>
 #include <mutex>
 #include <unordered_map>
 
+#include "runtime/dynamic_library.h"
 #include "runtime/error.h"
 
 #if __has_include(<cuda.h>)
@@ -25,7 +25,7 @@ namespace {
   X(cuMemGetInfo_v2) X(cuMemsetD8Async) X(cuMemcpyHtoDAsync_v2) X(cuMemcpyDtoHAsync_v2)                \
   X(cuMemcpyDtoDAsync_v2) X(cuStreamCreate) X(cuStreamDestroy_v2) X(cuStreamSynchronize)              \
   X(cuEventCreate) X(cuEventDestroy_v2) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime_v2) \
-  X(cuModuleLoadData) X(cuModuleGetFunction) X(cuLaunchKernel)
+  X(cuModuleLoadData) X(cuModuleGetFunction) X(cuLaunchKernel) X(cuMemHostAlloc) X(cuMemFreeHost)
 
 struct Driver {
 #define KILN_DECLARE(name) decltype(&::name) name = nullptr;
@@ -36,25 +36,19 @@ struct Driver {
   int devices = 0;
 };
 
-template <class Fn>
-void resolve(void* library, const char* name, Fn& fn, std::string& missing) {
-  fn = reinterpret_cast<Fn>(dlsym(library, name));
-  if (!fn) missing += missing.empty() ? name : std::string(", ") + name;
-}
-
 const Driver& driver() {
   static const Driver d = [] {
     Driver d;
-    void* library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    std::string why;
+    void* library = open_library({"libcuda.so.1"}, why);
     if (!library) {
-      const char* why = dlerror();
       d.unavailable = fmt::format("the NVIDIA driver library libcuda.so.1 could not be loaded ({}); "
                                   "install the NVIDIA driver on a machine with an NVIDIA GPU",
-                                  why ? why : "not found");
+                                  why);
       return d;
     }
     std::string missing;
-#define KILN_RESOLVE(name) resolve(library, #name, d.name, missing);
+#define KILN_RESOLVE(name) resolve_symbol(library, #name, d.name, missing);
     KILN_CUDA_DRIVER_CALLS(KILN_RESOLVE)
 #undef KILN_RESOLVE
     if (!missing.empty()) {
@@ -108,8 +102,17 @@ void check(int result, std::string_view call) {
   const char* text = nullptr;
   if (d.cuGetErrorName && d.cuGetErrorName(static_cast<CUresult>(result), &name) != CUDA_SUCCESS) name = nullptr;
   if (d.cuGetErrorString && d.cuGetErrorString(static_cast<CUresult>(result), &text) != CUDA_SUCCESS) text = nullptr;
+  // Errors of kernels that ran earlier reach the host at the next call that
+  // waits; the context is lost then, as with any CUDA program.
+  const bool kernel_failed = result == CUDA_ERROR_LAUNCH_FAILED || result == CUDA_ERROR_ILLEGAL_ADDRESS ||
+                             result == CUDA_ERROR_ASSERT || result == CUDA_ERROR_ILLEGAL_INSTRUCTION ||
+                             result == CUDA_ERROR_MISALIGNED_ADDRESS || result == CUDA_ERROR_HARDWARE_STACK_ERROR;
+  const char* hint = kernel_failed ? "; a kernel queued earlier failed (kiln's kernels print what went wrong, such "
+                                     "as an index out of range, on stdout); the GPU context is unusable now: restart "
+                                     "the process"
+                                   : "";
   if (name)
-    fail<DeviceError>("CUDA: {} failed: {} ({})", call, name, text ? text : "no description");
+    fail<DeviceError>("CUDA: {} failed: {} ({}){}", call, name, text ? text : "no description", hint);
 #endif
   fail<DeviceError>("CUDA: {} failed with CUresult {}", call, result);
 }
@@ -191,10 +194,16 @@ class CudaMemory final : public DeviceMemory {
 
 // The device's BlockAllocator, serving each request from the blocks of the
 // current stream.
+std::atomic<bool> poison_allocations{false};
+
 class CudaAllocator final : public Allocator {
  public:
   explicit CudaAllocator(int index) : index_(index), blocks_(device_memory(index)) {}
-  void* allocate(size_t nbytes) override { return blocks_.allocate(nbytes, current_stream(index_)); }
+  void* allocate(size_t nbytes) override {
+    void* p = blocks_.allocate(nbytes, current_stream(index_));
+    if (poison_allocations && nbytes) cuda::memset(p, 0xFF, nbytes, index_);
+    return p;
+  }
   void deallocate(void* ptr, size_t nbytes) override { blocks_.deallocate(ptr, nbytes); }
   Device device() const override { return blocks_.device(); }
   AllocatorStats stats() const override { return blocks_.stats(); }
@@ -219,7 +228,25 @@ CudaAllocator& cuda_allocator(int index) {
 }
 
 thread_local std::unordered_map<int, StreamId> current_streams;
+
 }  // namespace
+
+// Page-locked host memory, portable to every device's context; cached like
+// the CPU's (pinning is slow). Never destroyed, like the device allocators.
+Allocator& pinned_allocator() {
+  const Driver& d = usable("pin_memory");
+  static Allocator* allocator = make_host_caching_allocator(
+      [&d](size_t n) -> void* {
+        enter(0, "pin_memory");
+        void* p = nullptr;
+        CUresult r = d.cuMemHostAlloc(&p, n, CU_MEMHOSTALLOC_PORTABLE);
+        if (r == CUDA_ERROR_OUT_OF_MEMORY) return nullptr;
+        check(r, "cuMemHostAlloc");
+        return p;
+      },
+      [&d](void* p) { d.cuMemFreeHost(p); }, "pinned host memory").release();
+  return *allocator;
+}
 
 void synchronize(int index) {
   const Driver& d = enter(index, "synchronize");
@@ -280,6 +307,7 @@ float Event::elapsed_ms(const Event& end) const {
 
 std::unique_ptr<DeviceMemory> device_memory(int index) { return std::make_unique<CudaMemory>(index); }
 Allocator& allocator(int index) { return cuda_allocator(index); }
+void set_poison_allocations(bool poison) { poison_allocations = poison; }
 BlockAllocatorStats memory_stats(int index) { return cuda_allocator(index).block_stats(); }
 
 MemoryInfo memory_info(int index) {
@@ -393,6 +421,8 @@ std::unique_ptr<DeviceMemory> device_memory(int) { no_cuda("device memory"); }
 Allocator& allocator(int) { no_cuda("allocate"); }
 BlockAllocatorStats memory_stats(int) { no_cuda("memory_stats"); }
 MemoryInfo memory_info(int) { no_cuda("memory_info"); }
+void set_poison_allocations(bool) {}
+Allocator& pinned_allocator() { no_cuda("pin_memory"); }
 void memset(void*, unsigned char, size_t, int) { no_cuda("memset"); }
 void copy_from_host(void*, const void*, size_t, int) { no_cuda("copy to the GPU"); }
 void copy_to_host(void*, const void*, size_t, int) { no_cuda("copy to the host"); }

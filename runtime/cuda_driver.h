@@ -112,6 +112,14 @@ struct MemoryInfo {
   size_t free_bytes = 0, total_bytes = 0;
 };
 MemoryInfo memory_info(int index);  // as the driver sees the device
+// Tests: fill every new allocation with 0xFF bytes (NaN for floats, -1 for
+// integers), so that elements a kernel failed to write show.
+void set_poison_allocations(bool poison);
+
+// Page-locked host memory (device kCPU) for tensors that move to and from
+// GPUs often (Tensor::pin_memory): the driver copies it directly instead of
+// staging it through a pinned buffer of its own.
+Allocator& pinned_allocator();
 
 // Copies queued on the current stream. copy_to_host waits for it (and so
 // for the work before it); from_host returns once `host` may be reused.

@@ -10,10 +10,11 @@ Allocator& allocator_for(Device device) {
   return cuda::allocator(device.index);
 }
 
-std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
-  Allocator& allocator = allocator_for(device);
+std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) { return allocate(nbytes, allocator_for(device)); }
+
+std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Allocator& allocator) {
   void* data = allocator.allocate(nbytes);
-  return std::shared_ptr<Storage>(new Storage(data, nbytes, device, &allocator, nullptr));
+  return std::shared_ptr<Storage>(new Storage(data, nbytes, allocator.device(), &allocator, nullptr));
 }
 
 std::shared_ptr<Storage> Storage::borrow(void* data, size_t nbytes, Device device,

@@ -15,6 +15,7 @@ namespace kiln {
 class Storage {
  public:
   static std::shared_ptr<Storage> allocate(size_t nbytes, Device device);
+  static std::shared_ptr<Storage> allocate(size_t nbytes, Allocator& allocator);
   static std::shared_ptr<Storage> borrow(void* data, size_t nbytes, Device device,
                                          std::function<void()> release);
   ~Storage();
@@ -24,6 +25,7 @@ class Storage {
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
+  const Allocator* allocator() const { return allocator_; }  // null for borrowed memory
 
   // Bumped by every in-place write to any view of this storage; autograd
   // uses it to detect tensors modified after being saved.

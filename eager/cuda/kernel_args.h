@@ -32,6 +32,19 @@ struct Elementwise {
   bool vector;
 };
 
+// An indexed read or write: loop.out is the plain side, loop.in[0] the base
+// (its indexed dim at stride 0), loop.in[1] the index; the element is at
+// base + index * stride (negative indices count from the end when `wrap`;
+// valid ones are [0, size), unchecked when size < 0).
+struct Indexed {
+  Elementwise<2> loop;
+  int64_t stride;
+  int64_t size;
+  bool wrap;
+  int dim;
+  char op[24];  // the op's name, for the out-of-range message (a copy: the kernel cannot read host strings)
+};
+
 struct Random {
   char* out;  // contiguous
   int64_t n;
@@ -51,6 +64,8 @@ struct Rows {
   const char* weight;
   const char* bias;
   double eps;
+  // argmax/argmin: each row's int64 index (out, the values, may be null).
+  char* indices;
 };
 
 }  // namespace kiln::cuda_kernels

@@ -1,6 +1,7 @@
 #include "eager/cuda/launch.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "eager/cuda/kernel_args.h"
@@ -11,6 +12,7 @@
 #ifdef KILN_HAVE_CUDA_KERNELS
 #include "eager/cuda/binary_fatbin.h"
 #include "eager/cuda/copy_fatbin.h"
+#include "eager/cuda/index_fatbin.h"
 #include "eager/cuda/rows_fatbin.h"
 #include "eager/cuda/unary_fatbin.h"
 #endif
@@ -25,10 +27,11 @@ KILN_IMAGE(unary);
 KILN_IMAGE(binary);
 KILN_IMAGE(copy);
 KILN_IMAGE(rows);
+KILN_IMAGE(index);
 #undef KILN_IMAGE
 #else
 const cuda::KernelImage unary_image{"unary", nullptr, 0}, binary_image = unary_image, copy_image = unary_image,
-                        rows_image = unary_image;
+                        rows_image = unary_image, index_image = unary_image;
 #endif
 
 // The dtype's part of a kernel's name (eager/cuda/device.cuh).
@@ -82,13 +85,13 @@ Operand scalar_operand(Scalar s) {
   return op;
 }
 
-// Launches `kernel` over out = f(inputs...), splitting loops of more than
-// kMaxDims coalesced dims along their outermost dim.
-template <int N>
-void run_elementwise(const cuda::KernelImage& image, const std::string& kernel, const Tensor& out,
-                     const std::array<const Tensor*, N>& inputs) {
-  const int64_t n = out.numel();
-  if (n == 0) return;
+// Builds the Elementwise parameters of out = f(inputs...) and hands them to
+// `go` once per launch: loops of more than kMaxDims coalesced dims are split
+// along their outermost dims.
+template <int N, class Go>
+void plan_elementwise(const std::string& kernel, const Tensor& out, const std::array<const Tensor*, N>& inputs,
+                      Go&& go) {
+  if (out.numel() == 0) return;
   std::array<const Tensor*, N + 1> all;
   all[0] = &out;
   for (int k = 0; k < N; ++k) {
@@ -107,7 +110,7 @@ void run_elementwise(const cuda::KernelImage& image, const std::string& kernel, 
     if (scalar[k]) args.in[k] = scalar_operand(inputs[k]->as_strided({}, {}, inputs[k]->offset()).item());
   }
   const int nd = static_cast<int>(plan.shape.size());
-  // The loop over dims [first, nd), at the bases given, one launch each.
+  // The loop over dims [first, nd), at the bases given.
   auto run = [&](auto&& self, int first, std::array<char*, N + 1> base) -> void {
     if (nd - first > kMaxDims) {
       for (int64_t i = 0; i < plan.shape[first]; ++i) {
@@ -133,9 +136,18 @@ void run_elementwise(const cuda::KernelImage& image, const std::string& kernel, 
     for (int k = 0; k < N && args.vector; ++k)
       args.vector = scalar[k] || (args.in[k].strides[0] == int64_t(inputs[k]->itemsize()) &&
                                   group_aligned(args.in[k].data, inputs[k]->itemsize()));
-    launch(image, kernel, device_of(out), (args.n + kThreads * kVec - 1) / (kThreads * kVec), args);
+    go(args);
   };
   run(run, 0, plan.base);
+}
+
+int64_t blocks_for(int64_t n) { return (n + kThreads * kVec - 1) / (kThreads * kVec); }
+
+template <int N>
+void run_elementwise(const cuda::KernelImage& image, const std::string& kernel, const Tensor& out,
+                     const std::array<const Tensor*, N>& inputs) {
+  plan_elementwise<N>(kernel, out, inputs,
+                      [&](Elementwise<N>& args) { launch(image, kernel, device_of(out), blocks_for(args.n), args); });
 }
 
 }  // namespace
@@ -148,36 +160,80 @@ bool built() {
 #endif
 }
 
+std::string unary_kernel(std::string_view op, DType dtype) { return fmt::format("kiln_unary_{}_{}", op, suffix(dtype)); }
+std::string binary_kernel(std::string_view op, DType compute) {
+  return fmt::format("kiln_binary_{}_{}", op, suffix(compute));
+}
+std::string copy_kernel(DType to, DType from) { return fmt::format("kiln_copy_{}_{}", suffix(to), suffix(from)); }
+std::string where_kernel(DType dtype) { return fmt::format("kiln_where_{}", suffix(dtype)); }
+std::string random_kernel(std::string_view op, DType dtype) { return fmt::format("kiln_{}_{}", op, suffix(dtype)); }
+std::string rows_kernel(std::string_view op, DType dtype) { return fmt::format("kiln_rows_{}_{}", op, suffix(dtype)); }
+std::string index_kernel(std::string_view kind, DType dtype, DType index) {
+  if (kind == "add") return fmt::format("kiln_index_add_{}_{}", suffix(dtype), suffix(index));
+  return fmt::format("kiln_index_{}_w{}_{}", kind, itemsize(dtype), suffix(index));
+}
+
+bool has_kernel(std::string_view name) {
+#ifdef KILN_HAVE_CUDA_KERNELS
+  for (const char* const* names : {kiln_unary_fatbin_kernels, kiln_binary_fatbin_kernels, kiln_copy_fatbin_kernels,
+                                   kiln_rows_fatbin_kernels, kiln_index_fatbin_kernels})
+    for (const char* const* n = names; *n; ++n)
+      if (name == *n) return true;
+#endif
+  return false;
+}
+
 void copy(const Tensor& out, const Tensor& in) {
-  run_elementwise<1>(copy_image, fmt::format("kiln_copy_{}_{}", suffix(out.dtype()), suffix(in.dtype())), out, {&in});
+  run_elementwise<1>(copy_image, copy_kernel(out.dtype(), in.dtype()), out, {&in});
 }
 
 void fill(const Tensor& out, Scalar value) {
-  // A scalar operand of the value's own category, converted by the copy kernel.
-  DType from = value.category() == DTypeCategory::Floating ? DType::Float64
-               : value.category() == DTypeCategory::Bool   ? DType::Bool
-                                                            : DType::Int64;
-  Tensor s = scalar_tensor(value, from).expand(out.shape());
-  run_elementwise<1>(copy_image, fmt::format("kiln_copy_{}_{}", suffix(out.dtype()), suffix(from)), out, {&s});
+  // The value converted on the host, as the CPU's fill converts it (a float
+  // into an integer dtype wraps through int64 there; a device cast would
+  // saturate), then copied into every element.
+  Tensor s = scalar_tensor(value, out.dtype()).expand(out.shape());
+  run_elementwise<1>(copy_image, copy_kernel(out.dtype(), out.dtype()), out, {&s});
 }
 
 void unary(std::string_view op, const Tensor& out, const Tensor& in) {
-  run_elementwise<1>(unary_image, fmt::format("kiln_unary_{}_{}", op, suffix(in.dtype())), out, {&in});
+  run_elementwise<1>(unary_image, unary_kernel(op, in.dtype()), out, {&in});
 }
 
 void binary(std::string_view op, const Tensor& out, const Tensor& a, const Tensor& b) {
-  run_elementwise<2>(binary_image, fmt::format("kiln_binary_{}_{}", op, suffix(a.dtype())), out, {&a, &b});
+  run_elementwise<2>(binary_image, binary_kernel(op, a.dtype()), out, {&a, &b});
 }
 
 void where(const Tensor& out, const Tensor& cond, const Tensor& a, const Tensor& b) {
-  run_elementwise<3>(copy_image, fmt::format("kiln_where_{}", suffix(out.dtype())), out, {&cond, &a, &b});
+  run_elementwise<3>(copy_image, where_kernel(out.dtype()), out, {&cond, &a, &b});
+}
+
+void indexed(std::string_view kind, const Tensor& plain, const Tensor& base, const Tensor& index,
+             const IndexRule& rule) {
+  if (kind == "add") {
+    const DType d = plain.dtype();
+    KILN_CHECK(d == DType::Float32 || d == DType::Float64 || d == DType::Float16 || d == DType::BFloat16 ||
+                   d == DType::Int32 || d == DType::Int64,
+               DTypeError, "{}: accumulating {} values is not supported on CUDA (float and int32/int64 are); "
+               "convert them first", rule.op, dtype_name(d));
+  }
+  const std::string kernel = index_kernel(kind, plain.dtype(), index.dtype());
+  Indexed args{};
+  args.stride = rule.stride;
+  args.size = rule.size;
+  args.wrap = rule.wrap;
+  args.dim = static_cast<int>(rule.dim);
+  std::snprintf(args.op, sizeof args.op, "%s", rule.op);
+  // The plain side is the loop's "output"; base and index its inputs.
+  plan_elementwise<2>(kernel, plain, {&base, &index}, [&](Elementwise<2>& loop) {
+    args.loop = loop;
+    launch(index_image, kernel, device_of(plain), blocks_for(loop.n), args);
+  });
 }
 
 namespace {
 void run_random(const char* op, const Tensor& out, uint64_t seed, uint64_t first, double a, double b) {
   Random args{static_cast<char*>(out.address()), out.numel(), seed, first, a, b};
-  launch(copy_image, fmt::format("kiln_{}_{}", op, suffix(out.dtype())), device_of(out),
-         (args.n + kThreads * kVec - 1) / (kThreads * kVec), args);
+  launch(copy_image, random_kernel(op, out.dtype()), device_of(out), blocks_for(args.n), args);
 }
 double bits_as_double(int64_t v) {
   double d;
@@ -199,6 +255,9 @@ void randint(const Tensor& out, uint64_t seed, uint64_t first, int64_t low, int6
 namespace {
 constexpr int64_t kWarpRowCols = 1024, kWarps = kThreads / 32;  // as in eager/cuda/rows.cu
 
+// A warp per row up to kWarpRowCols columns (kWarps rows a block), else a block.
+int64_t row_blocks(int64_t rows, int64_t cols) { return cols <= kWarpRowCols ? (rows + kWarps - 1) / kWarps : rows; }
+
 void run_rows(const std::string& kernel, const Tensor& out, const Tensor& in, int64_t rows, int64_t cols,
               Rows args = {}) {
   if (rows == 0) return;
@@ -208,19 +267,28 @@ void run_rows(const std::string& kernel, const Tensor& out, const Tensor& in, in
   args.out = static_cast<char*>(out.address());
   args.rows = rows;
   args.cols = cols;
-  launch(rows_image, kernel, device_of(out), cols <= kWarpRowCols ? (rows + kWarps - 1) / kWarps : rows, args);
+  launch(rows_image, kernel, device_of(out), row_blocks(rows, cols), args);
 }
 }  // namespace
 
 void reduce_rows(std::string_view op, const Tensor& out, const Tensor& in, int64_t rows, int64_t cols) {
-  // The kernels' spelling of the ops (eager/cuda/rows.cu).
-  const char* name = op == "sum" ? "Sum" : op == "prod" ? "Prod" : op == "max" ? "Max" : op == "min" ? "Min" : nullptr;
-  KILN_CHECK(name, Error, "reduce_rows: no CUDA kernel for '{}'", op);
-  run_rows(fmt::format("kiln_rows_{}_{}", name, suffix(in.dtype())), out, in, rows, cols);
+  run_rows(rows_kernel(op, in.dtype()), out, in, rows, cols);
+}
+
+void arg_rows(bool max, const Tensor& values, const Tensor& indices, const Tensor& in, int64_t rows, int64_t cols) {
+  if (rows == 0) return;
+  KILN_CHECK(in.is_contiguous(), Error, "arg_rows: expects a contiguous input");
+  Rows args{};
+  args.in = static_cast<const char*>(in.address());
+  args.out = values.defined() ? static_cast<char*>(values.address()) : nullptr;
+  args.indices = static_cast<char*>(indices.address());
+  args.rows = rows;
+  args.cols = cols;
+  launch(rows_image, rows_kernel(max ? "argmax" : "argmin", in.dtype()), device_of(in), row_blocks(rows, cols), args);
 }
 
 void softmax_rows(bool log, const Tensor& out, const Tensor& in, int64_t rows, int64_t cols) {
-  run_rows(fmt::format("kiln_{}_{}", log ? "log_softmax" : "softmax", suffix(in.dtype())), out, in, rows, cols);
+  run_rows(rows_kernel(log ? "log_softmax" : "softmax", in.dtype()), out, in, rows, cols);
 }
 
 void layer_norm_rows(const Tensor& out, const Tensor& in, const Tensor& weight, const Tensor& bias, double eps,
@@ -229,7 +297,7 @@ void layer_norm_rows(const Tensor& out, const Tensor& in, const Tensor& weight, 
   args.weight = weight.defined() ? static_cast<const char*>(weight.address()) : nullptr;
   args.bias = bias.defined() ? static_cast<const char*>(bias.address()) : nullptr;
   args.eps = eps;
-  run_rows(fmt::format("kiln_layer_norm_{}", suffix(in.dtype())), out, in, rows, cols, args);
+  run_rows(rows_kernel("layer_norm", in.dtype()), out, in, rows, cols, args);
 }
 
 }  // namespace kiln::cuda_kernels

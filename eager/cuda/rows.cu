@@ -1,5 +1,6 @@
-// Kernels over the rows of a contiguous (rows, cols) input: reductions
-// (kiln_rows_<op>_<dtype>), softmax / log_softmax and layer_norm. Narrow
+// Kernels over the rows of a contiguous (rows, cols) input,
+// kiln_rows_<op>_<dtype>: reductions (sum, prod, max, min, argmax, argmin),
+// softmax, log_softmax and layer_norm. Narrow
 // rows (cols <= kWarpRowCols) get one warp each, eight to a block; wider
 // ones a block of kThreads each. Softmax and layer_norm read their row
 // again after the statistics: it is still in L1/L2, so memory sees one read
@@ -91,28 +92,75 @@ __device__ __forceinline__ void reduce_rows(const Rows& a, Op op) {
 // Floating sums accumulate in their compute type and keep their dtype;
 // integer and bool sums and products accumulate in (and return) int64, as
 // in PyTorch. max/min keep the dtype.
-#define KILN_FLOAT_REDUCE(OP, SUFFIX, T)                                                           \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_##OP##_##SUFFIX(Rows a) {      \
+#define KILN_SAME_REDUCE(NAME, OP, SUFFIX, T)                                                     \
+  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_##NAME##_##SUFFIX(Rows a) {      \
     reduce_rows<T, compute_t<T>, T>(a, OP{});                                                     \
   }
-#define KILN_INT_REDUCE(OP, SUFFIX, T)                                                             \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_##OP##_##SUFFIX(Rows a) {      \
+#define KILN_INT64_REDUCE(NAME, OP, SUFFIX, T)                                                       \
+  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_##NAME##_##SUFFIX(Rows a) {      \
     reduce_rows<T, int64_t, int64_t>(a, OP{});                                                    \
   }
-#define KILN_SAME_REDUCE(OP, SUFFIX, T)                                                            \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_##OP##_##SUFFIX(Rows a) {      \
-    reduce_rows<T, compute_t<T>, T>(a, OP{});                                                     \
+KILN_FOR_FLOATING(KILN_SAME_REDUCE, sum, Sum)
+KILN_FOR_INTEGRAL(KILN_INT64_REDUCE, sum, Sum)
+KILN_FOR_FLOATING(KILN_SAME_REDUCE, prod, Prod)
+KILN_FOR_INTEGRAL(KILN_INT64_REDUCE, prod, Prod)
+KILN_FOR_ALL(KILN_SAME_REDUCE, max, Max)
+KILN_FOR_ALL(KILN_SAME_REDUCE, min, Min)
+
+// ---- argmax / argmin: the value and index of each row's extreme ----
+// The first extreme wins a tie; NaN beats every number (the first NaN is
+// the answer), as on the CPU. out gets the values (when not null), indices
+// the int64 positions.
+template <class A, bool kMax>
+__device__ __forceinline__ bool better(A x, int64_t i, A v, int64_t j) {
+  if constexpr (std::is_floating_point_v<A>) {
+    if (x != x) return v == v || i < j;  // NaN: beats numbers, and the first NaN wins
+    if (v != v) return false;
   }
-KILN_FOR_FLOATING(KILN_FLOAT_REDUCE, Sum)
-KILN_FOR_INTEGRAL(KILN_INT_REDUCE, Sum)
-KILN_FOR_FLOATING(KILN_FLOAT_REDUCE, Prod)
-KILN_FOR_INTEGRAL(KILN_INT_REDUCE, Prod)
-KILN_FOR_ALL(KILN_SAME_REDUCE, Max)
-KILN_FOR_ALL(KILN_SAME_REDUCE, Min)
+  if (x == v) return i < j;
+  return kMax ? x > v : x < v;
+}
+
+template <class T, bool kMax>
+__device__ __forceinline__ void arg_rows(const Rows& a) {
+  using A = compute_t<T>;
+  RowLanes r;
+  const bool has_row = row_lanes(a, r);
+  if (!has_row && a.cols > kWarpRowCols) return;
+  A best{};
+  int64_t at = INT64_MAX;  // no element yet
+  if (has_row) {
+    const T* in = reinterpret_cast<const T*>(a.in) + r.row * a.cols;
+    for (int64_t c = r.lane; c < a.cols; c += r.width) {
+      const A v = static_cast<A>(to_compute(in[c]));
+      if (at == INT64_MAX || better<A, kMax>(v, c, best, at)) best = v, at = c;
+    }
+  }
+  auto take = [](A& best, int64_t& at, A v, int64_t j) {
+    if (j != INT64_MAX && (at == INT64_MAX || better<A, kMax>(v, j, best, at))) best = v, at = j;
+  };
+  for (int o = 16; o > 0; o /= 2) take(best, at, shuffle_xor(best, o), shuffle_xor(at, o));
+  if (r.width > 32) {
+    __shared__ A values[kWarps];
+    __shared__ int64_t positions[kWarps];
+    if (threadIdx.x % 32 == 0) values[threadIdx.x / 32] = best, positions[threadIdx.x / 32] = at;
+    __syncthreads();
+    best = values[0], at = positions[0];
+    for (int w = 1; w < kWarps; ++w) take(best, at, values[w], positions[w]);
+  }
+  if (!has_row || r.lane != 0) return;
+  if (a.out) reinterpret_cast<T*>(a.out)[r.row] = store_as<T>(best);
+  reinterpret_cast<int64_t*>(a.indices)[r.row] = at;
+}
+#define KILN_ARG_KERNELS(_, SUFFIX, T)                                                                          \
+  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_argmax_##SUFFIX(Rows a) { arg_rows<T, true>(a); } \
+  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_argmin_##SUFFIX(Rows a) { arg_rows<T, false>(a); }
+KILN_FOR_ALL(KILN_ARG_KERNELS, _)
 
 // ---- softmax and log_softmax ----
 // One read for the max and the sum of exp(x - max), kept as a running pair
 // (the sum rescaled when the max grows), then one pass writing the result.
+// A NaN element makes the sum, so the whole row, NaN, as on the CPU.
 template <class A>
 struct MaxSum {
   A max, sum;
@@ -133,8 +181,19 @@ __device__ __forceinline__ void softmax_rows(const Rows& a) {
   if (!has_row && a.cols > kWarpRowCols) return;
   MaxSum<A> s{-INFINITY, 0};
   const T* in = reinterpret_cast<const T*>(a.in) + (has_row ? r.row * a.cols : 0);
-  if (has_row)
-    for (int64_t c = r.lane; c < a.cols; c += r.width) s = merge(s, MaxSum<A>{static_cast<A>(to_compute(in[c])), A(1)});
+  if (has_row) {
+    // One exp per element: the sum is rescaled only when the max grows; -inf
+    // adds nothing (exp(-inf - -inf) would be NaN).
+    for (int64_t c = r.lane; c < a.cols; c += r.width) {
+      const A v = static_cast<A>(to_compute(in[c]));
+      if (v > s.max) {
+        s.sum = s.sum * kexp(s.max - v) + A(1);
+        s.max = v;
+      } else if (v != -INFINITY) {
+        s.sum += kexp(v - s.max);
+      }
+    }
+  }
   for (int o = 16; o > 0; o /= 2)
     s = merge(s, MaxSum<A>{shuffle_xor(s.max, o), shuffle_xor(s.sum, o)});
   if (r.width > 32) {
@@ -147,8 +206,10 @@ __device__ __forceinline__ void softmax_rows(const Rows& a) {
   if (!has_row) return;
   T* out = reinterpret_cast<T*>(a.out) + r.row * a.cols;
   if constexpr (kLog) {
-    const A shift = s.max + klog(s.sum);
-    for (int64_t c = r.lane; c < a.cols; c += r.width) out[c] = store_as<T>(static_cast<A>(to_compute(in[c])) - shift);
+    // (x - max) - log(sum), as on the CPU: x - (max + log(sum)) loses digits when |max| is large
+    const A log_sum = klog(s.sum);
+    for (int64_t c = r.lane; c < a.cols; c += r.width)
+      out[c] = store_as<T>((static_cast<A>(to_compute(in[c])) - s.max) - log_sum);
   } else {
     const A scale = A(1) / s.sum;
     for (int64_t c = r.lane; c < a.cols; c += r.width)
@@ -156,8 +217,8 @@ __device__ __forceinline__ void softmax_rows(const Rows& a) {
   }
 }
 #define KILN_SOFTMAX_KERNELS(_, SUFFIX, T)                                                                    \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_softmax_##SUFFIX(Rows a) { softmax_rows<T, false>(a); } \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_log_softmax_##SUFFIX(Rows a) { softmax_rows<T, true>(a); }
+  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_softmax_##SUFFIX(Rows a) { softmax_rows<T, false>(a); } \
+  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_log_softmax_##SUFFIX(Rows a) { softmax_rows<T, true>(a); }
 KILN_FOR_FLOATING(KILN_SOFTMAX_KERNELS, _)
 
 // ---- layer_norm ----
@@ -195,7 +256,7 @@ __device__ __forceinline__ void layer_norm_rows(const Rows& a) {
   }
 }
 #define KILN_LAYER_NORM_KERNEL(_, SUFFIX, T) \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_layer_norm_##SUFFIX(Rows a) { layer_norm_rows<T>(a); }
+  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_layer_norm_##SUFFIX(Rows a) { layer_norm_rows<T>(a); }
 KILN_FOR_FLOATING(KILN_LAYER_NORM_KERNEL, _)
 
 }  // namespace kiln::cuda_kernels

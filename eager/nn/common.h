@@ -37,13 +37,17 @@ void dispatch_compute(DType d, const char* op, F&& fn) {
 }
 
 // The checks are on types, so meta rules share them; eager passes type_of(t).
-inline void check_cpu(const TensorType& t, const char* op, const char* what) {
-  KILN_CHECK(t.device.is_cpu(), DeviceError, "{}: expected a cpu tensor for {}, got {}", op, what, t.device.str());
+// An op's tensors live on one device, its input x's (an absent optional
+// operand passes).
+inline void check_same_device(const TensorType& x, const TensorType& t, const char* op, const char* what) {
+  KILN_CHECK(!t.defined || t.device == x.device, DeviceError, "{}: expected the {} on {} (the input's), got {}; move it "
+             "with .to()", op, what, x.device.str(), t.device.str());
 }
-inline void check_cpu(const Tensor& t, const char* op, const char* what) { check_cpu(type_of(t), op, what); }
+inline void check_same_device(const Tensor& x, const Tensor& t, const char* op, const char* what) {
+  check_same_device(type_of(x), type_of(t), op, what);
+}
 
 inline void check_floating(const TensorType& t, const char* op, const char* what) {
-  check_cpu(t, op, what);
   KILN_CHECK(is_floating(t.dtype), DTypeError,
              "{}: expected a floating point {}, got {} (convert it with .to(float32) first)", op, what,
              dtype_name(t.dtype));
@@ -54,7 +58,7 @@ inline void check_floating(const Tensor& t, const char* op, const char* what) { 
 // silently promoting a float32 layer to float64 would hide a bug.
 inline void check_same_dtype(const TensorType& x, const TensorType& p, const char* op, const char* what) {
   if (!p.defined) return;
-  check_cpu(p, op, what);
+  check_same_device(x, p, op, what);
   KILN_CHECK(p.dtype == x.dtype, DTypeError, "{}: expected {} of dtype {} (the input's), got {}", op, what,
              dtype_name(x.dtype), dtype_name(p.dtype));
 }

@@ -12,6 +12,7 @@
 
 #include "eager/nn/common.h"
 #include "eager/nn/functional.h"
+#include "runtime/cudnn.h"
 
 namespace kiln::nn::functional {
 namespace {
@@ -201,7 +202,19 @@ ConvGeom geometry(const Shape& x4, const Shape& weight, Pair stride, Pair paddin
 
 Tensor as_compute(const Tensor& t) { return t.defined() ? contiguous(to_dtype(t, compute_dtype(t.dtype()))) : t; }
 
+// The geometry as cuDNN takes it (GPU tensors go to cuDNN, in their dtype).
+cudnn::Conv2d cudnn_geometry(const ConvGeom& g, DType dtype) {
+  return {g.N, g.C, g.H, g.W, g.O, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.groups, g.Ho, g.Wo, dtype};
+}
+
 Tensor conv_forward_tensor(const ConvGeom& g, const Tensor& x4, const Tensor& weight, const Tensor& bias) {
+  if (!x4.device().is_cpu()) {
+    Tensor out = Tensor::empty({g.N, g.O, g.Ho, g.Wo}, x4.dtype(), x4.device());
+    if (out.numel() == 0) return out;
+    cudnn::conv2d_forward(x4.device().index, cudnn_geometry(g, x4.dtype()), contiguous(x4).address(),
+                          contiguous(weight).address(), out.address());
+    return bias.defined() ? add(out, reshape(bias, {1, g.O, 1, 1})) : out;
+  }
   Tensor x = as_compute(x4), w = as_compute(weight), b = as_compute(bias);
   Tensor out = Tensor::empty({g.N, g.O, g.Ho, g.Wo}, x.dtype());
   if (out.numel() == 0) return to_dtype(out, x4.dtype());
@@ -268,6 +281,25 @@ std::vector<Tensor> conv2d_backward(const Tensor& grad, const Tensor& x, const T
   const bool batched = x.dim() == 4;
   const Tensor x4 = batched ? x : view(x.detach(), {1, x.shape()[0], x.shape()[1], x.shape()[2]});
   const ConvGeom g = geometry(x4.shape(), weight.shape(), stride, padding, dilation, groups);
+  if (!x.device().is_cpu()) {
+    const int device = x.device().index;
+    const cudnn::Conv2d cg = cudnn_geometry(g, x.dtype());
+    const Tensor go = contiguous(reshape(grad, {g.N, g.O, g.Ho, g.Wo}));
+    std::vector<Tensor> out;
+    if (need_input) {
+      Tensor dx = zeros(x4.shape(), x.dtype(), x.device());
+      if (dx.numel() > 0 && go.numel() > 0)
+        cudnn::conv2d_backward_data(device, cg, contiguous(weight).address(), go.address(), dx.address());
+      out.push_back(reshape(dx, x.shape()));
+    }
+    if (need_weight) {
+      Tensor dw = zeros(weight.shape(), x.dtype(), x.device());
+      if (dw.numel() > 0 && go.numel() > 0)
+        cudnn::conv2d_backward_filter(device, cg, contiguous(x4).address(), go.address(), dw.address());
+      out.push_back(dw);
+    }
+    return out;
+  }
   Tensor xc = as_compute(x4), wc = as_compute(weight);
   Tensor go = as_compute(reshape(grad, {g.N, g.O, g.Ho, g.Wo}));
   Tensor dx = need_input ? (g.direct() ? Tensor::empty(xc.shape(), xc.dtype()) : zeros(xc.shape(), xc.dtype()))

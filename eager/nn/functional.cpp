@@ -33,8 +33,7 @@ Tensor dropout(const Tensor& x, double p, bool training) {
 
 namespace {
 TensorType embedding_meta(const TensorType& indices, const TensorType& weight, std::optional<int64_t> padding_idx) {
-  check_cpu(indices, "embedding", "indices");
-  check_cpu(weight, "embedding", "weight");
+  check_same_device(weight, indices, "embedding", "indices");
   KILN_CHECK(is_integral(indices.dtype) && indices.dtype != DType::Bool, DTypeError,
              "embedding: expected indices of an integer dtype, got {}", dtype_name(indices.dtype));
   KILN_CHECK(weight.shape.size() == 2, ShapeError,
@@ -93,6 +92,19 @@ Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num
 
 Tensor embedding(const Tensor& indices, const Tensor& weight, std::optional<int64_t> padding_idx) {
   const TensorType type = embedding_meta(type_of(indices), type_of(weight), padding_idx);
+  if (!weight.device().is_cpu()) {
+    // On a GPU: the rows picked by index_select (whose gradient adds rows
+    // back with scatter_add); padding_idx's row is read detached, so it
+    // gets no gradient.
+    const int64_t num = weight.shape()[0];
+    Tensor w = weight;
+    if (padding_idx) {
+      const int64_t pad = *padding_idx < 0 ? *padding_idx + num : *padding_idx;
+      Tensor is_pad = eq(to_device(arange(0, num).reshape({num, 1}), weight.device()), pad);
+      w = where(is_pad, weight.detach(), weight);
+    }
+    return reshape(index_select(w, 0, reshape(indices, {-1})), type.shape);
+  }
   return autograd_op_n(
       "embedding", {indices, weight}, KILN_ATTRS(padding_idx),
       [&]() -> std::vector<Tensor> {
@@ -144,7 +156,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     const Tensor keep = ge(unsqueeze(arange(0, L), 1), unsqueeze(arange(0, S), 0));
     scores = add(scores, to_dtype(where(keep, 0.0, kNegInf), scores.dtype()));
   } else if (attn_mask.defined()) {
-    check_cpu(attn_mask, op, "attn_mask");
+    check_same_device(scores, attn_mask, op, "attn_mask");
     try {
       broadcast_shapes(attn_mask.shape(), scores.shape(), op);
     } catch (const ShapeError&) {

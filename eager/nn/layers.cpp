@@ -388,7 +388,7 @@ std::pair<Tensor, Tensor> MultiheadAttention::forward(const Tensor& query, const
   const DType dt = qh.dtype();
   const double neg_inf = -std::numeric_limits<double>::infinity();
   auto additive = [&](const Tensor& m, const char* what) {
-    if (m.dtype() == DType::Bool) return zeros(m.shape(), dt).masked_fill(m, neg_inf);
+    if (m.dtype() == DType::Bool) return zeros(m.shape(), dt, m.device()).masked_fill(m, neg_inf);
     KILN_CHECK(is_floating(m.dtype()), DTypeError, "MultiheadAttention: {} must be bool or floating, got {}", what,
                dtype_name(m.dtype()));
     return m.to(dt);

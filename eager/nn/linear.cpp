@@ -46,6 +46,10 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias)
   out_shape.back() = N;
   const int64_t M = numel(Shape(x.shape().begin(), x.shape().end() - 1));
   const DType dtype = x.dtype();
+  if (!x.device().is_cpu()) {  // cuBLAS, then the bias added
+    Tensor y = matmul(x, transpose(weight, 0, 1));
+    return bias.defined() ? add(y, bias) : y;
+  }
   if (dtype != DType::Float32 && dtype != DType::Float64) {
     // 16-bit floats go through float32 BLAS; integers through matmul's loop.
     if (is_floating(dtype)) {
@@ -66,8 +70,7 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias)
 }  // namespace
 
 TensorType linear_meta(const TensorType& x, const TensorType& weight, const TensorType& bias) {
-  check_cpu(x, "linear", "input");
-  check_cpu(weight, "linear", "weight");
+  check_same_device(x, weight, "linear", "weight");
   KILN_CHECK(weight.shape.size() == 2, ShapeError,
              "linear: expected weight of shape (out_features, in_features), got {}", shape_str(weight.shape));
   KILN_CHECK(!x.shape.empty() && same_size(x.shape.back(), weight.shape[1]), ShapeError,

@@ -21,7 +21,7 @@ using acc_t = std::conditional_t<std::is_same_v<C, float>, double, C>;
 // The class-index target as contiguous int64 (N * S values), with its shape
 // checked against the input's (N, C, d...) or (C).
 Tensor class_target(const Tensor& input, const Tensor& target, const char* op) {
-  check_cpu(target, op, "target");
+  check_same_device(input, target, op, "target");
   KILN_CHECK(is_integral(target.dtype()) && target.dtype() != DType::Bool, DTypeError,
              "{}: expected a target of class indices with an integer dtype, got {} (for class probabilities, pass "
              "a floating target shaped like the input)",
@@ -283,7 +283,7 @@ TensorType cross_entropy_meta(const TensorType& input, const TensorType& target,
   const char* op = "cross_entropy";
   const Reduction red = parse_reduction(reduction, op);
   check_floating(input, op, "input");
-  check_cpu(target, op, "target");
+  check_same_device(input, target, op, "target");
   KILN_CHECK(!input.shape.empty(), ShapeError,
              "cross_entropy: expected an input of shape (N, C), (N, C, d...) or (C), got {}", shape_str(input.shape));
   KILN_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, ValueError,
@@ -428,7 +428,7 @@ TensorType nll_loss_meta(const TensorType& input, const TensorType& target, cons
   check_floating(input, op, "input");
   KILN_CHECK(!input.shape.empty(), ShapeError,
              "nll_loss: expected an input of shape (N, C), (N, C, d...) or (C), got {}", shape_str(input.shape));
-  check_cpu(target, op, "target");
+  check_same_device(input, target, op, "target");
   KILN_CHECK(is_integral(target.dtype) && target.dtype != DType::Bool, DTypeError,
              "{}: expected a target of class indices with an integer dtype, got {} (for class probabilities, pass "
              "a floating target shaped like the input)",
@@ -477,6 +477,34 @@ struct NLL {
 };
 }  // namespace
 
+// On a GPU, the class-index losses are composed of GPU ops (log_softmax,
+// gather, where, sum), so autograd differentiates them as it does any op:
+// loss = (1 - eps) * nll + eps * smooth over the targets != ignore_index,
+// where nll = -w[t] * logp[t] and smooth = -sum_c(w[c] * logp[c]) / C, and
+// mean divides by the summed weights of those targets (PyTorch's rules).
+Tensor class_loss_composite(const Tensor& logp, const Tensor& target, const Tensor& weight, int64_t ignore_index,
+                            Reduction red, double eps) {
+  const int64_t class_dim = logp.dim() == 1 ? 0 : 1;
+  const int64_t C = logp.shape()[class_dim];
+  const Tensor valid = ne(target, ignore_index);
+  const Tensor t = where(valid, target, Scalar(int64_t{0}));
+  Tensor loss = neg(squeeze(gather(logp, class_dim, unsqueeze(t, class_dim)), class_dim));
+  Tensor wt = weight.defined() ? reshape(index_select(weight, 0, reshape(t, {-1})), t.shape()) : Tensor();
+  if (wt.defined()) loss = mul(loss, wt);
+  if (eps > 0) {
+    Shape wshape(logp.dim(), 1);
+    wshape[class_dim] = C;
+    Tensor weighted = weight.defined() ? mul(logp, reshape(weight, wshape)) : logp;
+    Tensor smooth = div(neg(sum(weighted, {class_dim})), static_cast<double>(C));
+    loss = add(mul(loss, 1 - eps), mul(smooth, eps));
+  }
+  loss = where(valid, loss, Scalar(0.0));
+  if (red == Reduction::None) return loss;
+  Tensor total = sum(loss);
+  if (red == Reduction::Sum) return total;
+  return div(total, wt.defined() ? sum(where(valid, wt, Scalar(0.0))) : sum(valid).to(logp.dtype()));
+}
+
 Tensor nll_loss_backward(const Tensor& grad, const Tensor& input, const Tensor& target, const Tensor& weight,
                          int64_t ignore_index, const std::string& reduction) {
   const char* op = "nll_loss_backward";
@@ -509,6 +537,7 @@ Tensor nll_loss(const Tensor& input, const Tensor& target, const Tensor& weight,
   const char* op = "nll_loss";
   const TensorType type = nll_loss_meta(type_of(input), type_of(target), type_of(weight), reduction);
   const Reduction red = parse_reduction(reduction, op);
+  if (!input.device().is_cpu()) return class_loss_composite(input, target, weight, ignore_index, red, 0.0);
   return autograd_op_n(
       op, {input, target, weight}, KILN_ATTRS(ignore_index, reduction),
       [&]() -> std::vector<Tensor> {
@@ -551,6 +580,9 @@ Tensor cross_entropy(const Tensor& input, const Tensor& target, const Tensor& we
       cross_entropy_meta(type_of(input), type_of(target), type_of(weight), ignore_index, reduction, label_smoothing);
   const Reduction red = parse_reduction(reduction, "cross_entropy");
   const bool probs = is_floating(target.dtype());
+  if (!input.device().is_cpu() && !probs)
+    return class_loss_composite(log_softmax(input, input.dim() == 1 ? 0 : 1), target, weight, ignore_index, red,
+                                label_smoothing);
   // The gradient flows to the input (and to a target of probabilities).
   return autograd_op_n(
       "cross_entropy", {input, target, weight}, KILN_ATTRS(ignore_index, reduction, label_smoothing),

@@ -158,6 +158,8 @@ void bind_tensor(py::module_& m) {
         return x.to(check_device(name, "cuda"));
       }, py::arg("device") = py::none())
       .def("cpu", [](const Tensor& x) { return x.cpu(); })
+      .def("pin_memory", &Tensor::pin_memory)
+      .def("is_pinned", &Tensor::is_pinned)
       // views
       .def("view", [](const Tensor& x, py::args shape) {
         if (shape.size() == 1 && (py::isinstance<DType>(shape[0])))

@@ -17,11 +17,28 @@ HAS_GPU = kiln.cuda.is_available()
 def test_without_a_gpu_cuda_is_refused_with_the_reason():
     reason = kiln.cuda.unavailable_reason()
     assert reason and kiln.cuda.device_count() == 0
+    x = kiln.ones(3)
     for make in (lambda: kiln.ones(3, device="cuda"), lambda: kiln.zeros(2, 2, device="cuda:1"),
-                 lambda: kiln.cuda.synchronize(), lambda: kiln.cuda.get_device_name()):
+                 lambda: kiln.randn(4, device="cuda"), lambda: kiln.arange(3, device="cuda"),
+                 lambda: kiln.tensor([1.0], device="cuda"), lambda: kiln.zeros_like(x, device="cuda"),
+                 lambda: x.to("cuda"), lambda: x.cuda(), lambda: x.to("cuda", kiln.float16),
+                 lambda: kiln.cuda.synchronize(), lambda: kiln.cuda.get_device_name(),
+                 lambda: kiln.cuda.memory_stats(), lambda: kiln.cuda.empty_cache(), lambda: x.pin_memory()):
         with pytest.raises(RuntimeError, match="CUDA is not available") as e:
             make()
         assert reason in str(e.value)
+
+
+def test_cpu_moves_are_free_and_tf32_is_a_setting():
+    x = kiln.ones(3)
+    assert x.cpu() is not None and x.cpu().device == "cpu" and not x.is_pinned()
+    assert (x.to("cpu") == x).all().item() and x.to(device="cpu", dtype=kiln.float64).dtype == kiln.float64
+    assert kiln.cuda.matmul.allow_tf32 is False
+    kiln.cuda.matmul.allow_tf32 = True
+    try:
+        assert kiln.cuda.matmul.allow_tf32 is True
+    finally:
+        kiln.cuda.matmul.allow_tf32 = False
 
 
 def test_device_names_are_checked_before_the_driver():
@@ -50,7 +67,45 @@ def test_with_a_gpu_the_driver_sees_it():
     p = kiln.cuda.get_device_properties(0)
     assert p["name"] and p["total_memory"] > 1 << 30 and p["major"] >= 5
     kiln.cuda.synchronize()
-    with pytest.raises(RuntimeError, match="cannot hold tensors on cuda:0 yet"):
-        kiln.ones(3, device="cuda")
     with pytest.raises(RuntimeError, match="no CUDA device"):
         kiln.ones(3, device=f"cuda:{kiln.cuda.device_count()}")
+
+
+@pytest.mark.skipif(not HAS_GPU, reason=f"no CUDA GPU: {kiln.cuda.unavailable_reason()}")
+def test_with_a_gpu_the_issue_example_runs_and_matches_the_cpu():
+    import numpy as np
+    kiln.manual_seed(0)
+    x = kiln.randn(256, 256, device="cuda")
+    kiln.manual_seed(0)
+    assert np.array_equal(x.cpu().numpy(), kiln.randn(256, 256).numpy())  # same seed, same numbers
+    y = (x @ x.T).softmax(dim=-1)
+    assert y.device == "cuda:0" and x.to("cuda") is x
+    kiln.cuda.synchronize()
+    xc = x.cpu()
+    expected = (xc @ xc.T).softmax(dim=-1).numpy()
+    np.testing.assert_allclose(y.cpu().numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert kiln.cuda.memory_allocated() > 0 and kiln.cuda.memory_stats()["num_allocs"] > 0
+    with pytest.raises(RuntimeError, match="same device"):
+        x + kiln.ones(256)
+    with pytest.raises(kiln.TraceError, match="cpu only"):
+        kiln.jit(lambda t: t * 2)(x)
+
+
+@pytest.mark.skipif(not HAS_GPU, reason=f"no CUDA GPU: {kiln.cuda.unavailable_reason()}")
+def test_with_a_gpu_training_a_model_matches_the_cpu():
+    import numpy as np
+    kiln.manual_seed(1)
+    cpu = kiln.nn.Sequential(kiln.nn.Linear(8, 16), kiln.nn.ReLU(), kiln.nn.Linear(16, 1))
+    gpu = kiln.nn.Sequential(kiln.nn.Linear(8, 16), kiln.nn.ReLU(), kiln.nn.Linear(16, 1))
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    x, t = kiln.randn(32, 8), kiln.randn(32, 1)
+    for model, (xs, ts) in ((cpu, (x, t)), (gpu, (x.cuda(), t.cuda()))):
+        opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            loss = ((model(xs) - ts) ** 2).mean()
+            loss.backward()
+            opt.step()
+    for a, b in zip(cpu.parameters(), gpu.parameters()):
+        np.testing.assert_allclose(b.cpu().numpy(), a.numpy(), rtol=1e-4, atol=1e-5)

@@ -330,30 +330,42 @@ class Module:
         fn(self)
         return self
 
-    # ---- dtype ----
+    # ---- dtype and device ----
     def to(self, *args, dtype=None, device=None):
-        """Casts floating-point parameters and buffers (in place, keeping the
-        Parameter objects) to ``dtype``; ``device`` may only be the CPU."""
+        """Moves parameters and buffers to ``device`` and casts the floating
+        ones to ``dtype``, in place: the Parameter objects stay the same, so
+        an optimizer made before keeps working (as in PyTorch)."""
         for a in args:
-            if isinstance(a, str):
-                device = a
+            if isinstance(a, str) or (isinstance(a, int) and not isinstance(a, bool)):
+                device = a if isinstance(a, str) else f"cuda:{a}"
             elif isinstance(a, kiln.Tensor):
                 dtype = a.dtype
             else:
                 dtype = a
-        _C._check_device(device, "Module.to")
-        if dtype is None:
-            return self
-        dtype = _C._to_dtype(dtype)
-        if not dtype.is_floating_point:
-            raise TypeError(f"nn.Module.to only accepts floating point dtypes, but got desired dtype={dtype}")
+        device = _C._check_device(device, "Module.to")
+        if dtype is not None:
+            dtype = _C._to_dtype(dtype)
+            if not dtype.is_floating_point:
+                raise TypeError(f"nn.Module.to only accepts floating point dtypes, but got desired dtype={dtype}")
+
+        def convert(t):
+            if device is not None and t.device != device:
+                t = t.to(device)
+            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                t = t.to(dtype)
+            return t
+
         for t in itertools.chain(self.parameters(), self.buffers()):
-            if t.is_floating_point() and t.dtype != dtype:
+            new = convert(t.detach())
+            if new.device != t.device or new.dtype != t.dtype:
                 g = t.grad if isinstance(t, Parameter) else None
-                _C._nn_set_data(t, t.detach().to(dtype))
+                _C._nn_set_data(t, new)
                 if g is not None:
-                    t.grad = g.to(dtype)
+                    t.grad = convert(g)
         return self
+
+    def cuda(self, device=None):
+        return self.to(device if device is not None else "cuda")
 
     def float(self):
         return self.to(kiln.float32)
@@ -368,7 +380,7 @@ class Module:
         return self.to(kiln.bfloat16)
 
     def cpu(self):
-        return self
+        return self.to("cpu")
 
     # ---- state ----
     def state_dict(self, destination=None, prefix="", keep_vars=False):
