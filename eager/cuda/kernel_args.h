@@ -4,6 +4,8 @@
 // Plain structs passed by value: every kernel takes one of them.
 #include <cstdint>
 
+#include "eager/nn/pool_window.h"
+
 namespace kiln::cuda_kernels {
 
 // Dims of an elementwise loop after coalescing (eager/loops.h); loops with
@@ -43,6 +45,17 @@ struct Indexed {
   bool wrap;
   int dim;
   char op[24];  // the op's name, for the out-of-range message (a copy: the kernel cannot read host strings)
+};
+
+// 2-D pooling of contiguous planes (eager/cuda/pool.cu): in and out are
+// the input and the output (backward: the output's gradient and dx).
+struct Pool {
+  nn::functional::PoolGeom g;
+  const char* in;
+  char* out;
+  char* indices;           // max: int64 flat indices into each plane
+  bool adaptive;           // averages: adaptive_avg_pool2d's windows
+  bool count_include_pad;  // avg_pool2d's divisor
 };
 
 struct Random {

@@ -13,6 +13,7 @@
 #include "eager/cuda/binary_fatbin.h"
 #include "eager/cuda/copy_fatbin.h"
 #include "eager/cuda/index_fatbin.h"
+#include "eager/cuda/pool_fatbin.h"
 #include "eager/cuda/rows_fatbin.h"
 #include "eager/cuda/unary_fatbin.h"
 #endif
@@ -28,10 +29,11 @@ KILN_IMAGE(binary);
 KILN_IMAGE(copy);
 KILN_IMAGE(rows);
 KILN_IMAGE(index);
+KILN_IMAGE(pool);
 #undef KILN_IMAGE
 #else
 const cuda::KernelImage unary_image{"unary", nullptr, 0}, binary_image = unary_image, copy_image = unary_image,
-                        rows_image = unary_image, index_image = unary_image;
+                        rows_image = unary_image, index_image = unary_image, pool_image = unary_image;
 #endif
 
 // The dtype's part of a kernel's name (eager/cuda/device.cuh).
@@ -168,6 +170,7 @@ std::string copy_kernel(DType to, DType from) { return fmt::format("kiln_copy_{}
 std::string where_kernel(DType dtype) { return fmt::format("kiln_where_{}", suffix(dtype)); }
 std::string random_kernel(std::string_view op, DType dtype) { return fmt::format("kiln_{}_{}", op, suffix(dtype)); }
 std::string rows_kernel(std::string_view op, DType dtype) { return fmt::format("kiln_rows_{}_{}", op, suffix(dtype)); }
+std::string pool_kernel(std::string_view kind, DType dtype) { return fmt::format("kiln_pool_{}_{}", kind, suffix(dtype)); }
 std::string index_kernel(std::string_view kind, DType dtype, DType index) {
   if (kind == "add") return fmt::format("kiln_index_add_{}_{}", suffix(dtype), suffix(index));
   return fmt::format("kiln_index_{}_w{}_{}", kind, itemsize(dtype), suffix(index));
@@ -176,7 +179,7 @@ std::string index_kernel(std::string_view kind, DType dtype, DType index) {
 bool has_kernel(std::string_view name) {
 #ifdef KILN_HAVE_CUDA_KERNELS
   for (const char* const* names : {kiln_unary_fatbin_kernels, kiln_binary_fatbin_kernels, kiln_copy_fatbin_kernels,
-                                   kiln_rows_fatbin_kernels, kiln_index_fatbin_kernels})
+                                   kiln_rows_fatbin_kernels, kiln_index_fatbin_kernels, kiln_pool_fatbin_kernels})
     for (const char* const* n = names; *n; ++n)
       if (name == *n) return true;
 #endif
@@ -228,6 +231,29 @@ void indexed(std::string_view kind, const Tensor& plain, const Tensor& base, con
     args.loop = loop;
     launch(index_image, kernel, device_of(plain), blocks_for(loop.n), args);
   });
+}
+
+namespace {
+void run_pool(const std::string& kernel, const nn::functional::PoolGeom& g, bool adaptive, bool count_include_pad,
+              const Tensor& in, const Tensor& out, const Tensor& indices) {
+  const int64_t outputs = g.planes * g.Ho * g.Wo;
+  if (outputs == 0) return;
+  KILN_CHECK(in.is_contiguous() && out.is_contiguous(), Error, "{}: expects contiguous planes", kernel);
+  Pool args{g, static_cast<const char*>(in.address()), static_cast<char*>(out.address()),
+            indices.defined() ? static_cast<char*>(indices.address()) : nullptr, adaptive, count_include_pad};
+  launch(pool_image, kernel, device_of(out), (outputs + kThreads - 1) / kThreads, args);
+}
+}  // namespace
+
+void pool(std::string_view kind, const nn::functional::PoolGeom& g, bool count_include_pad, const Tensor& in,
+          const Tensor& out, const Tensor& indices) {
+  run_pool(pool_kernel(kind == "max" ? "max" : "avg", in.dtype()), g, kind == "adaptive", count_include_pad, in, out,
+           indices);
+}
+
+void pool_backward(std::string_view kind, const nn::functional::PoolGeom& g, bool count_include_pad,
+                   const Tensor& grad, const Tensor& dx) {
+  run_pool(pool_kernel("avg_backward", dx.dtype()), g, kind == "adaptive", count_include_pad, grad, dx, Tensor());
 }
 
 namespace {

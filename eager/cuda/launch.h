@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 
+#include "eager/nn/pool_window.h"
 #include "eager/scalar.h"
 #include "eager/tensor.h"
 
@@ -49,6 +50,15 @@ struct IndexRule {
   const char* op;
 };
 void indexed(std::string_view kind, const Tensor& plain, const Tensor& base, const Tensor& index, const IndexRule& rule);
+
+// 2-D pooling of contiguous planes (eager/nn/pool_window.h): kind "max"
+// fills out and int64 indices, "avg" and "adaptive" fill out;
+// pool_backward("avg" | "adaptive") adds grad's shares into a zeroed dx.
+void pool(std::string_view kind, const nn::functional::PoolGeom& g, bool count_include_pad, const Tensor& in,
+          const Tensor& out, const Tensor& indices = {});
+void pool_backward(std::string_view kind, const nn::functional::PoolGeom& g, bool count_include_pad,
+                   const Tensor& grad, const Tensor& dx);
+std::string pool_kernel(std::string_view kind, DType dtype);  // max, avg, avg_backward
 
 // rand / normal into a contiguous out, from the Philox stream at (seed,
 // first) (eager/philox.h).

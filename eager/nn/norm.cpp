@@ -212,10 +212,53 @@ std::vector<Tensor> batch_norm_backward(const Tensor& grad, const Tensor& x, con
 
 }  // namespace
 
+namespace {
+// On a GPU, composed of GPU ops (autograd differentiates them as any op):
+// the statistics over every dim but the channels, in the compute dtype;
+// the running statistics updated as on the CPU (the variance unbiased).
+Tensor batch_norm_composite(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                            const Tensor& weight, const Tensor& bias, bool training, double momentum, double eps) {
+  DimList dims;
+  Shape channel_shape(x.dim(), 1);
+  channel_shape[1] = x.shape()[1];
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (d != 1) dims.push_back(d);
+  const DType cd = compute_dtype(x.dtype());
+  const Tensor xc = to_dtype(x, cd);
+  auto per_channel = [&](const Tensor& t) { return reshape(to_dtype(t, cd), channel_shape); };
+  Tensor mean, var;
+  if (training) {
+    mean = kiln::mean(xc, dims, /*keepdim=*/true);
+    var = kiln::var(xc, dims, /*correction=*/0, /*keepdim=*/true);
+    NoGradGuard no_grad;
+    const double count = static_cast<double>(x.numel() / x.shape()[1]);
+    auto update = [&](const Tensor& running, const Tensor& batch, double scale) {
+      if (!running.defined()) return;
+      Tensor next = add(mul(running, 1.0 - momentum), mul(reshape(batch.detach(), {x.shape()[1]}), momentum * scale));
+      Tensor(running).copy_(next);
+    };
+    update(running_mean, mean, 1.0);
+    update(running_var, var, count / (count - 1));
+  } else {
+    mean = per_channel(running_mean);
+    var = per_channel(running_var);
+  }
+  Tensor y = mul(sub(xc, mean), rsqrt(add(var, eps)));
+  if (weight.defined()) y = mul(y, per_channel(weight));
+  if (bias.defined()) y = add(y, per_channel(bias));
+  return to_dtype(y, x.dtype());
+}
+}  // namespace
+
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
                   const Tensor& bias, bool training, double momentum, double eps) {
   batch_norm_meta({type_of(x), type_of(running_mean), type_of(running_var), type_of(weight), type_of(bias)}, training,
                   eps);
+  for (const auto& [p, what] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"},
+                                std::pair{&weight, "weight"}, std::pair{&bias, "bias"}})
+    check_same_device(x, *p, "batch_norm", what);
+  if (!x.device().is_cpu() && !active_trace())
+    return batch_norm_composite(x, running_mean, running_var, weight, bias, training, momentum, eps);
   // Running statistics are operands, not differentiated: the gradient
   // flows to x, weight and bias (inputs 0, 3, 4).
   std::vector<Tensor> outs = autograd_op_n(

@@ -4,8 +4,10 @@
 #include <cmath>
 #include <limits>
 
+#include "eager/cuda/launch.h"
 #include "eager/nn/common.h"
 #include "eager/nn/functional.h"
+#include "eager/nn/pool_window.h"
 
 namespace kiln::nn::functional {
 namespace {
@@ -21,11 +23,6 @@ int64_t pooled_size(int64_t in, int64_t k, int64_t pad, int64_t stride, int64_t 
   if (ceil_mode && (out - 1) * stride >= in + pad) --out;
   return out;
 }
-
-struct PoolGeom {
-  int64_t planes, H, W, Ho, Wo;
-  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-};
 
 // The shared checks.
 void check_pool_input(const TensorType& x, const char* op) {
@@ -81,59 +78,37 @@ void max_pool_kernel(const PoolGeom& g, const T* x, T* out, int64_t* idx) {
       const T* xp = x + p * g.H * g.W;
       for (int64_t oh = 0; oh < g.Ho; ++oh)
         for (int64_t ow = 0; ow < g.Wo; ++ow) {
-          int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-          const int64_t h1 = std::min(h0 + (g.kh - 1) * g.dh + 1, g.H), w1 = std::min(w0 + (g.kw - 1) * g.dw + 1, g.W);
-          while (h0 < 0) h0 += g.dh;
-          while (w0 < 0) w0 += g.dw;
-          C best = -std::numeric_limits<C>::infinity();
-          int64_t arg = h0 * g.W + w0;
-          for (int64_t ih = h0; ih < h1; ih += g.dh)
-            for (int64_t iw = w0; iw < w1; iw += g.dw) {
-              const C v = C(xp[ih * g.W + iw]);
-              if (v > best || std::isnan(v)) {  // NaN wins, as in PyTorch
-                best = v;
-                arg = ih * g.W + iw;
-              }
-            }
           const int64_t o = (p * g.Ho + oh) * g.Wo + ow;
+          C best;
+          max_window<C>(g, oh, ow, [xp](int64_t i) { return C(xp[i]); }, best, idx[o]);
           out[o] = T(best);
-          idx[o] = arg;
         }
     }
   });
 }
 
-// ---- avg ----
+// ---- avg and adaptive avg: `window(oh, ow)` is avg_window or adaptive_window ----
 
-template <class T>
-void avg_pool_kernel(const PoolGeom& g, const T* x, T* out, bool count_include_pad) {
+template <class T, class Window>
+void avg_kernel(const PoolGeom& g, const T* x, T* out, Window window) {
   using C = compute_t<T>;
   parallel_for(0, g.planes, plane_grain(g), [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       const T* xp = x + p * g.H * g.W;
       for (int64_t oh = 0; oh < g.Ho; ++oh)
         for (int64_t ow = 0; ow < g.Wo; ++ow) {
-          int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-          int64_t h1 = std::min(h0 + g.kh, g.H + g.ph), w1 = std::min(w0 + g.kw, g.W + g.pw);
-          const int64_t padded = (h1 - h0) * (w1 - w0);
-          h0 = std::max<int64_t>(h0, 0), w0 = std::max<int64_t>(w0, 0);
-          h1 = std::min(h1, g.H), w1 = std::min(w1, g.W);
-          const int64_t divisor = count_include_pad ? padded : (h1 - h0) * (w1 - w0);
-          if (h0 >= h1 || w0 >= w1) {  // a window wholly in the padding
-            out[(p * g.Ho + oh) * g.Wo + ow] = T(0);
-            continue;
-          }
+          const AvgWindow w = window(oh, ow);
           C s = C(0);
-          for (int64_t ih = h0; ih < h1; ++ih)
-            for (int64_t iw = w0; iw < w1; ++iw) s += C(xp[ih * g.W + iw]);
-          out[(p * g.Ho + oh) * g.Wo + ow] = T(s / C(divisor));
+          for (int64_t ih = w.h0; ih < w.h1; ++ih)
+            for (int64_t iw = w.w0; iw < w.w1; ++iw) s += C(xp[ih * g.W + iw]);
+          out[(p * g.Ho + oh) * g.Wo + ow] = w.empty() ? T(0) : T(s / C(w.divisor));
         }
     }
   });
 }
 
-template <class T>
-void avg_pool_backward_kernel(const PoolGeom& g, const T* gout, T* dx, bool count_include_pad) {
+template <class T, class Window>
+void avg_backward_kernel(const PoolGeom& g, const T* gout, T* dx, Window window) {
   using C = compute_t<T>;
   parallel_for(0, g.planes, plane_grain(g), [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
@@ -141,52 +116,12 @@ void avg_pool_backward_kernel(const PoolGeom& g, const T* gout, T* dx, bool coun
       std::fill(dp, dp + g.H * g.W, T(0));
       for (int64_t oh = 0; oh < g.Ho; ++oh)
         for (int64_t ow = 0; ow < g.Wo; ++ow) {
-          int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-          int64_t h1 = std::min(h0 + g.kh, g.H + g.ph), w1 = std::min(w0 + g.kw, g.W + g.pw);
-          const int64_t padded = (h1 - h0) * (w1 - w0);
-          h0 = std::max<int64_t>(h0, 0), w0 = std::max<int64_t>(w0, 0);
-          h1 = std::min(h1, g.H), w1 = std::min(w1, g.W);
-          const int64_t divisor = count_include_pad ? padded : (h1 - h0) * (w1 - w0);
-          if (h0 >= h1 || w0 >= w1) continue;
-          const C v = C(gout[(p * g.Ho + oh) * g.Wo + ow]) / C(divisor);
-          for (int64_t ih = h0; ih < h1; ++ih)
-            for (int64_t iw = w0; iw < w1; ++iw) dp[ih * g.W + iw] = T(C(dp[ih * g.W + iw]) + v);
+          const AvgWindow w = window(oh, ow);
+          if (w.empty()) continue;
+          const C v = C(gout[(p * g.Ho + oh) * g.Wo + ow]) / C(w.divisor);
+          for (int64_t ih = w.h0; ih < w.h1; ++ih)
+            for (int64_t iw = w.w0; iw < w.w1; ++iw) dp[ih * g.W + iw] = T(C(dp[ih * g.W + iw]) + v);
         }
-    }
-  });
-}
-
-// ---- adaptive avg: window [floor(o * in / out), ceil((o + 1) * in / out)) ----
-
-inline int64_t adaptive_start(int64_t o, int64_t in, int64_t out) { return (o * in) / out; }
-inline int64_t adaptive_end(int64_t o, int64_t in, int64_t out) { return ((o + 1) * in + out - 1) / out; }
-
-template <class T, bool kBackward>
-void adaptive_avg_kernel(const PoolGeom& g, const T* src, T* dst) {
-  using C = compute_t<T>;
-  parallel_for(0, g.planes, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.H * g.W)), [&](int64_t pb, int64_t pe) {
-    for (int64_t p = pb; p < pe; ++p) {
-      if constexpr (kBackward) std::fill(dst + p * g.H * g.W, dst + (p + 1) * g.H * g.W, T(0));
-      for (int64_t oh = 0; oh < g.Ho; ++oh) {
-        const int64_t h0 = adaptive_start(oh, g.H, g.Ho), h1 = adaptive_end(oh, g.H, g.Ho);
-        for (int64_t ow = 0; ow < g.Wo; ++ow) {
-          const int64_t w0 = adaptive_start(ow, g.W, g.Wo), w1 = adaptive_end(ow, g.W, g.Wo);
-          const C count = C((h1 - h0) * (w1 - w0));
-          const int64_t o = (p * g.Ho + oh) * g.Wo + ow;
-          if constexpr (kBackward) {
-            T* dp = dst + p * g.H * g.W;
-            const C v = C(src[o]) / count;
-            for (int64_t ih = h0; ih < h1; ++ih)
-              for (int64_t iw = w0; iw < w1; ++iw) dp[ih * g.W + iw] = T(C(dp[ih * g.W + iw]) + v);
-          } else {
-            const T* xp = src + p * g.H * g.W;
-            C s = C(0);
-            for (int64_t ih = h0; ih < h1; ++ih)
-              for (int64_t iw = w0; iw < w1; ++iw) s += C(xp[ih * g.W + iw]);
-            dst[o] = T(s / count);
-          }
-        }
-      }
     }
   });
 }
@@ -224,6 +159,9 @@ PoolGeom adaptive_geometry(const Shape& x, Pair output_size) {
   g.planes = numel(Shape(x.begin(), x.end() - 2));
   g.Ho = output_size[0];
   g.Wo = output_size[1];
+  // (the largest window's extent, for the CPU's work split only)
+  g.kh = g.Ho > 0 ? g.H / g.Ho + 2 : 1;
+  g.kw = g.Wo > 0 ? g.W / g.Wo + 2 : 1;
   return g;
 }
 
@@ -245,10 +183,14 @@ Tensor max_pool2d_backward(const Tensor& grad, const Tensor& x, const Tensor& in
     const DType dtype = x.dtype();
     Tensor gc = contiguous(to_dtype(grad, dtype));
     Tensor idx = contiguous(indices);
-    Tensor dx = zeros(x.shape(), dtype);
     const int64_t planes = numel(Shape(x.shape().begin(), x.shape().end() - 2));
     const int64_t plane_in = x.shape()[x.dim() - 2] * x.shape()[x.dim() - 1];
     const int64_t plane_out = gc.shape()[gc.dim() - 2] * gc.shape()[gc.dim() - 1];
+    if (!x.device().is_cpu())  // each window's gradient added at its argmax (atomically: windows overlap)
+      return reshape(scatter_add(zeros({planes, plane_in}, dtype, x.device()), 1, reshape(idx, {planes, plane_out}),
+                                 reshape(gc, {planes, plane_out})),
+                     x.shape());
+    Tensor dx = zeros(x.shape(), dtype);
     if (dx.numel() > 0)
       dispatch_floating(dtype, "max_pool2d_backward", [&]<class T>() {
         using C = compute_t<T>;
@@ -274,10 +216,16 @@ Tensor avg_pool2d_backward(const Tensor& grad, const Tensor& x, Pair kernel_size
     const PoolGeom g = pool_geometry(x.shape(), kernel_size, stride, padding, {1, 1}, ceil_mode, "avg_pool2d");
     const DType dtype = x.dtype();
     Tensor gc = contiguous(to_dtype(grad, dtype));
+    if (!x.device().is_cpu()) {
+      Tensor dx = zeros(x.shape(), dtype, x.device());
+      cuda_kernels::pool_backward("avg", g, count_include_pad, gc, dx);
+      return dx;
+    }
     Tensor dx = Tensor::empty(x.shape(), dtype);
     if (dx.numel() > 0)
       dispatch_floating(dtype, "avg_pool2d_backward", [&]<class T>() {
-        avg_pool_backward_kernel<T>(g, gc.data<T>(), dx.data<T>(), count_include_pad);
+        avg_backward_kernel<T>(g, gc.data<T>(), dx.data<T>(),
+                               [&](int64_t oh, int64_t ow) { return avg_window(g, oh, ow, count_include_pad); });
       });
     return dx;
   });
@@ -288,10 +236,16 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& grad, const Tensor& x) {
     const PoolGeom g = adaptive_geometry(x.shape(), {grad.shape()[grad.dim() - 2], grad.shape()[grad.dim() - 1]});
     const DType dtype = x.dtype();
     Tensor gc = contiguous(to_dtype(grad, dtype));
-    Tensor dx = zeros(x.shape(), dtype);
-    if (dx.numel() > 0 && gc.numel() > 0)
-      dispatch_floating(dtype, "adaptive_avg_pool2d_backward",
-                        [&]<class T>() { adaptive_avg_kernel<T, true>(g, gc.data<T>(), dx.data<T>()); });
+    Tensor dx = zeros(x.shape(), dtype, x.device());
+    if (dx.numel() == 0 || gc.numel() == 0) return dx;
+    if (!x.device().is_cpu()) {
+      cuda_kernels::pool_backward("adaptive", g, false, gc, dx);
+      return dx;
+    }
+    dispatch_floating(dtype, "adaptive_avg_pool2d_backward", [&]<class T>() {
+      avg_backward_kernel<T>(g, gc.data<T>(), dx.data<T>(),
+                             [&](int64_t oh, int64_t ow) { return adaptive_window(g, oh, ow); });
+    });
     return dx;
   });
 }
@@ -308,8 +262,12 @@ std::vector<Tensor> max_pool2d_with_indices(const Tensor& x, Pair kernel_size, s
       [&]() -> std::vector<Tensor> {
         const Tensor xc = contiguous(x.detach());
         const PoolGeom g = pool_geometry(x.shape(), kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d");
-        Tensor out = Tensor::empty(type.shape, x.dtype());
-        Tensor indices = Tensor::empty(type.shape, DType::Int64);
+        Tensor out = Tensor::empty(type.shape, x.dtype(), x.device());
+        Tensor indices = Tensor::empty(type.shape, DType::Int64, x.device());
+        if (!x.device().is_cpu()) {
+          cuda_kernels::pool("max", g, false, xc, out, indices);
+          return {out, indices};
+        }
         if (out.numel() > 0)
           dispatch_floating(x.dtype(), "max_pool2d", [&]<class T>() {
             max_pool_kernel<T>(g, xc.data<T>(), out.data<T>(), indices.data<int64_t>());
@@ -339,10 +297,16 @@ Tensor avg_pool2d(const Tensor& x, Pair kernel_size, std::optional<Pair> stride,
       [&] {
         const Tensor xc = contiguous(x.detach());
         const PoolGeom g = pool_geometry(x.shape(), kernel_size, stride, padding, {1, 1}, ceil_mode, "avg_pool2d");
-        Tensor out = Tensor::empty(type.shape, x.dtype());
+        Tensor out = Tensor::empty(type.shape, x.dtype(), x.device());
+        if (!x.device().is_cpu()) {
+          cuda_kernels::pool("avg", g, count_include_pad, xc, out);
+          return out;
+        }
         if (out.numel() > 0)
-          dispatch_floating(x.dtype(), "avg_pool2d",
-                            [&]<class T>() { avg_pool_kernel<T>(g, xc.data<T>(), out.data<T>(), count_include_pad); });
+          dispatch_floating(x.dtype(), "avg_pool2d", [&]<class T>() {
+            avg_kernel<T>(g, xc.data<T>(), out.data<T>(),
+                          [&](int64_t oh, int64_t ow) { return avg_window(g, oh, ow, count_include_pad); });
+          });
         return out;
       },
       [&](const Tensor&) {
@@ -360,10 +324,15 @@ Tensor adaptive_avg_pool2d(const Tensor& x, Pair output_size) {
       [&] {
         const Tensor xc = contiguous(x.detach());
         const PoolGeom g = adaptive_geometry(x.shape(), output_size);
-        Tensor out = Tensor::empty(type.shape, x.dtype());
+        Tensor out = Tensor::empty(type.shape, x.dtype(), x.device());
+        if (!x.device().is_cpu()) {
+          cuda_kernels::pool("adaptive", g, false, xc, out);
+          return out;
+        }
         if (out.numel() > 0)
-          dispatch_floating(x.dtype(), "adaptive_avg_pool2d",
-                            [&]<class T>() { adaptive_avg_kernel<T, false>(g, xc.data<T>(), out.data<T>()); });
+          dispatch_floating(x.dtype(), "adaptive_avg_pool2d", [&]<class T>() {
+            avg_kernel<T>(g, xc.data<T>(), out.data<T>(), [&](int64_t oh, int64_t ow) { return adaptive_window(g, oh, ow); });
+          });
         return out;
       },
       [&](const Tensor&) {

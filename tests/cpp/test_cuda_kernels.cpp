@@ -65,6 +65,7 @@ TEST_CASE("every CUDA kernel the ops can launch is built", "[cuda]") {
     if (is_floating(d)) {
       for (const char* op : {"softmax", "log_softmax", "layer_norm"}) need(cuda_kernels::rows_kernel(op, d));
       for (const char* op : {"rand", "normal"}) need(cuda_kernels::random_kernel(op, d));
+      for (const char* kind : {"max", "avg", "avg_backward"}) need(cuda_kernels::pool_kernel(kind, d));
     }
     if (cpu_accepts([&] { randint(0, 3, {2}, d); })) need(cuda_kernels::random_kernel("randint", d));
     for (DType index : {DType::Int32, DType::Int64}) {
