@@ -411,7 +411,7 @@ AdvancedPlan plan_advanced(const Tensor& x, const std::vector<Tensor>& indices, 
   std::vector<Entry> adv;
   for (const IndexEntry& e : L.entries) {
     const Tensor& t = indices[e.source];
-    if (e.column == -2) adv.push_back({-1, zeros(e.shape, DType::Int64)});
+    if (e.column == -2) adv.push_back({-1, zeros(e.shape, DType::Int64, x.device())});
     else if (e.column >= 0) adv.push_back({e.dim, nz[e.source].select(1, e.column)});
     // index_put_ reads the indices while writing x: they must not change under it.
     else adv.push_back({e.dim, writes_x && t.storage() == x.storage() ? t.clone() : t});
@@ -431,11 +431,23 @@ AdvancedPlan plan_advanced(const Tensor& x, const std::vector<Tensor>& indices, 
     return plan;
   }
   // Several: fold them into one tensor of byte offsets first.
-  Tensor off = zeros(bshape, DType::Int64);
+  Tensor off = zeros(bshape, DType::Int64, x.device());
   for (const Entry& e : adv) {
     if (e.dim < 0) continue;
     Tensor idx = expand(e.idx, bshape);
     const IndexRule rule{x.strides()[e.dim] * width, x.shape()[e.dim], true, op, e.dim};
+    if (!x.device().is_cpu()) {  // with GPU ops; the bounds check waits for its two reductions
+      Tensor i = to_dtype(idx, DType::Int64);
+      i = where(lt(i, 0), add(i, rule.size), i);
+      if (i.numel() > 0) {
+        const int64_t lo = amin(i).item<int64_t>(), hi = amax(i).item<int64_t>();
+        const int64_t bad = lo < 0 ? lo - rule.size : hi;
+        KILN_CHECK(lo >= 0 && hi < rule.size, IndexError, "{}: index {} is out of bounds for dimension {} with size {}",
+                   op, bad, e.dim, rule.size);
+      }
+      off = add(off, mul(i, rule.stride));
+      continue;
+    }
     auto loop = plan_loop<2>(bshape, {&off, &idx});
     dispatch_index(idx.dtype(), op, [&]<class I>() {
       run_loop(loop, [&rule](const std::array<char*, 2>& p, const std::array<int64_t, 2>& s, int64_t n) {
@@ -642,6 +654,19 @@ Tensor one_hot(const Tensor& index, int64_t num_classes) {
   CurrentOpScope running("one_hot");
   one_hot_meta(type_of(index), num_classes);
   if (auto traced = trace_if_active("one_hot", {index}, KILN_ATTRS(num_classes))) return (*traced)[0];
+  if (!index.device().is_cpu()) {  // a comparison with every class, checked with two reductions (which wait)
+    const Tensor idx = index.to(DType::Int64);
+    KILN_CHECK(num_classes != -1 || idx.numel() > 0, ValueError,
+               "one_hot: cannot infer the number of classes from an empty tensor; pass num_classes");
+    if (idx.numel() > 0) {
+      const int64_t lo = amin(idx).item<int64_t>(), hi = amax(idx).item<int64_t>();
+      KILN_CHECK(lo >= 0, IndexError, "one_hot: class values must be non-negative, got {}", lo);
+      if (num_classes == -1) num_classes = hi + 1;
+      KILN_CHECK(hi < num_classes, IndexError, "one_hot: class value {} is out of range for num_classes={}", hi,
+                 num_classes);
+    }
+    return eq(unsqueeze(idx, -1), to_device(arange(0, num_classes), index.device())).to(DType::Int64);
+  }
   Tensor idx = index.to(DType::Int64).contiguous();
   const int64_t* v = idx.data<int64_t>();
   const int64_t n = idx.numel();
@@ -667,6 +692,9 @@ Tensor one_hot(const Tensor& index, int64_t num_classes) {
 Tensor nonzero(const Tensor& x_in) {
   CurrentOpScope running("nonzero");
   if (auto traced = trace_if_active("nonzero", {x_in}, KILN_NO_ATTRS)) return (*traced)[0];
+  // The result's size depends on the values, so the host waits for them in
+  // any case: on a GPU, the bool mask comes to the cpu and the coordinates go back.
+  if (!x_in.device().is_cpu()) return to_device(nonzero(ne(x_in, 0).cpu()), x_in.device());
   const Tensor x = x_in.contiguous();
   const int64_t n = x.numel(), nd = x.dim();
   // Count per block, then each block writes its coordinates from its prefix

@@ -580,9 +580,21 @@ Tensor cross_entropy(const Tensor& input, const Tensor& target, const Tensor& we
       cross_entropy_meta(type_of(input), type_of(target), type_of(weight), ignore_index, reduction, label_smoothing);
   const Reduction red = parse_reduction(reduction, "cross_entropy");
   const bool probs = is_floating(target.dtype());
-  if (!input.device().is_cpu() && !probs)
-    return class_loss_composite(log_softmax(input, input.dim() == 1 ? 0 : 1), target, weight, ignore_index, red,
-                                label_smoothing);
+  if (!input.device().is_cpu()) {
+    const int64_t class_dim = input.dim() == 1 ? 0 : 1;
+    const Tensor logp = log_softmax(input, class_dim);
+    if (!probs) return class_loss_composite(logp, target, weight, ignore_index, red, label_smoothing);
+    // Class probabilities: -sum_c(w[c] * t[c] * logp[c]), t smoothed toward
+    // uniform; mean divides by the number of rows, as on the CPU.
+    const int64_t C = input.shape()[class_dim];
+    Tensor t = label_smoothing > 0 ? add(mul(target, 1 - label_smoothing), label_smoothing / C) : target;
+    Shape wshape(input.dim(), 1);
+    wshape[class_dim] = C;
+    Tensor weighted = weight.defined() ? mul(logp, reshape(weight, wshape)) : logp;
+    Tensor loss = neg(sum(mul(t, weighted), {class_dim}));
+    if (red == Reduction::None) return loss;
+    return red == Reduction::Sum ? sum(loss) : mean(loss);
+  }
   // The gradient flows to the input (and to a target of probabilities).
   return autograd_op_n(
       "cross_entropy", {input, target, weight}, KILN_ATTRS(ignore_index, reduction, label_smoothing),
