@@ -11,11 +11,13 @@ softmax, layer_norm and matmul (cuBLAS) run there, and any other op raises
 a ``RuntimeError`` naming it. ``kiln.cuda.matmul.allow_tf32`` lets float32
 matmuls use TF32 tensor cores.
 """
+import contextlib
+
 from . import _C
 
 __all__ = ["is_available", "unavailable_reason", "device_count", "driver_version", "get_device_name",
            "get_device_properties", "synchronize", "memory_stats", "memory_allocated", "memory_reserved",
-           "max_memory_allocated", "empty_cache", "mem_get_info", "matmul"]
+           "max_memory_allocated", "empty_cache", "mem_get_info", "matmul", "Stream", "stream", "Event"]
 
 
 def is_available():
@@ -114,3 +116,52 @@ class _Matmul:
 
 
 matmul = _Matmul()
+
+
+class Stream:
+    """A queue of GPU work of its own (it waits for the default stream, as
+    PyTorch's streams do). Work goes to it inside ``with kiln.cuda.stream(s):``."""
+
+    def __init__(self, device=None):
+        self._stream = _C._CudaStream(_index(device))
+
+    @property
+    def device(self):
+        return f"cuda:{self._stream.device}"
+
+    def synchronize(self):
+        """Waits for the work queued on this stream."""
+        self._stream.synchronize()
+
+
+@contextlib.contextmanager
+def stream(s):
+    """Queues the GPU work of the block on stream ``s`` (this thread only)."""
+    guard = _C._CudaStreamGuard(s._stream)
+    try:
+        yield s
+    finally:
+        del guard
+
+
+class Event:
+    """A point in a stream's work, for timing GPU code:
+    ``start.record(); ...; end.record(); end.synchronize(); start.elapsed_time(end)``."""
+
+    def __init__(self, enable_timing=True, device=None):
+        self._event = _C._CudaEvent(_index(device))
+
+    def record(self, stream=None):
+        """Records the event on ``stream`` (default: the current stream)."""
+        if stream is None:
+            self._event.record()
+        else:
+            with globals()["stream"](stream):
+                self._event.record()
+
+    def synchronize(self):
+        self._event.synchronize()
+
+    def elapsed_time(self, end):
+        """Milliseconds between this event and ``end`` (both recorded and finished)."""
+        return self._event.elapsed_ms(end._event)

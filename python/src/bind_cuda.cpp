@@ -35,6 +35,17 @@ void bind_cuda(py::module_& m) {
     cuda::MemoryInfo info = cuda::memory_info(index);
     return py::make_tuple(info.free_bytes, info.total_bytes);
   });
+  py::class_<cuda::Stream>(m, "_CudaStream")
+      .def(py::init<int>())
+      .def_property_readonly("device", &cuda::Stream::device)
+      .def("synchronize", &cuda::Stream::synchronize, py::call_guard<py::gil_scoped_release>());
+  // Makes a stream current for its device on this thread while it lives.
+  py::class_<cuda::StreamGuard>(m, "_CudaStreamGuard").def(py::init<const cuda::Stream&>(), py::keep_alive<1, 2>());
+  py::class_<cuda::Event>(m, "_CudaEvent")
+      .def(py::init<int>())
+      .def("record", &cuda::Event::record)
+      .def("synchronize", &cuda::Event::synchronize, py::call_guard<py::gil_scoped_release>())
+      .def("elapsed_ms", &cuda::Event::elapsed_ms);
   m.def("_cuda_allow_tf32", [] { return cublas::allow_tf32(); });
   m.def("_cuda_set_allow_tf32", [](bool allow) { cublas::set_allow_tf32(allow); });
 }

@@ -23,7 +23,8 @@ def test_without_a_gpu_cuda_is_refused_with_the_reason():
                  lambda: kiln.tensor([1.0], device="cuda"), lambda: kiln.zeros_like(x, device="cuda"),
                  lambda: x.to("cuda"), lambda: x.cuda(), lambda: x.to("cuda", kiln.float16),
                  lambda: kiln.cuda.synchronize(), lambda: kiln.cuda.get_device_name(),
-                 lambda: kiln.cuda.memory_stats(), lambda: kiln.cuda.empty_cache(), lambda: x.pin_memory()):
+                 lambda: kiln.cuda.memory_stats(), lambda: kiln.cuda.empty_cache(), lambda: x.pin_memory(),
+                 lambda: kiln.cuda.Stream(), lambda: kiln.cuda.Event()):
         with pytest.raises(RuntimeError, match="CUDA is not available") as e:
             make()
         assert reason in str(e.value)
@@ -79,12 +80,19 @@ def test_with_a_gpu_the_issue_example_runs_and_matches_the_cpu():
     kiln.manual_seed(0)
     assert np.array_equal(x.cpu().numpy(), kiln.randn(256, 256).numpy())  # same seed, same numbers
     y = (x @ x.T).softmax(dim=-1)
-    assert y.device == "cuda:0" and x.to("cuda") is x
+    assert y.device == "cuda:0" and x.to("cuda").device == "cuda:0"
     kiln.cuda.synchronize()
     xc = x.cpu()
     expected = (xc @ xc.T).softmax(dim=-1).numpy()
     np.testing.assert_allclose(y.cpu().numpy(), expected, rtol=1e-4, atol=1e-6)
     assert kiln.cuda.memory_allocated() > 0 and kiln.cuda.memory_stats()["num_allocs"] > 0
+    side, start, end = kiln.cuda.Stream(), kiln.cuda.Event(), kiln.cuda.Event()
+    with kiln.cuda.stream(side):
+        start.record()
+        z = x * 2
+        end.record()
+    side.synchronize()
+    assert start.elapsed_time(end) >= 0 and (z.cpu().numpy() == xc.numpy() * 2).all()
     with pytest.raises(RuntimeError, match="same device"):
         x + kiln.ones(256)
     with pytest.raises(kiln.TraceError, match="cpu only"):
