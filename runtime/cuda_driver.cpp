@@ -267,8 +267,11 @@ Stream::Stream(int index) : index_(index) {
   id_ = reinterpret_cast<StreamId>(s);
 }
 Stream::~Stream() {
-  // Queued work still completes: the driver destroys the stream after it.
-  if (id_) driver().cuStreamDestroy_v2(reinterpret_cast<CUstream>(id_));
+  // Waits for the stream's work first: memory its tensors freed is cached
+  // under its handle, which a new stream may be given again.
+  if (!id_) return;
+  driver().cuStreamSynchronize(reinterpret_cast<CUstream>(id_));
+  driver().cuStreamDestroy_v2(reinterpret_cast<CUstream>(id_));
 }
 void Stream::synchronize() const {
   const Driver& d = enter(index_, "Stream.synchronize");

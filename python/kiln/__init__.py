@@ -265,7 +265,8 @@ def is_tensor(x):
 
 # ---- Tensor methods written in Python ----
 
-def _to(self, *args, dtype=None, device=None, copy=False):
+def _to(self, *args, dtype=None, device=None, copy=False, non_blocking=False):
+    # non_blocking is accepted for PyTorch code; kiln's copies between devices complete before returning.
     for a in args:
         if isinstance(a, str) and (a == "cpu" or a.startswith("cuda")):
             device = a

@@ -150,13 +150,13 @@ void bind_tensor(py::module_& m) {
         if (auto d = to_dtype(dtype)) out = out.to(*d);
         return copy && out.is_same(x) ? x.clone() : out;
       })
-      .def("cuda", [](const Tensor& x, py::object device) {
+      .def("cuda", [](const Tensor& x, py::object device, bool /*non_blocking: copies complete before returning*/) {
         // x.cuda(), x.cuda(1), x.cuda("cuda:1")
         py::object name = device.is_none()                 ? py::str("cuda")
                           : py::isinstance<py::int_>(device) ? py::str(fmt::format("cuda:{}", device.cast<int>()))
                                                              : device;
         return x.to(check_device(name, "cuda"));
-      }, py::arg("device") = py::none())
+      }, py::arg("device") = py::none(), py::arg("non_blocking") = false)
       .def("cpu", [](const Tensor& x) { return x.cpu(); })
       .def("pin_memory", &Tensor::pin_memory)
       .def("is_pinned", &Tensor::is_pinned)
