@@ -73,8 +73,6 @@ __device__ __forceinline__ C kpow(C a, C b) {
 // Each thread handles kVec elements: in the vector case one aligned group
 // (one 16-byte load per float32 operand), otherwise kVec elements a block
 // apart (coalesced).
-inline constexpr int kVec = 4;
-inline constexpr int kThreads = 256;
 
 template <class T>
 struct alignas(sizeof(T) * kVec) Group {

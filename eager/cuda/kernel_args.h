@@ -12,6 +12,13 @@ namespace kiln::cuda_kernels {
 // more are split into launches on the host.
 inline constexpr int kMaxDims = 6;
 
+// Launch shapes both sides agree on: threads per block, elements per thread
+// of an elementwise kernel, and the widest row that one warp reduces (wider
+// rows get a block).
+inline constexpr int kThreads = 256;
+inline constexpr int kVec = 4;
+inline constexpr int64_t kWarpRowCols = 1024;
+
 // An input of an elementwise kernel: a strided tensor, or a scalar (a
 // Python number, a 0-d CPU tensor) when data is null.
 struct Operand {

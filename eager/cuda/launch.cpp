@@ -52,7 +52,6 @@ const char* suffix(DType d) {
   return "?";
 }
 
-constexpr int kThreads = 256, kVec = 4;  // as in eager/cuda/device.cuh
 
 template <class Args>
 void launch(const cuda::KernelImage& image, const std::string& kernel, int device, int64_t blocks, Args& args) {
@@ -279,7 +278,7 @@ void randint(const Tensor& out, uint64_t seed, uint64_t first, int64_t low, int6
 }
 
 namespace {
-constexpr int64_t kWarpRowCols = 1024, kWarps = kThreads / 32;  // as in eager/cuda/rows.cu
+constexpr int64_t kWarps = kThreads / 32;
 
 // A warp per row up to kWarpRowCols columns (kWarps rows a block), else a block.
 int64_t row_blocks(int64_t rows, int64_t cols) { return cols <= kWarpRowCols ? (rows + kWarps - 1) / kWarps : rows; }

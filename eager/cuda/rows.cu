@@ -11,7 +11,6 @@
 
 namespace kiln::cuda_kernels {
 
-inline constexpr int64_t kWarpRowCols = 1024;
 inline constexpr int kWarps = kThreads / 32;
 
 // The row this thread group reduces, its first lane and the stride between
