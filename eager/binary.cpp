@@ -41,9 +41,8 @@ TensorType where_meta(const TensorType& cond, const TensorType& a, const TensorT
   return {broadcast_shapes(broadcast_shapes(cond.shape, a.shape, "where"), b.shape, "where"), dtype, a.device};
 }
 
-// A 0-d CPU tensor combines with tensors on any device, as a scalar (as in
-// PyTorch); the device of an op over `tensors` is that of the others.
-bool is_cpu_scalar(const Tensor& t) { return t.dim() == 0 && t.device().is_cpu(); }
+// The device of an op over `tensors`: theirs, leaving out 0-d CPU tensors
+// (scalars to any device, as in PyTorch).
 Device common_device(std::initializer_list<const Tensor*> tensors, const char* name) {
   const Tensor* first = nullptr;
   for (const Tensor* t : tensors) {

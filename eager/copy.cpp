@@ -134,13 +134,16 @@ void copy_into(const Tensor& dst, const Tensor& src_in) {
   // A copy between devices moves the values first; a 0-d CPU tensor is a
   // scalar to CUDA kernels (as in PyTorch).
   Tensor src = src_in;
-  if (dst.device() != src.device() && !(src.dim() == 0 && src.device().is_cpu())) src = transfer(src, dst.device());
+  if (dst.device() != src.device() && !is_cpu_scalar(src)) src = transfer(src, dst.device());
+  // Reading and writing overlapping memory in one pass would read values
+  // already overwritten; go through a temporary then.
+  if (overlaps(dst, src) && !(dst.offset() == src.offset() && dst.strides() == src.strides() &&
+                              dst.shape() == src.shape() && dst.dtype() == src.dtype()))
+    src = clone(src);
   if (!dst.device().is_cpu()) {
-    if (overlaps(dst, src) && !(dst.offset() == src.offset() && dst.strides() == src.strides()))
-      src = clone(src);
     if (dst.dtype() == src.dtype() && dst.shape() == src.shape() && dst.is_contiguous() && src.is_contiguous() &&
         src.device() == dst.device()) {
-      if (!dst.is_same(src) && dst.address() != src.address())
+      if (dst.address() != src.address())
         cuda::copy_on_device(dst.address(), src.address(), static_cast<size_t>(dst.numel()) * dst.itemsize(),
                              dst.device().index);
     } else {
@@ -149,11 +152,6 @@ void copy_into(const Tensor& dst, const Tensor& src_in) {
     dst.bump_version();
     return;
   }
-  // Reading and writing overlapping memory in one pass would read values
-  // already overwritten; go through a temporary then.
-  if (overlaps(dst, src) && !(dst.offset() == src.offset() && dst.strides() == src.strides() &&
-                              dst.shape() == src.shape() && dst.dtype() == src.dtype()))
-    src = clone(src);
   Tensor expanded = expand(src, dst.shape());
   auto plan = plan_loop<2>(dst.shape(), {&dst, &expanded});
   dispatch_all(dst.dtype(), "copy_", [&]<class R>() {

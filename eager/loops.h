@@ -90,6 +90,10 @@ void run_loop(const LoopPlan<N>& plan, Inner&& inner, int64_t grain = kElementwi
   });
 }
 
+// A 0-d CPU tensor combines with tensors on any device, as a scalar (as in
+// PyTorch): CUDA kernels take its value as an argument.
+inline bool is_cpu_scalar(const Tensor& t) { return t.dim() == 0 && t.device().is_cpu(); }
+
 // Convert between element types through their compute types.
 template <class R, class T>
 inline __attribute__((always_inline)) R convert(T x) {

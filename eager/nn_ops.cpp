@@ -146,14 +146,19 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, const char* name) {
   const int64_t d = wrap_dim(dim, x.dim(), name);
   int64_t A = 1, R = 1, B = 1;
   for (int64_t i = 0; i < x.dim(); ++i) (i < d ? A : i == d ? R : B) *= x.shape()[i];
-  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (out.numel() == 0) return out;
-  if (!x.device().is_cpu()) {  // rows along the last dim (eager/cuda/rows.cu)
+  if (!x.device().is_cpu() && x.dim() > 0 && x.numel() > 0) {  // rows along the last dim (eager/cuda/rows.cu)
     const int64_t last = x.dim() - 1;
     Tensor in = contiguous(transpose(x, d, last));
-    Tensor rows = d == last ? out : Tensor::empty(in.shape(), x.dtype(), x.device());
+    Tensor rows = Tensor::empty(in.shape(), x.dtype(), x.device());
     cuda_kernels::softmax_rows(kLog, rows, in, in.numel() / R, R);
-    return d == last ? out : contiguous(transpose(rows, d, last));
+    return d == last ? rows : contiguous(transpose(rows, d, last));
+  }
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (out.numel() == 0) return out;
+  if (!x.device().is_cpu()) {  // a 0-d input: its one element, as a row of one
+    Tensor rows = Tensor::empty({1}, x.dtype(), x.device());
+    cuda_kernels::softmax_rows(kLog, rows, contiguous(x).reshape({1}), 1, 1);
+    return rows.reshape({});
   }
   Tensor in = contiguous(x);
   dispatch_floating(x.dtype(), name, [&]<class T>() {
