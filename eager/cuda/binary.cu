@@ -10,7 +10,7 @@ namespace kiln::cuda_kernels {
 #define KILN_FOR_Logical KILN_FOR_ALL
 #define KILN_FOR_Bitwise KILN_FOR_INTEGRAL
 #define KILN_BINARY_KERNEL(NAME, SUFFIX, T)                                                                   \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_binary_##NAME##_##SUFFIX(Elementwise<2> a) { \
+  KILN_KERNEL(kiln_binary_##NAME##_##SUFFIX, Elementwise<2> a) { \
     using R = std::conditional_t<std::is_same_v<decltype(NAME##_fn{}(compute_t<T>{}, compute_t<T>{})), bool>, bool, T>; \
     elementwise<R, T, 2>(a, NAME##_fn{});                                                                     \
   }

@@ -12,7 +12,7 @@ struct identity_fn {
 };
 
 #define KILN_COPY_KERNEL(RS, R, TS, T) \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_copy_##RS##_##TS(Elementwise<1> a) { elementwise<R, T, 1>(a, identity_fn{}); }
+  KILN_KERNEL(kiln_copy_##RS##_##TS, Elementwise<1> a) { elementwise<R, T, 1>(a, identity_fn{}); }
 KILN_FOR_ALL(KILN_COPY_KERNEL, b8, bool)
 KILN_FOR_ALL(KILN_COPY_KERNEL, u8, uint8_t)
 KILN_FOR_ALL(KILN_COPY_KERNEL, i8, int8_t)
@@ -37,7 +37,7 @@ __device__ __forceinline__ void where(const Elementwise<3>& a) {
   }
 }
 #define KILN_WHERE_KERNEL(_, SUFFIX, T) \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_where_##SUFFIX(Elementwise<3> a) { where<T>(a); }
+  KILN_KERNEL(kiln_where_##SUFFIX, Elementwise<3> a) { where<T>(a); }
 KILN_FOR_ALL(KILN_WHERE_KERNEL, _)
 
 template <class T, class F>
@@ -54,17 +54,17 @@ __host__ __device__ constexpr int significand_bits() {
   return std::is_same_v<T, float> ? 24 : std::is_same_v<T, double> ? 53 : std::is_same_v<T, bf16> ? 8 : 11;
 }
 #define KILN_RANDOM_KERNELS(_, SUFFIX, T)                                                                       \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rand_##SUFFIX(Random r) {                       \
+  KILN_KERNEL(kiln_rand_##SUFFIX, Random r) {                       \
     random<T>(r, [](philox::Bits b) { return philox::uniform(b, significand_bits<T>()); });                   \
   }                                                                                                           \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_normal_##SUFFIX(Random r) {                     \
+  KILN_KERNEL(kiln_normal_##SUFFIX, Random r) {                     \
     random<T>(r, [&](philox::Bits b) { return philox::normal(b, r.a, r.b); });                                \
   }
 KILN_FOR_FLOATING(KILN_RANDOM_KERNELS, _)
 // randint: a = low, b = range (an exact integer below 2^53 in a double is
 // not enough for int64 ranges, so the range travels as its bits).
 #define KILN_RANDINT_KERNEL(_, SUFFIX, T)                                                                      \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_randint_##SUFFIX(Random r) {                    \
+  KILN_KERNEL(kiln_randint_##SUFFIX, Random r) {                    \
     const int64_t low = __double_as_longlong(r.a);                                                            \
     const uint64_t range = static_cast<uint64_t>(__double_as_longlong(r.b));                                  \
     random<T>(r, [&](philox::Bits b) { return philox::integer(b, low, range); });                             \

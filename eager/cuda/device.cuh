@@ -155,6 +155,12 @@ __device__ __forceinline__ void elementwise(const Elementwise<N>& a, F f) {
 
 }  // namespace kiln::cuda_kernels
 
+// A kernel: one parameter struct (kernel_args.h) by value. The CUDA
+// emulator (tests/cuda_emulator) defines its own, to run kernels on the host.
+#ifndef KILN_KERNEL
+#define KILN_KERNEL(NAME, PARAMETER) extern "C" __global__ void __launch_bounds__(kiln::cuda_kernels::kThreads) NAME(PARAMETER)
+#endif
+
 // Kernel names: kiln_<family>_<op>_<dtype suffix> (eager/cuda/launch.cpp
 // spells the same suffixes).
 #define KILN_FOR_FLOATING(X, ...) X(__VA_ARGS__, f16, f16) X(__VA_ARGS__, bf16, bf16) X(__VA_ARGS__, f32, float) X(__VA_ARGS__, f64, double)

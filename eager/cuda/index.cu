@@ -64,7 +64,7 @@ struct AddTo {
 };
 
 #define KILN_INDEX_KERNEL(NAME, I_SUFFIX, I, ACCESS) \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_index_##NAME##_##I_SUFFIX(Indexed a) { indexed<I>(a, ACCESS{}); }
+  KILN_KERNEL(kiln_index_##NAME##_##I_SUFFIX, Indexed a) { indexed<I>(a, ACCESS{}); }
 // Reads and writes move bytes (one kernel per width); adds need the type.
 #define KILN_INDEX_MOVES(I_SUFFIX, I, W, E) \
   KILN_INDEX_KERNEL(take_w##W, I_SUFFIX, I, Take<E>) KILN_INDEX_KERNEL(put_w##W, I_SUFFIX, I, Put<E>)

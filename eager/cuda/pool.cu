@@ -81,9 +81,9 @@ __device__ __forceinline__ void avg_pool_backward(const Pool& a) {
 }
 
 #define KILN_POOL_KERNELS(_, SUFFIX, T)                                                                            \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_pool_max_##SUFFIX(Pool a) { max_pool<T>(a); }        \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_pool_avg_##SUFFIX(Pool a) { avg_pool<T>(a); }        \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_pool_avg_backward_##SUFFIX(Pool a) {                 \
+  KILN_KERNEL(kiln_pool_max_##SUFFIX, Pool a) { max_pool<T>(a); }        \
+  KILN_KERNEL(kiln_pool_avg_##SUFFIX, Pool a) { avg_pool<T>(a); }        \
+  KILN_KERNEL(kiln_pool_avg_backward_##SUFFIX, Pool a) {                 \
     avg_pool_backward<T>(a);                                                                                       \
   }
 KILN_FOR_FLOATING(KILN_POOL_KERNELS, _)

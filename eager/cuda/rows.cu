@@ -92,11 +92,11 @@ __device__ __forceinline__ void reduce_rows(const Rows& a, Op op) {
 // integer and bool sums and products accumulate in (and return) int64, as
 // in PyTorch. max/min keep the dtype.
 #define KILN_SAME_REDUCE(NAME, OP, SUFFIX, T)                                                     \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_##NAME##_##SUFFIX(Rows a) {      \
+  KILN_KERNEL(kiln_rows_##NAME##_##SUFFIX, Rows a) {      \
     reduce_rows<T, compute_t<T>, T>(a, OP{});                                                     \
   }
 #define KILN_INT64_REDUCE(NAME, OP, SUFFIX, T)                                                       \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_##NAME##_##SUFFIX(Rows a) {      \
+  KILN_KERNEL(kiln_rows_##NAME##_##SUFFIX, Rows a) {      \
     reduce_rows<T, int64_t, int64_t>(a, OP{});                                                    \
   }
 KILN_FOR_FLOATING(KILN_SAME_REDUCE, sum, Sum)
@@ -152,8 +152,8 @@ __device__ __forceinline__ void arg_rows(const Rows& a) {
   reinterpret_cast<int64_t*>(a.indices)[r.row] = at;
 }
 #define KILN_ARG_KERNELS(_, SUFFIX, T)                                                                          \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_argmax_##SUFFIX(Rows a) { arg_rows<T, true>(a); } \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_argmin_##SUFFIX(Rows a) { arg_rows<T, false>(a); }
+  KILN_KERNEL(kiln_rows_argmax_##SUFFIX, Rows a) { arg_rows<T, true>(a); } \
+  KILN_KERNEL(kiln_rows_argmin_##SUFFIX, Rows a) { arg_rows<T, false>(a); }
 KILN_FOR_ALL(KILN_ARG_KERNELS, _)
 
 // ---- softmax and log_softmax ----
@@ -216,8 +216,8 @@ __device__ __forceinline__ void softmax_rows(const Rows& a) {
   }
 }
 #define KILN_SOFTMAX_KERNELS(_, SUFFIX, T)                                                                    \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_softmax_##SUFFIX(Rows a) { softmax_rows<T, false>(a); } \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_log_softmax_##SUFFIX(Rows a) { softmax_rows<T, true>(a); }
+  KILN_KERNEL(kiln_rows_softmax_##SUFFIX, Rows a) { softmax_rows<T, false>(a); } \
+  KILN_KERNEL(kiln_rows_log_softmax_##SUFFIX, Rows a) { softmax_rows<T, true>(a); }
 KILN_FOR_FLOATING(KILN_SOFTMAX_KERNELS, _)
 
 // ---- layer_norm ----
@@ -255,7 +255,7 @@ __device__ __forceinline__ void layer_norm_rows(const Rows& a) {
   }
 }
 #define KILN_LAYER_NORM_KERNEL(_, SUFFIX, T) \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_rows_layer_norm_##SUFFIX(Rows a) { layer_norm_rows<T>(a); }
+  KILN_KERNEL(kiln_rows_layer_norm_##SUFFIX, Rows a) { layer_norm_rows<T>(a); }
 KILN_FOR_FLOATING(KILN_LAYER_NORM_KERNEL, _)
 
 }  // namespace kiln::cuda_kernels

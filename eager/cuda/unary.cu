@@ -8,7 +8,7 @@ namespace kiln::cuda_kernels {
 #define KILN_FOR_Numeric KILN_FOR_NUMERIC
 #define KILN_FOR_Rounding KILN_FOR_FLOATING
 #define KILN_UNARY_KERNEL(NAME, SUFFIX, T) \
-  extern "C" __global__ void __launch_bounds__(kThreads) kiln_unary_##NAME##_##SUFFIX(Elementwise<1> a) { elementwise<T, T, 1>(a, NAME##_fn{}); }
+  KILN_KERNEL(kiln_unary_##NAME##_##SUFFIX, Elementwise<1> a) { elementwise<T, T, 1>(a, NAME##_fn{}); }
 #define KILN_UNARY(NAME, KIND, EXPR, ...)         \
   struct NAME##_fn {                              \
     template <class C>                            \

@@ -291,7 +291,6 @@ def _tolist(self):
 Tensor.to = _to
 Tensor.__iter__ = _iter
 Tensor.tolist = _tolist
-Tensor.cpu = lambda self: self
 Tensor.float = lambda self: self.to(float32)
 Tensor.double = lambda self: self.to(float64)
 Tensor.half = lambda self: self.to(float16)

@@ -150,6 +150,8 @@ class _Signature:
                     reasons.append(f"argument {name}: dtype kiln.{b[2]} → kiln.{a[2]}")
                 if a[3] != b[3]:
                     reasons.append(f"argument {name}: requires_grad {b[3]} → {a[3]}")
+                if a[4] != b[4]:
+                    reasons.append(f"argument {name}: device {b[4]} → {a[4]}")
             else:
                 reasons.append(f"argument {name}: static value {b[2]!r} → {a[2]!r}")
         return "; ".join(reasons) or "no difference"
@@ -406,7 +408,7 @@ class JitFunction:
         symbolic = []
         for spec, x in zip(signature.specs, leaves):
             if spec[0] == "tensor":
-                t = tracer.argument(list(spec[1]), x.dtype)
+                t = tracer.argument(list(spec[1]), x.dtype, spec[4])
                 if spec[3]:
                     t.requires_grad_()
                 symbolic.append(t)
@@ -555,7 +557,8 @@ def ir_parse(source, *, locations=True, generic=False):
 def _describe_spec(spec):
     if spec[0] == "tensor":
         shape = "(" + ", ".join("?" if d is None else str(d) for d in spec[1]) + ("," if len(spec[1]) == 1 else "") + ")"
-        return f"tensor{shape} kiln.{spec[2]}" + (" requires_grad" if spec[3] else "")
+        return f"tensor{shape} kiln.{spec[2]}" + (" requires_grad" if spec[3] else "") + \
+            ("" if spec[4] == "cpu" else f" on {spec[4]}")
     return f"static {spec[2]!r}"
 
 

@@ -129,8 +129,8 @@ void bind_jit(py::module_& m) {
         return t;
       }))
       .def("argument",
-           [](PyTracer& t, py::handle shape, py::handle dtype) {
-             return t.tracer->argument({shape_from_python(shape), *to_dtype(dtype), kCPU});
+           [](PyTracer& t, py::handle shape, py::handle dtype, py::handle device) {
+             return t.tracer->argument({shape_from_python(shape), *to_dtype(dtype), check_device(device, "kiln.jit")});
            })
       .def("activate", [](PyTracer& t) { t.scope.emplace(t.tracer.get()); })
       .def("deactivate", [](PyTracer& t) { t.scope.reset(); })
@@ -139,7 +139,7 @@ void bind_jit(py::module_& m) {
         return t.tracer->finish(results);
       });
   // The signature of a call, as kiln.jit's cache key: per leaf, a tensor's
-  // ("tensor", shape (dynamic dims None), dtype name, requires_grad) or a
+  // ("tensor", shape (dynamic dims None), dtype name, requires_grad, device) or a
   // static value's ("static", type, value). In C++ because it runs on every call.
   m.def("_signature", [](py::list leaves, py::dict dynamic) {
     py::tuple out(leaves.size());
@@ -153,7 +153,7 @@ void bind_jit(py::module_& m) {
           bool dyn = is_dynamic(t.shape()[d]) || (!dims.is_none() && dims.contains(py::int_(d)));
           shape[d] = dyn ? py::none() : py::cast(t.shape()[d]);
         }
-        out[i] = py::make_tuple("tensor", shape, dtype_name(t.dtype()), t.requires_grad());
+        out[i] = py::make_tuple("tensor", shape, dtype_name(t.dtype()), t.requires_grad(), t.device().str());
       } else {
         out[i] = py::make_tuple("static", py::type::of(leaf), leaf);
       }

@@ -157,7 +157,10 @@ void bind_tensor(py::module_& m) {
                                                              : device;
         return x.to(check_device(name, "cuda"));
       }, py::arg("device") = py::none(), py::arg("non_blocking") = false)
-      .def("cpu", [](const Tensor& x) { return x.cpu(); })
+      .def("cpu", [](py::object self) {  // x itself when it is on the cpu already, as in PyTorch
+        const Tensor& x = self.cast<const Tensor&>();
+        return x.device().is_cpu() ? self : py::cast(x.cpu());
+      })
       .def("pin_memory", &Tensor::pin_memory)
       .def("is_pinned", &Tensor::is_pinned)
       // views

@@ -7,8 +7,11 @@
 // every case WARNs and skips, except the first: it dresses host memory up as
 // a CUDA tensor to check that CPU kernels refuse device tensors.
 #include <catch2/catch.hpp>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -42,8 +45,11 @@ using Fn = std::function<Tensor(const Ts&)>;
 // GPU or without kernels in this build; otherwise it turns on poisoning of
 // new CUDA memory (0xFF bytes), so elements a kernel does not write differ
 // from the CPU's.
+// KILN_EXPECT_CUDA=1 (set where the tests run under the CUDA emulator,
+// tests/cuda_emulator) turns the skip into a failure.
 bool have_gpu() {
   if (!cuda::available()) {
+    if (std::getenv("KILN_EXPECT_CUDA")) FAIL("KILN_EXPECT_CUDA is set, but " << cuda::unavailable_reason());
     WARN("no CUDA GPU here (" << cuda::unavailable_reason() << "): skipped");
     return false;
   }
@@ -57,6 +63,7 @@ bool have_gpu() {
 
 bool have_cublas() {
   if (cublas::available()) return true;
+  if (std::getenv("KILN_EXPECT_CUDA")) FAIL("KILN_EXPECT_CUDA is set, but " << cublas::unavailable_reason());
   WARN("no cuBLAS here (" << cublas::unavailable_reason() << "): skipped");
   return false;
 }
@@ -866,4 +873,36 @@ TEST_CASE("cuda: 0-d CPU index tensors into a CUDA tensor work or are refused, n
     if (error.empty()) check_close(got, want, {}, what);
     else CHECK_THAT(error, Catch::Contains("DeviceError") && !Catch::Contains("CUDA_ERROR"));
   }
+}
+
+// A kernel that fails (here an index out of range, which only the kernel
+// sees) ruins the process's GPU context, so this case is hidden and runs in
+// a process of its own: `kiln_tests "[cuda_fault]"` (ctest runs it under the
+// CUDA emulator). The kernel's message reaches stdout; the error reaches the
+// next call that waits for the GPU.
+TEST_CASE("cuda: a failing kernel is reported at the next call that waits", "[.][cuda_fault]") {
+  if (!have_gpu()) return;
+  const Tensor x = arange(0, 5, 1, DType::Float32).cuda();
+  const Tensor idx = full({2}, 7.0, DType::Int64, kCuda);
+  std::fflush(stdout);
+  std::FILE* captured = std::tmpfile();
+  REQUIRE(captured);
+  const int saved_stdout = dup(STDOUT_FILENO);
+  dup2(fileno(captured), STDOUT_FILENO);
+  const std::string error = error_of([&] {
+    Tensor y = index_select(x, 0, idx);
+    cuda::synchronize(0);
+  });
+  std::fflush(stdout);
+  dup2(saved_stdout, STDOUT_FILENO);
+  close(saved_stdout);
+  std::string printed(4096, '\0');
+  std::rewind(captured);
+  printed.resize(std::fread(printed.data(), 1, printed.size(), captured));
+  std::fclose(captured);
+  CHECK_THAT(printed, Catch::Contains("index_select: index 7 is out of bounds for dimension 0 with size 5"));
+  CHECK_THAT(error, Catch::Contains("DeviceError") && Catch::Contains("cuCtxSynchronize failed") &&
+                        Catch::Contains("context is unusable"));
+  // every later call fails the same way, rather than running on a broken context
+  CHECK_THROWS_AS(x.cpu(), DeviceError);
 }

@@ -13,6 +13,12 @@ PYTHON = os.path.join(os.path.dirname(__file__), "..", "..", "python")
 HAS_GPU = kiln.cuda.is_available()
 
 
+def test_cuda_is_there_where_expected():
+    # set where these tests run under the CUDA emulator (tests/cuda_emulator)
+    if os.environ.get("KILN_EXPECT_CUDA"):
+        assert HAS_GPU, kiln.cuda.unavailable_reason()
+
+
 @pytest.mark.skipif(HAS_GPU, reason="a GPU is present: the refusals are not what runs here")
 def test_without_a_gpu_cuda_is_refused_with_the_reason():
     reason = kiln.cuda.unavailable_reason()

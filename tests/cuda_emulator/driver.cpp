@@ -1,0 +1,382 @@
+// The emulator's libcuda.so.1: the driver entry points kiln resolves
+// (runtime/cuda_driver.cpp), for one device whose memory is host memory.
+// Work runs when it is queued, so every stream is always idle; a kernel
+// that fails makes the context unusable, and every later call returns its
+// error, as the real driver does.
+#include <cuda.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "tests/cuda_emulator/emulator.h"
+
+struct CUctx_st {};
+struct CUmod_st {};
+struct CUstream_st {};
+struct CUevent_st {
+  std::chrono::steady_clock::time_point at;
+  bool recorded = false;
+};
+
+namespace kiln_cuda_emulator {
+namespace {
+
+constexpr size_t kDeviceBytes = size_t{8} << 30;  // what the emulated device reports
+
+// Every call holds this: kernels run one at a time.
+std::recursive_mutex calls;
+bool initialized = false;
+CUresult sticky = CUDA_SUCCESS;  // the error of a failed kernel
+CUctx_st primary_context;
+std::map<uintptr_t, size_t> device_allocations;  // start -> bytes
+size_t device_allocated = 0;
+std::set<void*> host_allocations;
+std::set<CUstream> streams;
+
+// The state every call starts from: the driver initialized, and the context
+// not lost to a failed kernel.
+CUresult usable() {
+  if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+  return sticky;
+}
+
+CUresult valid_stream(CUstream stream) {
+  if (CUresult r = usable()) return r;
+  return stream == nullptr || streams.count(stream) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+}  // namespace
+
+bool is_device_memory(const void* p, size_t bytes) {
+  std::lock_guard lock(calls);
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  auto it = device_allocations.upper_bound(address);
+  if (it == device_allocations.begin()) return false;
+  --it;
+  return address >= it->first && address + bytes <= it->first + it->second;
+}
+
+}  // namespace kiln_cuda_emulator
+
+using namespace kiln_cuda_emulator;
+
+#define KILN_EXPORT extern "C" __attribute__((visibility("default")))
+
+KILN_EXPORT CUresult cuInit(unsigned int flags) {
+  std::lock_guard lock(calls);
+  if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  initialized = true;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuDriverGetVersion(int* version) {
+  if (!version) return CUDA_ERROR_INVALID_VALUE;
+  *version = CUDA_VERSION;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuDeviceGetCount(int* count) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  *count = 1;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuDeviceGet(CUdevice* device, int ordinal) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
+  *device = 0;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuDeviceGetName(char* name, int length, CUdevice device) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  std::snprintf(name, static_cast<size_t>(length), "kiln CUDA emulator");
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  *bytes = kDeviceBytes;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuDeviceGetAttribute(int* value, CUdevice_attribute attribute, CUdevice device) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  switch (attribute) {
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *value = 9; return CUDA_SUCCESS;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *value = 0; return CUDA_SUCCESS;
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *value = 1; return CUDA_SUCCESS;
+    default: return CUDA_ERROR_NOT_SUPPORTED;
+  }
+}
+
+KILN_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext* context, CUdevice device) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  *context = &primary_context;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuCtxSetCurrent(CUcontext context) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  return context == &primary_context || context == nullptr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+KILN_EXPORT CUresult cuCtxSynchronize() {
+  std::lock_guard lock(calls);
+  return usable();
+}
+
+namespace {
+struct ErrorText {
+  CUresult code;
+  const char* name;
+  const char* text;
+};
+constexpr ErrorText kErrors[] = {
+    {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
+    {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"},
+    {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+    {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
+    {CUDA_ERROR_INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"},
+    {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"},
+    {CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES", "too many resources requested for launch"},
+    {CUDA_ERROR_ILLEGAL_INSTRUCTION, "CUDA_ERROR_ILLEGAL_INSTRUCTION", "an illegal instruction was encountered"},
+    {CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"},
+};
+const ErrorText* error_text(CUresult code) {
+  for (const ErrorText& e : kErrors)
+    if (e.code == code) return &e;
+  return nullptr;
+}
+}  // namespace
+
+KILN_EXPORT CUresult cuGetErrorName(CUresult error, const char** name) {
+  const ErrorText* e = error_text(error);
+  if (!e) return CUDA_ERROR_INVALID_VALUE;
+  *name = e->name;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuGetErrorString(CUresult error, const char** text) {
+  const ErrorText* e = error_text(error);
+  if (!e) return CUDA_ERROR_INVALID_VALUE;
+  *text = e->text;
+  return CUDA_SUCCESS;
+}
+
+// ---- memory ----
+
+KILN_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* pointer, size_t bytes) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  if (bytes > kDeviceBytes - device_allocated) return CUDA_ERROR_OUT_OF_MEMORY;
+  void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::memset(p, 0xA5, bytes);  // device memory starts with garbage
+  device_allocations.emplace(reinterpret_cast<uintptr_t>(p), bytes);
+  device_allocated += bytes;
+  *pointer = reinterpret_cast<CUdeviceptr>(p);
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuMemFree_v2(CUdeviceptr pointer) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  auto it = device_allocations.find(static_cast<uintptr_t>(pointer));
+  if (it == device_allocations.end()) return CUDA_ERROR_INVALID_VALUE;
+  device_allocated -= it->second;
+  device_allocations.erase(it);
+  std::free(reinterpret_cast<void*>(pointer));
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  *free_bytes = kDeviceBytes - device_allocated;
+  *total_bytes = kDeviceBytes;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuMemHostAlloc(void** pointer, size_t bytes, unsigned int flags) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (flags & ~unsigned{CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_WRITECOMBINED})
+    return CUDA_ERROR_INVALID_VALUE;
+  void* p = std::malloc(bytes ? bytes : 1);
+  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+  host_allocations.insert(p);
+  *pointer = p;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuMemFreeHost(void* pointer) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (!host_allocations.erase(pointer)) return CUDA_ERROR_INVALID_VALUE;
+  std::free(pointer);
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuMemsetD8Async(CUdeviceptr destination, unsigned char value, size_t bytes, CUstream stream) {
+  std::lock_guard lock(calls);
+  if (CUresult r = valid_stream(stream)) return r;
+  if (!is_device_memory(reinterpret_cast<void*>(destination), bytes)) return CUDA_ERROR_INVALID_VALUE;
+  std::memset(reinterpret_cast<void*>(destination), value, bytes);
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr destination, const void* source, size_t bytes, CUstream stream) {
+  std::lock_guard lock(calls);
+  if (CUresult r = valid_stream(stream)) return r;
+  if (!is_device_memory(reinterpret_cast<void*>(destination), bytes) || is_device_memory(source, 1))
+    return CUDA_ERROR_INVALID_VALUE;
+  std::memcpy(reinterpret_cast<void*>(destination), source, bytes);
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuMemcpyDtoHAsync_v2(void* destination, CUdeviceptr source, size_t bytes, CUstream stream) {
+  std::lock_guard lock(calls);
+  if (CUresult r = valid_stream(stream)) return r;
+  if (!is_device_memory(reinterpret_cast<void*>(source), bytes) || is_device_memory(destination, 1))
+    return CUDA_ERROR_INVALID_VALUE;
+  std::memcpy(destination, reinterpret_cast<void*>(source), bytes);
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr destination, CUdeviceptr source, size_t bytes, CUstream stream) {
+  std::lock_guard lock(calls);
+  if (CUresult r = valid_stream(stream)) return r;
+  if (!is_device_memory(reinterpret_cast<void*>(destination), bytes) ||
+      !is_device_memory(reinterpret_cast<void*>(source), bytes))
+    return CUDA_ERROR_INVALID_VALUE;
+  std::memmove(reinterpret_cast<void*>(destination), reinterpret_cast<void*>(source), bytes);
+  return CUDA_SUCCESS;
+}
+
+// ---- streams and events ----
+
+KILN_EXPORT CUresult cuStreamCreate(CUstream* stream, unsigned int flags) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (flags & ~unsigned{CU_STREAM_NON_BLOCKING}) return CUDA_ERROR_INVALID_VALUE;
+  *stream = new CUstream_st;
+  streams.insert(*stream);
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuStreamDestroy_v2(CUstream stream) {
+  std::lock_guard lock(calls);
+  if (!streams.erase(stream)) return CUDA_ERROR_INVALID_HANDLE;
+  delete stream;
+  return usable();
+}
+
+KILN_EXPORT CUresult cuStreamSynchronize(CUstream stream) {
+  std::lock_guard lock(calls);
+  return valid_stream(stream);
+}
+
+KILN_EXPORT CUresult cuEventCreate(CUevent* event, unsigned int flags) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (flags & ~unsigned{CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING}) return CUDA_ERROR_INVALID_VALUE;
+  *event = new CUevent_st;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuEventDestroy_v2(CUevent event) {
+  std::lock_guard lock(calls);
+  delete event;
+  return usable();
+}
+
+KILN_EXPORT CUresult cuEventRecord(CUevent event, CUstream stream) {
+  std::lock_guard lock(calls);
+  if (CUresult r = valid_stream(stream)) return r;
+  event->at = std::chrono::steady_clock::now();
+  event->recorded = true;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuEventSynchronize(CUevent) {
+  std::lock_guard lock(calls);
+  return usable();
+}
+
+KILN_EXPORT CUresult cuEventElapsedTime_v2(float* ms, CUevent start, CUevent end) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (!start->recorded || !end->recorded) return CUDA_ERROR_INVALID_HANDLE;
+  *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
+  return CUDA_SUCCESS;
+}
+
+// ---- modules and launches ----
+
+namespace {
+CUmod_st the_module;  // every kernel is in the emulator's registry
+}
+
+KILN_EXPORT CUresult cuModuleLoadData(CUmodule* module, const void* image) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (!image) return CUDA_ERROR_INVALID_IMAGE;
+  *module = &the_module;
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuModuleGetFunction(CUfunction* function, CUmodule module, const char* name) {
+  std::lock_guard lock(calls);
+  if (CUresult r = usable()) return r;
+  if (module != &the_module) return CUDA_ERROR_INVALID_HANDLE;
+  const Kernel* kernel = find_kernel(name);
+  if (!kernel) return CUDA_ERROR_NOT_FOUND;
+  *function = reinterpret_cast<CUfunction>(const_cast<Kernel*>(kernel));
+  return CUDA_SUCCESS;
+}
+
+KILN_EXPORT CUresult cuLaunchKernel(CUfunction function, unsigned int grid_x, unsigned int grid_y, unsigned int grid_z,
+                                    unsigned int block_x, unsigned int block_y, unsigned int block_z,
+                                    unsigned int shared_bytes, CUstream stream, void** params, void** extra) {
+  std::lock_guard lock(calls);
+  if (CUresult r = valid_stream(stream)) return r;
+  if (!function) return CUDA_ERROR_INVALID_HANDLE;
+  const Kernel& kernel = *reinterpret_cast<const Kernel*>(function);
+  // The hardware's limits on a launch (compute capability 9.0).
+  const uint64_t threads = uint64_t{block_x} * block_y * block_z;
+  if (!grid_x || !grid_y || !grid_z || !threads || grid_x > 0x7fffffffu || grid_y > 65535 || grid_z > 65535 ||
+      block_x > 1024 || block_y > 1024 || block_z > 64 || shared_bytes > 48 * 1024 || !params || extra)
+    return CUDA_ERROR_INVALID_VALUE;
+  if (threads > 1024 || threads > kernel.max_threads) return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
+  const std::string failure = run(kernel, {grid_x, grid_y, grid_z}, {block_x, block_y, block_z}, params);
+  if (!failure.empty()) {
+    // As a device-side failure: reported here, surfacing at the next call.
+    std::fflush(stdout);
+    std::fprintf(stderr, "kiln CUDA emulator: %s\n", failure.c_str());
+    sticky = CUDA_ERROR_ILLEGAL_INSTRUCTION;
+  }
+  return CUDA_SUCCESS;
+}
