@@ -245,12 +245,15 @@ Tensor layer_norm_impl(const Tensor& x, const Shape& normalized_shape, const Ten
   for (int64_t i = 0; i < x.dim() - nd; ++i) M *= x.shape()[i];
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (!x.device().is_cpu()) {
-    const DType compute = x.dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
+    // The kernel reads weight and bias in the input's dtype as they usually
+    // are, else in the compute dtype (as the cpu computes with them).
+    const bool as_input = (!weight.defined() || weight.dtype() == x.dtype()) && (!bias.defined() || bias.dtype() == x.dtype());
+    const DType params = as_input ? x.dtype() : x.dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
     auto on_device = [&](const Tensor& p, const char* what) {
       if (!p.defined()) return p;
       KILN_CHECK(p.device() == x.device(), DeviceError, "layer_norm: {} is on {}, the input on {}", what,
                  p.device().str(), x.device().str());
-      return contiguous(to_dtype(p, compute));
+      return contiguous(to_dtype(p, params));
     };
     if (out.numel() > 0)
       cuda_kernels::layer_norm_rows(out, contiguous(x), on_device(weight, "weight"), on_device(bias, "bias"), eps, M, N);

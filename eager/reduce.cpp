@@ -12,6 +12,7 @@
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <optional>
 
 #include "eager/autograd.h"
 #include "eager/cuda/launch.h"
@@ -501,23 +502,58 @@ enum class OnEmpty { Identity, Error };
 // A reduction on a GPU: the reduced dims moved last and made contiguous,
 // then one kernel over the rows (eager/cuda/rows.cu). mean is the sum
 // divided; any/all are max/min of x != 0.
+// A contiguous x whose reduced dims (size-1 dims aside) are adjacent is an
+// (outer, count, inner) block: those dims, and the dims before and after
+// them. Nullopt for any other layout.
+struct MiddleDims {
+  int64_t outer = 1, count = 1, inner = 1;
+};
+std::optional<MiddleDims> middle_dims(const Tensor& x, const std::vector<bool>& mask) {
+  if (!x.is_contiguous()) return std::nullopt;
+  MiddleDims m;
+  int runs = 0;  // reduced runs seen so far
+  bool in_run = false;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    const int64_t size = x.shape()[d];
+    if (size == 1) continue;
+    if (mask[d]) {
+      if (!in_run) ++runs, in_run = true;
+      m.count *= size;
+    } else {
+      in_run = false;
+      (runs == 0 ? m.outer : m.inner) *= size;
+    }
+  }
+  if (runs > 1) return std::nullopt;
+  return m;
+}
+
 Tensor reduce_on_device(const Tensor& x, const std::vector<bool>& mask, bool keepdim, const char* name) {
   const std::string_view op = name;
-  DimList order;
-  for (int pass = 0; pass < 2; ++pass)
-    for (int64_t d = 0; d < x.dim(); ++d)
-      if (mask[d] == (pass == 1)) order.push_back(d);
   const int64_t count = reduced_count(x.shape(), mask);
   Tensor in = op == "any" || op == "all" ? ne(x, 0) : x;
   // A 16-bit mean divides the float32 sum (its 16-bit rounding could overflow).
   const bool half_mean = op == "mean" && (x.dtype() == DType::Float16 || x.dtype() == DType::BFloat16);
   if (half_mean) in = to_dtype(in, DType::Float32);
-  in = contiguous(permute(in, order));
   const bool sums = op == "sum" || op == "mean" || op == "prod";
   Tensor out = Tensor::empty(reduced_shape(x.shape(), mask, keepdim),
                              sums && !is_floating(x.dtype()) ? DType::Int64 : in.dtype(), x.device());
   const char* kernel = op == "prod" ? "prod" : sums ? "sum" : op == "amax" || op == "any" ? "max" : "min";
-  cuda_kernels::reduce_rows(kernel, out, in, out.numel(), count);
+  // Leading or middle dims of at least a warp's width of columns are
+  // reduced in place; other layouts move the reduced dims last first.
+  const std::optional<MiddleDims> m = middle_dims(in, mask);
+  if (m && m->inner >= 32) {
+    cuda_kernels::reduce_columns(kernel, out, in, m->outer, m->count, m->inner);
+  } else {
+    if (!m || m->inner != 1) {
+      DimList order;
+      for (int pass = 0; pass < 2; ++pass)
+        for (int64_t d = 0; d < x.dim(); ++d)
+          if (mask[d] == (pass == 1)) order.push_back(d);
+      in = contiguous(permute(in, order));
+    }
+    cuda_kernels::reduce_rows(kernel, out, in, out.numel(), count);
+  }
   if (op != "mean") return out;
   out = div(out, static_cast<double>(count));
   return half_mean ? to_dtype(out, x.dtype()) : out;

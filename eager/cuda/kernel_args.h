@@ -79,13 +79,23 @@ struct Rows {
   const char* in;
   char* out;
   int64_t rows, cols;
-  // layer_norm: weight and bias of `cols` elements of the compute type
-  // (null when absent), and eps.
+  // layer_norm: weight and bias of `cols` elements of the input's dtype, or
+  // of the compute type when `params_in_compute_type` (null when absent),
+  // and eps.
   const char* weight;
   const char* bias;
   double eps;
+  bool params_in_compute_type;
   // argmax/argmin: each row's int64 index (out, the values, may be null).
   char* indices;
+};
+
+// A reduction over the middle dim of a contiguous (outer, count, inner)
+// input into out, (outer, inner): the dims before and after those reduced.
+struct Columns {
+  const char* in;
+  char* out;
+  int64_t outer, count, inner;
 };
 
 }  // namespace kiln::cuda_kernels

@@ -169,6 +169,9 @@ std::string copy_kernel(DType to, DType from) { return fmt::format("kiln_copy_{}
 std::string where_kernel(DType dtype) { return fmt::format("kiln_where_{}", suffix(dtype)); }
 std::string random_kernel(std::string_view op, DType dtype) { return fmt::format("kiln_{}_{}", op, suffix(dtype)); }
 std::string rows_kernel(std::string_view op, DType dtype) { return fmt::format("kiln_rows_{}_{}", op, suffix(dtype)); }
+std::string columns_kernel(std::string_view op, DType dtype) {
+  return fmt::format("kiln_columns_{}_{}", op, suffix(dtype));
+}
 std::string pool_kernel(std::string_view kind, DType dtype) { return fmt::format("kiln_pool_{}_{}", kind, suffix(dtype)); }
 std::string index_kernel(std::string_view kind, DType dtype, DType index) {
   if (kind == "add") return fmt::format("kiln_index_add_{}_{}", suffix(dtype), suffix(index));
@@ -300,6 +303,15 @@ void reduce_rows(std::string_view op, const Tensor& out, const Tensor& in, int64
   run_rows(rows_kernel(op, in.dtype()), out, in, rows, cols);
 }
 
+void reduce_columns(std::string_view op, const Tensor& out, const Tensor& in, int64_t outer, int64_t count,
+                    int64_t inner) {
+  if (outer == 0 || inner == 0) return;
+  KILN_CHECK(in.is_contiguous() && out.is_contiguous() && in.device() == out.device(), Error,
+             "reduce_columns: expects contiguous inputs and outputs on one device");
+  Columns args{static_cast<const char*>(in.address()), static_cast<char*>(out.address()), outer, count, inner};
+  launch(rows_image, columns_kernel(op, in.dtype()), device_of(out), outer * ((inner + 31) / 32), args);
+}
+
 void arg_rows(bool max, const Tensor& values, const Tensor& indices, const Tensor& in, int64_t rows, int64_t cols) {
   if (rows == 0) return;
   KILN_CHECK(in.is_contiguous(), Error, "arg_rows: expects a contiguous input");
@@ -322,6 +334,8 @@ void layer_norm_rows(const Tensor& out, const Tensor& in, const Tensor& weight, 
   args.weight = weight.defined() ? static_cast<const char*>(weight.address()) : nullptr;
   args.bias = bias.defined() ? static_cast<const char*>(bias.address()) : nullptr;
   args.eps = eps;
+  for (const Tensor& p : {weight, bias})
+    if (p.defined() && p.dtype() != in.dtype()) args.params_in_compute_type = true;
   run_rows(rows_kernel("layer_norm", in.dtype()), out, in, rows, cols, args);
 }
 

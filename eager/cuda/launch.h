@@ -25,6 +25,7 @@ std::string copy_kernel(DType to, DType from);
 std::string where_kernel(DType dtype);
 std::string random_kernel(std::string_view op, DType dtype);  // rand, normal, randint
 std::string rows_kernel(std::string_view op, DType dtype);    // sum prod max min argmax argmin softmax log_softmax layer_norm
+std::string columns_kernel(std::string_view op, DType dtype); // sum prod max min
 std::string index_kernel(std::string_view kind, DType dtype, DType index);  // take, put, add
 bool has_kernel(std::string_view name);
 
@@ -68,9 +69,13 @@ void randint(const Tensor& out, uint64_t seed, uint64_t first, int64_t low, int6
 
 // Over the rows of a contiguous (rows, cols) input: out has `rows`
 // elements for "sum", "prod", "max", "min", and the input's shape for
-// softmax, log_softmax and layer_norm (weight, bias: contiguous, of the
-// compute dtype, or undefined).
+// softmax, log_softmax and layer_norm (weight, bias: contiguous, both of
+// the input's dtype or both of its compute dtype, or undefined).
 void reduce_rows(std::string_view op, const Tensor& out, const Tensor& in, int64_t rows, int64_t cols);
+// The same over the middle dim of a contiguous (outer, count, inner)
+// input: out has outer * inner elements.
+void reduce_columns(std::string_view op, const Tensor& out, const Tensor& in, int64_t outer, int64_t count,
+                    int64_t inner);
 // Each row's extreme: `values` (undefined: not wanted) and int64 `indices`.
 void arg_rows(bool max, const Tensor& values, const Tensor& indices, const Tensor& in, int64_t rows, int64_t cols);
 void softmax_rows(bool log, const Tensor& out, const Tensor& in, int64_t rows, int64_t cols);

@@ -1,8 +1,10 @@
 // Kernels over the rows of a contiguous (rows, cols) input,
 // kiln_rows_<op>_<dtype>: reductions (sum, prod, max, min, argmax, argmin),
-// softmax, log_softmax and layer_norm. Narrow
-// rows (cols <= kWarpRowCols) get one warp each, eight to a block; wider
-// ones a block of kThreads each. Softmax and layer_norm read their row
+// softmax, log_softmax and layer_norm; and the reductions over the middle
+// dim of a contiguous (outer, count, inner) input, kiln_columns_<op>_<dtype>
+// (sum, prod, max, min), so that reducing a leading dim needs no transposing
+// copy. Narrow rows (cols <= kWarpRowCols) get one warp each, eight to a
+// block; wider ones a block of kThreads each. Softmax and layer_norm read their row
 // again after the statistics: it is still in L1/L2, so memory sees one read
 // and one write per element.
 #include <cfloat>
@@ -88,17 +90,37 @@ __device__ __forceinline__ void reduce_rows(const Rows& a, Op op) {
   if (r.row < a.rows && r.lane == 0) reinterpret_cast<R*>(a.out)[r.row] = store_as<R>(acc);
 }
 
+// ---- the same reductions over the middle dim of (outer, count, inner) ----
+// A block takes 32 adjacent columns (a warp's coalesced read per row) of
+// one outer index; its kWarps warps take every kWarps-th row, and combine
+// their partials through shared memory.
+template <class T, class A, class R, class Op>
+__device__ __forceinline__ void reduce_columns(const Columns& a, Op op) {
+  const int64_t tiles = (a.inner + 31) / 32;
+  const int64_t outer = blockIdx.x / tiles;
+  const int lane = threadIdx.x % 32, part = threadIdx.x / 32;
+  const int64_t column = blockIdx.x % tiles * 32 + lane;
+  A acc = Op::template identity<A>();
+  if (column < a.inner) {
+    const T* in = reinterpret_cast<const T*>(a.in) + outer * a.count * a.inner + column;
+    for (int64_t r = part; r < a.count; r += kWarps) acc = op(acc, static_cast<A>(to_compute(in[r * a.inner])));
+  }
+  __shared__ A partial[kWarps][32];
+  partial[part][lane] = acc;
+  __syncthreads();
+  if (part != 0 || column >= a.inner) return;
+  for (int p = 1; p < kWarps; ++p) acc = op(acc, partial[p][lane]);
+  reinterpret_cast<R*>(a.out)[outer * a.inner + column] = store_as<R>(acc);
+}
+
 // Floating sums accumulate in their compute type and keep their dtype;
 // integer and bool sums and products accumulate in (and return) int64, as
 // in PyTorch. max/min keep the dtype.
-#define KILN_SAME_REDUCE(NAME, OP, SUFFIX, T)                                                     \
-  KILN_KERNEL(kiln_rows_##NAME##_##SUFFIX, Rows a) {      \
-    reduce_rows<T, compute_t<T>, T>(a, OP{});                                                     \
-  }
-#define KILN_INT64_REDUCE(NAME, OP, SUFFIX, T)                                                       \
-  KILN_KERNEL(kiln_rows_##NAME##_##SUFFIX, Rows a) {      \
-    reduce_rows<T, int64_t, int64_t>(a, OP{});                                                    \
-  }
+#define KILN_REDUCE_KERNELS(NAME, OP, SUFFIX, T, A, R)                                                        \
+  KILN_KERNEL(kiln_rows_##NAME##_##SUFFIX, Rows a) { reduce_rows<T, A, R>(a, OP{}); }                         \
+  KILN_KERNEL(kiln_columns_##NAME##_##SUFFIX, Columns a) { reduce_columns<T, A, R>(a, OP{}); }
+#define KILN_SAME_REDUCE(NAME, OP, SUFFIX, T) KILN_REDUCE_KERNELS(NAME, OP, SUFFIX, T, compute_t<T>, T)
+#define KILN_INT64_REDUCE(NAME, OP, SUFFIX, T) KILN_REDUCE_KERNELS(NAME, OP, SUFFIX, T, int64_t, int64_t)
 KILN_FOR_FLOATING(KILN_SAME_REDUCE, sum, Sum)
 KILN_FOR_INTEGRAL(KILN_INT64_REDUCE, sum, Sum)
 KILN_FOR_FLOATING(KILN_SAME_REDUCE, prod, Prod)
@@ -223,7 +245,8 @@ KILN_FOR_FLOATING(KILN_SOFTMAX_KERNELS, _)
 // ---- layer_norm ----
 // The mean, then the mean squared deviation (no cancellation, unlike
 // E[x^2] - E[x]^2), then (x - mean) * rstd * weight + bias; weight and bias
-// are of the compute type, null when absent.
+// are of the input's dtype (or of the compute type, when they were of
+// another), null when absent.
 template <class T>
 __device__ __forceinline__ void layer_norm_rows(const Rows& a) {
   using A = compute_t<T>;
@@ -244,13 +267,15 @@ __device__ __forceinline__ void layer_norm_rows(const Rows& a) {
   const A var = combine(squares, Sum{}, r.width) / static_cast<A>(a.cols);
   if (!has_row) return;
   const A rstd = A(1) / sqrt(var + static_cast<A>(a.eps));
-  const A* weight = reinterpret_cast<const A*>(a.weight);
-  const A* bias = reinterpret_cast<const A*>(a.bias);
+  auto param = [&](const char* p, int64_t c) {
+    return a.params_in_compute_type ? reinterpret_cast<const A*>(p)[c]
+                                    : static_cast<A>(to_compute(reinterpret_cast<const T*>(p)[c]));
+  };
   T* out = reinterpret_cast<T*>(a.out) + r.row * a.cols;
   for (int64_t c = r.lane; c < a.cols; c += r.width) {
     A y = (static_cast<A>(to_compute(in[c])) - mean) * rstd;
-    if (weight) y *= weight[c];
-    if (bias) y += bias[c];
+    if (a.weight) y *= param(a.weight, c);
+    if (a.bias) y += param(a.bias, c);
     out[c] = store_as<T>(y);
   }
 }

@@ -204,13 +204,19 @@ def normal(mean, std, size, dtype=None, device=None):
 
 
 @_creation
-def rand_like(x, dtype=None):
-    return _C._rand_like(x, dtype)
+def rand_like(x, dtype=None, device=None):
+    device = _device(device, "rand_like")
+    if device is None or device == x.device:  # (traced with x, whose shape may be dynamic)
+        return _C._rand_like(x, dtype)
+    return _C._rand(list(x.shape), dtype or x.dtype, device)
 
 
 @_creation
-def randn_like(x, dtype=None):
-    return _C._randn_like(x, dtype)
+def randn_like(x, dtype=None, device=None):
+    device = _device(device, "randn_like")
+    if device is None or device == x.device:
+        return _C._randn_like(x, dtype)
+    return _C._randn(list(x.shape), dtype or x.dtype, device)
 
 
 _NUMPY_OF = {bool: _np.bool_, uint8: _np.uint8, int8: _np.int8, int32: _np.int32,
@@ -270,8 +276,10 @@ def _to(self, *args, dtype=None, device=None, copy=False, non_blocking=False):
     for a in args:
         if isinstance(a, str) and (a == "cpu" or a.startswith("cuda")):
             device = a
-        elif isinstance(a, Tensor):
-            dtype = a.dtype
+        elif isinstance(a, _builtin_int) and not isinstance(a, _builtins.bool):  # x.to(0): a GPU's index
+            device = f"cuda:{a}"
+        elif isinstance(a, Tensor):  # x.to(other): other's dtype and device, as in PyTorch
+            dtype, device = a.dtype, a.device
         else:
             dtype = a
     return self._to(dtype, device, copy)
@@ -285,7 +293,8 @@ def _iter(self):
 
 
 def _tolist(self):
-    return self.numpy().tolist() if self.dtype != bfloat16 else self.to(float32).numpy().tolist()
+    x = self.cpu()  # as in PyTorch, tolist() (like item()) copies a GPU tensor back; numpy() refuses
+    return x.numpy().tolist() if x.dtype != bfloat16 else x.to(float32).numpy().tolist()
 
 
 Tensor.to = _to
@@ -298,7 +307,7 @@ Tensor.bfloat16 = lambda self: self.to(bfloat16)
 Tensor.int = lambda self: self.to(int32)
 Tensor.long = lambda self: self.to(int64)
 Tensor.bool = lambda self: self.to(bool)
-Tensor.type_as = lambda self, other: self.to(other.dtype)
+Tensor.type_as = lambda self, other: self.to(other)  # PyTorch's type includes the device (torch.cuda.FloatTensor)
 Tensor.view_as = lambda self, other: self.view(other.shape)
 Tensor.reshape_as = lambda self, other: self.reshape(other.shape)
 Tensor.expand_as = lambda self, other: self.expand(other.shape)
@@ -307,10 +316,15 @@ Tensor.clip_ = Tensor.clamp_
 Tensor.__str__ = Tensor.__repr__
 Tensor.__array_priority__ = 1000  # NumPy defers to kiln's reflected operators
 Tensor.where = lambda self, condition, other: where(condition, self, other)
-Tensor.new_zeros = lambda self, *size, dtype=None: zeros(*size, dtype=dtype or self.dtype)
-Tensor.new_ones = lambda self, *size, dtype=None: ones(*size, dtype=dtype or self.dtype)
-Tensor.new_full = lambda self, size, v, dtype=None: full(size, v, dtype=dtype or self.dtype)
-Tensor.new_tensor = lambda self, data, dtype=None: tensor(data, dtype=dtype or self.dtype)
+# new_*: self's dtype and device unless given, as in PyTorch
+Tensor.new_zeros = lambda self, *size, dtype=None, device=None: zeros(
+    *size, dtype=dtype or self.dtype, device=device or self.device)
+Tensor.new_ones = lambda self, *size, dtype=None, device=None: ones(
+    *size, dtype=dtype or self.dtype, device=device or self.device)
+Tensor.new_full = lambda self, size, v, dtype=None, device=None: full(
+    size, v, dtype=dtype or self.dtype, device=device or self.device)
+Tensor.new_tensor = lambda self, data, dtype=None, device=None: tensor(
+    data, dtype=dtype or self.dtype, device=device or self.device)
 
 
 def _deepcopy(self, memo):

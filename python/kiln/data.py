@@ -143,7 +143,9 @@ class DataLoader:
                     batch = tuple(t[start:stop] for t in tensors)
                 else:
                     index = order[start:stop]
-                    batch = tuple(t.index_select(0, index) for t in tensors)
+                    # (the permutation is made on the cpu; a dataset on a GPU is gathered there)
+                    batch = tuple(t.index_select(0, index if t.device == "cpu" else index.to(t.device))
+                                  for t in tensors)
                 yield batch[0] if self._single else batch
             else:
                 indices = order[start:stop].tolist() if order is not None else range(start, stop)

@@ -60,7 +60,9 @@ TEST_CASE("every CUDA kernel the ops can launch is built", "[cuda]") {
     for (DType from : kAllDTypes) need(cuda_kernels::copy_kernel(d, from));
     need(cuda_kernels::where_kernel(d));
     for (const char* op : {"sum", "prod"})
-      if (cpu_accepts([&] { kiln::sum(x); })) need(cuda_kernels::rows_kernel(op, d));
+      if (cpu_accepts([&] { kiln::sum(x); }))
+        need(cuda_kernels::rows_kernel(op, d)), need(cuda_kernels::columns_kernel(op, d));
+    for (const char* op : {"max", "min"}) need(cuda_kernels::columns_kernel(op, d));
     for (const char* op : {"max", "min", "argmax", "argmin"}) need(cuda_kernels::rows_kernel(op, d));
     if (is_floating(d)) {
       for (const char* op : {"softmax", "log_softmax", "layer_norm"}) need(cuda_kernels::rows_kernel(op, d));

@@ -526,9 +526,15 @@ TEST_CASE("cuda: reductions match the CPU", "[cuda]") {
       {"any", [](const Tensor& x, const DimList& d, bool k) { return any(x, d, k); }},
       {"all", [](const Tensor& x, const DimList& d, bool k) { return all(x, d, k); }},
   };
-  // (shape, dims): last, first, middle, several, all; rows wider than 1024.
+  // (shape, dims): last, first, middle, several, all; rows wider than 1024;
+  // leading and middle dims over at least 32 columns (the column kernel:
+  // fewer rows than warps, a partial last tile, a size-1 dim among them).
   const std::vector<std::pair<Shape, std::vector<DimList>>> cases = {
-      {{5, 7, 3}, {{}, {-1}, {0}, {1}, {0, 2}, {0, 1, 2}}}, {{3, 1500}, {{1}, {0}}}, {{2, 2000, 3}, {{1}}}, {{}, {{}}}};
+      {{5, 7, 3}, {{}, {-1}, {0}, {1}, {0, 2}, {0, 1, 2}}},
+      {{3, 1500}, {{1}, {0}}},
+      {{2, 2000, 3}, {{1}}},
+      {{}, {{}}},
+      {{21, 1, 11, 70}, {{0}, {2}, {0, 1, 2}, {1, 2}}}};
   for (const auto& [name, fn] : reductions) {
     for (DType dtype : {DType::Float32, DType::Float64, DType::Int32, DType::Int64, DType::Bool, DType::Float16}) {
       // Float sums add in float32 on the GPU, in float64 on the CPU.
@@ -601,6 +607,10 @@ TEST_CASE("cuda: softmax, log_softmax and layer_norm match the CPU", "[cuda]") {
                   {x, w, b}, tol);
       same_as_cpu(what + ", weight", [&](const Ts& in) { return layer_norm(in[0], {cols}, in[1]); }, {x, w}, tol);
       same_as_cpu(what + ", bias", [&](const Ts& in) { return layer_norm(in[0], {cols}, {}, in[1]); }, {x, b}, tol);
+      // float32 parameters with another input dtype: computed with, not rounded to, the input's
+      same_as_cpu(what + ", float32 weight and bias",
+                  [&](const Ts& in) { return layer_norm(in[0], {cols}, in[1], in[2]); },
+                  {x, randn({cols}, DType::Float32), randn({cols}, DType::Float32)}, tol);
     }
     same_as_cpu("layer_norm " + name + " over the last two dims of a view", [](const Ts& in) {
       return layer_norm(in[0].transpose(0, 1), {3, 7}, in[1], in[2], 1e-3);

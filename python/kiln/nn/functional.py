@@ -77,11 +77,11 @@ def _pad_bottom_right(x, extra_h, extra_w):
     if extra_h:
         shape = list(x.shape)
         shape[-2] = extra_h
-        x = cat([x, zeros(*shape, dtype=x.dtype)], dim=-2)
+        x = cat([x, zeros(*shape, dtype=x.dtype, device=x.device)], dim=-2)
     if extra_w:
         shape = list(x.shape)
         shape[-1] = extra_w
-        x = cat([x, zeros(*shape, dtype=x.dtype)], dim=-1)
+        x = cat([x, zeros(*shape, dtype=x.dtype, device=x.device)], dim=-1)
     return x
 
 

@@ -338,8 +338,8 @@ class Module:
         for a in args:
             if isinstance(a, str) or (isinstance(a, int) and not isinstance(a, bool)):
                 device = a if isinstance(a, str) else f"cuda:{a}"
-            elif isinstance(a, kiln.Tensor):
-                dtype = a.dtype
+            elif isinstance(a, kiln.Tensor):  # module.to(tensor): its dtype and device, as in PyTorch
+                dtype, device = a.dtype, a.device
             else:
                 dtype = a
         device = _C._check_device(device, "Module.to")
@@ -430,8 +430,8 @@ class Module:
         return _IncompatibleKeys(missing, unexpected)
 
     def save(self, path, metadata=None):
-        """Writes state_dict() to a safetensors file."""
-        kiln.save_file(dict(self.state_dict()), path, metadata)
+        """Writes state_dict() to a safetensors file (GPU tensors are copied to the cpu to be written)."""
+        kiln.save_file({k: v.cpu() for k, v in self.state_dict().items()}, path, metadata)
 
     def load(self, path, strict=True):
         """Loads a safetensors file written by save() (or by any safetensors writer)."""
@@ -607,6 +607,13 @@ def _check_dtype_device(layer, dtype, device):
     return dtype
 
 
+def _place(module, device):
+    """Moves a new layer's parameters and buffers to its ``device=`` argument. They are made
+    (and drawn) on the cpu first, so a seed gives the same initial values on every device."""
+    if device is not None:
+        module.to(device)
+
+
 # ---- layers ----
 
 class Identity(Module):
@@ -634,6 +641,7 @@ class Linear(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+        _place(self, device)
 
     def reset_parameters(self):
         # kaiming_uniform_(a=sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -699,6 +707,7 @@ class Conv2d(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+        _place(self, device)
 
     def reset_parameters(self):
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -746,6 +755,7 @@ class LayerNorm(Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
+        _place(self, device)
 
     def reset_parameters(self):
         if self.elementwise_affine:
@@ -790,6 +800,7 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
+        _place(self, device)
 
     def reset_running_stats(self):
         if self.track_running_stats:
@@ -881,6 +892,7 @@ class Embedding(Module):
                                       f"{(num_embeddings, embedding_dim)}")
             w = _weight
         self.weight = Parameter(w)
+        _place(self, device)
 
     @classmethod
     def from_pretrained(cls, embeddings, freeze=True, padding_idx=None, **kwargs):
@@ -1082,7 +1094,7 @@ class AdaptiveAvgPool2d(Module):
 def _additive_mask(mask, dtype, what):
     """A bool mask (True = masked out) or a float mask, as a float mask to add."""
     if mask.dtype == kiln.bool:
-        return kiln.zeros(mask.shape, dtype=dtype).masked_fill(mask, float("-inf"))
+        return kiln.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
     if not mask.dtype.is_floating_point:
         raise kiln.DTypeError(f"MultiheadAttention: {what} must be bool or floating, got {mask.dtype}")
     return mask.to(dtype)
@@ -1136,6 +1148,7 @@ class MultiheadAttention(Module):
         self.bias_k = self.bias_v = None
         self.add_zero_attn = False
         self._reset_parameters()
+        _place(self, device)
 
     def _reset_parameters(self):
         if self._qkv_same_embed_dim:
@@ -1207,8 +1220,9 @@ class MultiheadAttention(Module):
             m = m.reshape(N, 1, 1, S)
             mask = m if mask is None else mask + m
         if is_causal:
-            above = kiln.arange(S).reshape(1, S) > kiln.arange(L).reshape(L, 1)
-            m = kiln.zeros(L, S, dtype=dt).masked_fill(above, float("-inf")).reshape(1, 1, L, S)
+            dev = qh.device  # the mask is made where the scores are
+            above = kiln.arange(S, device=dev).reshape(1, S) > kiln.arange(L, device=dev).reshape(L, 1)
+            m = kiln.zeros(L, S, dtype=dt, device=dev).masked_fill(above, float("-inf")).reshape(1, 1, L, S)
             mask = m if mask is None else mask + m
 
         p = self.dropout if self.training else 0.0
@@ -1262,6 +1276,7 @@ class TransformerEncoderLayer(Module):
                                  f"not {activation!r}")
         self.activation = activation
         self.batch_first = batch_first
+        _place(self, device)
 
     def _sa_block(self, x, attn_mask, key_padding_mask, is_causal):
         x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,

@@ -160,7 +160,8 @@ class Optimizer:
                     if tuple(value.shape) != tuple(p.shape):
                         raise ValueError(f"loaded state '{key}' of parameter {i} has shape "
                                          f"{tuple(value.shape)}, the parameter {tuple(p.shape)}")
-                    value = value.to(p.dtype).clone()
+                    # on the parameter's device, as in PyTorch (a checkpoint saved from the cpu)
+                    value = value.to(device=p.device, dtype=p.dtype, copy=True)
                 state[p][key] = value
         for mine, theirs in zip(self.param_groups, groups):
             for key, value in theirs.items():
