@@ -1,6 +1,6 @@
 """Trains an MLP and a small CNN on the scikit-learn digits (8x8 images of 0-9).
 
-    PYTHONPATH=python /usr/bin/python3 examples/digits.py [--epochs N] [--out DIR]
+    PYTHONPATH=python /usr/bin/python3 examples/digits.py [--epochs N] [--out DIR] [--device cuda]
 
 kiln.nn layers, kiln.optim.AdamW with a cosine learning-rate schedule and
 kiln.data.DataLoader; a progress bar and the loss and accuracy of every
@@ -58,10 +58,11 @@ def accuracy(logits, y):
     return float((logits.argmax(1) == y).float().mean().item())
 
 
-def train(name, model, data, epochs, lr, image_shape, out_dir):
+def train(name, model, data, epochs, lr, image_shape, out_dir, device):
     (x_train, y_train), (x_test, y_test) = data
     x_train = x_train.reshape(-1, *image_shape)
-    x_test = x_test.reshape(-1, *image_shape)
+    x_test, y_test = x_test.reshape(-1, *image_shape).to(device), y_test.to(device)
+    model.to(device)
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True, seed=0)
     opt = kiln.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = CosineAnnealingLR(opt, T_max=epochs)
@@ -73,6 +74,7 @@ def train(name, model, data, epochs, lr, image_shape, out_dir):
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         for i, (xb, yb) in enumerate(loader, 1):
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad()
@@ -104,6 +106,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "kiln-digits"),
                         help="directory for the saved models")
     parser.add_argument("--model", choices=["mlp", "cnn", "both"], default="both")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda, cuda:N")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -113,9 +116,9 @@ def main():
     start = time.perf_counter()
     results = {}
     if args.model in ("mlp", "both"):
-        results["MLP"] = train("MLP", mlp(), data, args.epochs, 3e-3, (64,), args.out)
+        results["MLP"] = train("MLP", mlp(), data, args.epochs, 3e-3, (64,), args.out, args.device)
     if args.model in ("cnn", "both"):
-        results["CNN"] = train("CNN", cnn(), data, args.epochs, 3e-3, (1, 8, 8), args.out)
+        results["CNN"] = train("CNN", cnn(), data, args.epochs, 3e-3, (1, 8, 8), args.out, args.device)
     summary = ", ".join(f"{k} {100 * v:.1f}%" for k, v in results.items())
     print(f"\ntest accuracy: {summary}; total {time.perf_counter() - start:.1f}s")
 

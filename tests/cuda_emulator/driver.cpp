@@ -371,6 +371,10 @@ KILN_EXPORT CUresult cuLaunchKernel(CUfunction function, unsigned int grid_x, un
       block_x > 1024 || block_y > 1024 || block_z > 64 || shared_bytes > 48 * 1024 || !params || extra)
     return CUDA_ERROR_INVALID_VALUE;
   if (threads > 1024 || threads > kernel.max_threads) return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
+  static const bool trace = std::getenv("KILN_CUDA_EMULATOR_TRACE") != nullptr;
+  if (trace)
+    std::fprintf(stderr, "kiln CUDA emulator: %s grid (%u,%u,%u) block (%u,%u,%u)\n", kernel.name, grid_x, grid_y,
+                 grid_z, block_x, block_y, block_z);
   const std::string failure = run(kernel, {grid_x, grid_y, grid_z}, {block_x, block_y, block_z}, params);
   if (!failure.empty()) {
     // As a device-side failure: reported here, surfacing at the next call.
