@@ -168,7 +168,8 @@ def test_gpu_creation_functions_match_the_cpu():
     check_gpu(kiln.linspace(-1, 1, 7, device="cuda"), kiln.linspace(-1, 1, 7))
     check_gpu(kiln.eye(3, 4, device="cuda"), kiln.eye(3, 4))
     check_gpu(kiln.tensor([[1, 2], [3, 4]], device="cuda"), kiln.tensor([[1, 2], [3, 4]]))
-    check_gpu(kiln.tensor([1.5, -2.0], dtype=kiln.bfloat16, device="cuda"), kiln.tensor([1.5, -2.0], dtype=kiln.bfloat16))
+    check_gpu(kiln.tensor([1.5, -2.0], dtype=kiln.bfloat16, device="cuda"),
+              kiln.tensor([1.5, -2.0], dtype=kiln.bfloat16))
     check_gpu(kiln.tensor(np.arange(6.0).reshape(2, 3), device="cuda"), kiln.tensor(np.arange(6.0).reshape(2, 3)))
     g = kiln.tensor([1.0, 2.0], device="cuda")
     check_gpu(kiln.tensor(g), kiln.tensor([1.0, 2.0]))  # a copy of a GPU tensor stays there, as in torch
@@ -662,7 +663,7 @@ def test_gpu_out_of_range_index_fails_at_the_next_sync():
     out = _run_python(code)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "raised:" in out.stdout, out.stdout
-    # the kernel says which index (device printf goes to stdout on a GPU, to stderr in the emulator)
+    # the kernel itself says which index (its printf output, on stdout or stderr)
     assert "index 9 is out of bounds" in out.stdout + out.stderr
 
 
@@ -686,7 +687,7 @@ def test_gpu_autograd_through_ops_matches_the_cpu():
     assert ag.grad.device == "cuda:0" and ag.grad.dtype == kiln.float32
     check_gpu(ag.grad, a.grad, rtol=1e-4, atol=1e-5)
 
-    # retain_grad, autograd.grad and kiln.grad (JAX style) on GPU tensors
+    # retain_grad, kiln.autograd.grad and kiln.value_and_grad on GPU tensors
     h = ag @ ag.T
     h.retain_grad()
     (h ** 2).mean().backward()
@@ -710,6 +711,20 @@ def test_gpu_autograd_through_ops_matches_the_cpu():
     d.grad = None
     (d * 2).backward(kiln.ones(3, device="cuda"))
     check_gpu(d.grad, kiln.full((3,), 2.0))
+
+
+@needs_gpu
+@pytest.mark.xfail(strict=True, reason="a gradient on another device is taken as it is: backward(gradient) and "
+                   "the .grad setter check only the shape (eager/autograd.cpp, the root gradient check and "
+                   "Tensor::set_grad), so a GPU leaf gets a cpu .grad; torch raises 'expected device cuda:0 but "
+                   "got cpu'")
+def test_a_gradient_on_another_device_is_refused():
+    a = kiln.randn(3, device="cuda", requires_grad=True)
+    with pytest.raises(RuntimeError, match="cpu"):
+        (a * 2).backward(kiln.ones(3))
+    assert a.grad is None
+    with pytest.raises(RuntimeError, match="cpu"):
+        a.grad = kiln.ones(3)
 
 
 def _mlp_and_data(seed):
@@ -768,8 +783,10 @@ def test_gpu_functional_nn_ops_match_the_cpu():
     check_gpu(F.conv2d(xg, w.cuda(), b.cuda()), F.conv2d(x, w, b), **tol)
     check_gpu(F.conv2d(xg, w.cuda(), b.cuda(), padding="same"), F.conv2d(x, w, b, padding="same"), **tol)  # even kernel
     wg = randn(6, 1, 3, 3, seed=3)
-    check_gpu(F.conv2d(xg, wg.cuda(), stride=2, padding=1, groups=3), F.conv2d(x, wg, stride=2, padding=1, groups=3), **tol)
-    check_gpu(F.conv2d(xg, wg.reshape(2, 3, 3, 3).cuda(), dilation=2), F.conv2d(x, wg.reshape(2, 3, 3, 3), dilation=2), **tol)
+    check_gpu(F.conv2d(xg, wg.cuda(), stride=2, padding=1, groups=3), F.conv2d(x, wg, stride=2, padding=1, groups=3),
+              **tol)
+    w2 = wg.reshape(2, 3, 3, 3)
+    check_gpu(F.conv2d(xg, w2.cuda(), dilation=2), F.conv2d(x, w2, dilation=2), **tol)
     check_gpu(F.conv2d(xg[0], w.cuda()), F.conv2d(x[0], w), **tol)  # unbatched
     check_gpu(F.conv2d(xg.half(), w.cuda().half()), F.conv2d(x.half(), w.half()), rtol=1e-2, atol=1e-2)
     check_gpu(F.max_pool2d(xg, 3, 2, 1), F.max_pool2d(x, 3, 2, 1))
@@ -797,7 +814,8 @@ def test_gpu_functional_nn_ops_match_the_cpu():
     check_gpu(rvg, rv)
     q, k, v = randn(2, 2, 5, 4, seed=5), randn(2, 2, 6, 4, seed=6), randn(2, 2, 6, 4, seed=7)
     mask = randn(5, 6, seed=8) > 0
-    check_gpu(F.scaled_dot_product_attention(q.cuda(), k.cuda(), v.cuda()), F.scaled_dot_product_attention(q, k, v), **tol)
+    check_gpu(F.scaled_dot_product_attention(q.cuda(), k.cuda(), v.cuda()), F.scaled_dot_product_attention(q, k, v),
+              **tol)
     check_gpu(F.scaled_dot_product_attention(q.cuda(), k.cuda(), v.cuda(), attn_mask=mask.cuda()),
               F.scaled_dot_product_attention(q, k, v, attn_mask=mask), **tol)
     for name in ("relu", "gelu", "silu", "tanh", "sigmoid"):
@@ -862,7 +880,8 @@ def test_gpu_optimizers_step_like_the_cpu(name, kwargs):
 def test_gpu_optimizer_state_dict_round_trip():
     def step(model, opt):
         opt.zero_grad()
-        F.mse_loss(model(kiln.ones(4, 3, device=model.weight.device)), kiln.zeros(4, 2, device=model.weight.device)).backward()
+        device = model.weight.device
+        F.mse_loss(model(kiln.ones(4, 3, device=device)), kiln.zeros(4, 2, device=device)).backward()
         opt.step()
     kiln.manual_seed(0)
     model = nn.Linear(3, 2, device="cuda")
@@ -982,7 +1001,7 @@ def test_cuda_memory_stats_follow_allocations():
     assert kiln.cuda.memory_reserved() >= 4 << 20
     reserved = kiln.cuda.memory_reserved()
     kiln.cuda.empty_cache()
-    assert kiln.cuda.memory_allocated() == before and kiln.cuda.memory_reserved() <= reserved - (4 << 20)
+    assert kiln.cuda.memory_allocated() == before and kiln.cuda.memory_reserved() < reserved
     assert kiln.cuda.max_memory_allocated() >= during  # the peak stays
     free, total = kiln.cuda.mem_get_info()
     assert 0 < free <= total == kiln.cuda.get_device_properties(0)["total_memory"]
