@@ -341,6 +341,9 @@ Tensor default_grad_output(const Tensor& output, const Tensor& grad_output, cons
     KILN_CHECK(grad_output.shape() == output.shape(), ShapeError,
                "{}: the gradient has shape {} but the output has shape {}", op, shape_str(grad_output.shape()),
                shape_str(output.shape()));
+    KILN_CHECK(grad_output.device() == output.device(), DeviceError,
+               "{}: the gradient is on {} but the output on {}; move it with .to()", op,
+               grad_output.device().str(), output.device().str());
     return grad_output.detach();
   }
   KILN_CHECK(output.numel() == 1, Error,
@@ -448,9 +451,12 @@ Tensor Tensor::grad() const {
 }
 
 void Tensor::set_grad(const Tensor& grad) const {
-  if (grad.defined())
+  if (grad.defined()) {
     KILN_CHECK(grad.shape() == shape(), ShapeError, "grad: assigned a gradient of shape {} to a tensor of shape {}",
                shape_str(grad.shape()), shape_str(shape()));
+    KILN_CHECK(grad.device() == device(), DeviceError, "grad: assigned a gradient on {} to a tensor on {}",
+               grad.device().str(), device().str());
+  }
   if (!grad.defined() && !meta_of(*this)) return;
   if (TraceHook* trace = active_trace()) trace->grad_will_change(*this);
   ensure_meta(*this).grad = grad;

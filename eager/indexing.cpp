@@ -15,6 +15,7 @@
 #include "eager/autograd.h"
 #include "eager/cuda/launch.h"
 #include "eager/loops.h"
+#include "eager/op_util.h"
 #include "eager/ops.h"
 
 namespace kiln {
@@ -181,6 +182,22 @@ void check_index_dtype(DType dtype, const char* op) {
              "{}: expected an int64 or int32 index tensor, got {}", op, dtype_name(dtype));
 }
 
+// An index, mask or source on another device than x is refused, naming
+// both; a 0-d cpu one travels to the kernel by value.
+void check_operand_device(const TensorType& x, const TensorType& t, const char* op, const char* what) {
+  if (!(t.shape.empty() && t.device.is_cpu())) check_same_device(x, t, op, what);
+}
+
+// Indices on the cpu index a tensor on another device as they would on the
+// cpu (as in PyTorch): they move to its device. 0-d ones stay: they travel
+// by value.
+std::vector<Tensor> indices_on_device_of(const Tensor& x, std::vector<Tensor> indices) {
+  if (x.device().is_cpu()) return indices;
+  for (Tensor& t : indices)
+    if (t.defined() && t.device().is_cpu() && t.dim() > 0) t = to_device(t, x.device());
+  return indices;
+}
+
 std::vector<TensorType> types_of(const std::vector<Tensor>& ts) {
   std::vector<TensorType> out;
   for (const Tensor& t : ts) out.push_back(type_of(t));
@@ -193,6 +210,7 @@ TensorType index_select_meta(const TensorType& x_in, int64_t dim, const TensorTy
   KILN_CHECK(index.shape.size() <= 1, ShapeError, "index_select: index must be 0-d or 1-D, got shape {}",
              shape_str(index.shape));
   check_index_dtype(index.dtype, "index_select");
+  check_operand_device(x_in, index, "index_select", "index");
   TensorType x = as_1d(x_in);
   dim = wrap_dim(dim, static_cast<int64_t>(x.shape.size()), "index_select");
   if (x_in.shape.empty()) return {index.shape, x.dtype, x.device};
@@ -205,6 +223,7 @@ TensorType gather_meta(const TensorType& x_in, int64_t dim, const TensorType& in
   dim = wrap_dim(dim, static_cast<int64_t>(x.shape.size()), "gather");
   check_scatter_shapes("gather", x, dim, index, nullptr);
   check_index_dtype(index.dtype, "gather");
+  check_operand_device(x_in, index_in, "gather", "index");
   return {index_in.shape, x.dtype, x.device};
 }
 
@@ -215,12 +234,15 @@ TensorType scatter_add_meta(const TensorType& x_in, int64_t dim, const TensorTyp
   dim = wrap_dim(dim, static_cast<int64_t>(x.shape.size()), "scatter_add");
   check_scatter_shapes("scatter_add", x, dim, index, &src);
   check_index_dtype(index.dtype, "scatter_add");
+  check_operand_device(x_in, index_in, "scatter_add", "index");
+  check_operand_device(x_in, src_in, "scatter_add", "src");
   return x_in;
 }
 
 TensorType masked_fill_meta(const TensorType& x, const TensorType& mask) {
   KILN_CHECK(mask.dtype == DType::Bool, DTypeError, "masked_fill: the mask must be bool, got {}",
              dtype_name(mask.dtype));
+  check_operand_device(x, mask, "masked_fill", "mask");
   // torch: the result takes the broadcast shape of x and mask.
   return {broadcast_shapes(x.shape, mask.shape, "masked_fill"), x.dtype, x.device};
 }
@@ -768,7 +790,8 @@ std::vector<Tensor> joined(std::vector<Tensor> head, const std::vector<Tensor>& 
 }
 }  // namespace
 
-Tensor index(const Tensor& x, const std::vector<Tensor>& indices) {
+Tensor index(const Tensor& x, const std::vector<Tensor>& indices_in) {
+  const std::vector<Tensor> indices = indices_on_device_of(x, indices_in);
   return autograd_op(
       "index", joined({x}, indices), KILN_NO_ATTRS,
       [&] {
@@ -833,8 +856,13 @@ BackwardFn index_put_backward(const std::vector<Tensor>& indices) {
 }
 }  // namespace
 
-void index_put_(const Tensor& x, const std::vector<Tensor>& indices, const Tensor& values) {
+void index_put_(const Tensor& x, const std::vector<Tensor>& indices_in, const Tensor& values_in) {
   check_inplace(x, "index_put");
+  const std::vector<Tensor> indices = indices_on_device_of(x, indices_in);
+  // a 0-d cpu value is a number, to any device (x[idx] = 1.5)
+  const Tensor values = values_in.dim() == 0 && values_in.device().is_cpu() && !x.device().is_cpu()
+                            ? to_device(values_in, x.device())
+                            : values_in;
   if (TraceHook* trace = active_trace()) {
     // Recorded out of place (x with the indexed elements replaced), then assigned.
     const bool grad = should_record({x, values});

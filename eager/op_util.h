@@ -59,6 +59,16 @@ Tensor trace_or(const char* op, const std::vector<Tensor>& inputs, AttrsFn&& att
   return compute();
 }
 
+// An op's tensors live on one device, its input x's (an absent optional
+// operand passes). On types, so meta rules share it; eager passes type_of(t).
+inline void check_same_device(const TensorType& x, const TensorType& t, const char* op, const char* what) {
+  KILN_CHECK(!t.defined || t.device == x.device, DeviceError, "{}: expected the {} on {} (the input's), got {}; move it "
+             "with .to()", op, what, x.device.str(), t.device.str());
+}
+inline void check_same_device(const Tensor& x, const Tensor& t, const char* op, const char* what) {
+  check_same_device(type_of(x), type_of(t), op, what);
+}
+
 // Shape helpers for meta rules: a product of dims that is dynamic when any
 // of them is.
 inline int64_t static_numel(const Shape& shape) { return has_dynamic_dims(shape) ? kDynamic : numel(shape); }

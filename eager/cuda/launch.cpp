@@ -99,8 +99,10 @@ void plan_elementwise(const std::string& kernel, const Tensor& out, const std::a
     const Tensor& in = *inputs[k];
     KILN_CHECK(in.shape() == out.shape(), ShapeError, "{}: operand of shape {} for an output of shape {}", kernel,
                shape_str(in.shape()), shape_str(out.shape()));
+    // named after the op the user called (the kernel is an implementation detail)
     KILN_CHECK(in.device() == out.device() || is_host_scalar(in), DeviceError,
-               "{}: expected all tensors on {}, got one on {}", kernel, out.device().str(), in.device().str());
+               "{}: expected all tensors on {}, got one on {}; move it with .to()",
+               current_op() ? current_op() : kernel.c_str(), out.device().str(), in.device().str());
     all[k + 1] = &in;
   }
   LoopPlan<N + 1> plan = plan_loop<N + 1>(out.shape(), all, /*on_device=*/true);

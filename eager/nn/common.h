@@ -37,15 +37,7 @@ void dispatch_compute(DType d, const char* op, F&& fn) {
 }
 
 // The checks are on types, so meta rules share them; eager passes type_of(t).
-// An op's tensors live on one device, its input x's (an absent optional
-// operand passes).
-inline void check_same_device(const TensorType& x, const TensorType& t, const char* op, const char* what) {
-  KILN_CHECK(!t.defined || t.device == x.device, DeviceError, "{}: expected the {} on {} (the input's), got {}; move it "
-             "with .to()", op, what, x.device.str(), t.device.str());
-}
-inline void check_same_device(const Tensor& x, const Tensor& t, const char* op, const char* what) {
-  check_same_device(type_of(x), type_of(t), op, what);
-}
+// (check_same_device is in eager/op_util.h.)
 
 inline void check_floating(const TensorType& t, const char* op, const char* what) {
   KILN_CHECK(is_floating(t.dtype), DTypeError,

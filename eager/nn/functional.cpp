@@ -153,7 +153,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   constexpr double kNegInf = -std::numeric_limits<double>::infinity();
   // Masks become additive biases: 0 where attending, -inf elsewhere.
   if (is_causal) {
-    const Tensor keep = ge(unsqueeze(arange(0, L), 1), unsqueeze(arange(0, S), 0));
+    const Tensor keep = to_device(ge(unsqueeze(arange(0, L), 1), unsqueeze(arange(0, S), 0)), scores.device());
     scores = add(scores, to_dtype(where(keep, 0.0, kNegInf), scores.dtype()));
   } else if (attn_mask.defined()) {
     check_same_device(scores, attn_mask, op, "attn_mask");

@@ -57,6 +57,20 @@ std::optional<Scalar> opt_scalar(py::handle obj, const char* op) {
   return s;
 }
 
+// pybind11's buffer slot lets a C++ exception (a GPU tensor's DeviceError)
+// escape into CPython, which terminates the process. This one turns it
+// into a BufferError: memoryview() says why, and NumPy goes on to
+// __array__, which raises the DeviceError itself.
+getbufferproc pybind11_getbuffer_of_tensor = nullptr;
+extern "C" int tensor_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
+  try {
+    return pybind11_getbuffer_of_tensor(obj, view, flags);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_BufferError, e.what());
+    return -1;
+  }
+}
+
 }  // namespace
 
 // A shape as Python sees it: a dynamic dim of a traced tensor is None.
@@ -321,6 +335,9 @@ void bind_tensor(py::module_& m) {
       }, py::arg("split_size_or_sections"), py::arg("dim") = 0)
       .def("chunk", [](const Tensor& x, int64_t chunks, int64_t dim) { return chunk(x, chunks, dim); },
            py::arg("chunks"), py::arg("dim") = 0);
+  PyBufferProcs* buffer = reinterpret_cast<PyTypeObject*>(t.ptr())->tp_as_buffer;
+  pybind11_getbuffer_of_tensor = buffer->bf_getbuffer;
+  buffer->bf_getbuffer = tensor_getbuffer;
 }
 
 void bind_functions(py::module_& m) {

@@ -578,10 +578,6 @@ def test_gpu_setitem_matches_the_cpu():
 
 
 @needs_gpu
-@pytest.mark.xfail(strict=True, reason="indices on the cpu (lists, NumPy arrays, cpu tensors, cpu masks, x[True]) "
-                   "are not moved to a GPU tensor's device: python/src/convert.cpp plan_index/getitem hand them "
-                   "to kiln::index as they are, which raises 'kiln_index_take_w4_i64: expected all tensors on "
-                   "cuda:0, got one on cpu'; torch accepts them")
 def test_gpu_tensor_indexed_with_cpu_indices():
     x = randn(4, 5, 6)
     g = x.cuda()
@@ -593,9 +589,6 @@ def test_gpu_tensor_indexed_with_cpu_indices():
 
 
 @needs_gpu
-@pytest.mark.xfail(strict=True, reason="x[int index] = a Python number (or a 0-d cpu tensor) on a GPU tensor: "
-                   "python/src/convert.cpp setitem makes the value a cpu tensor for index_put_, which raises "
-                   "'kiln_index_put_w4_i64: expected all tensors on cpu, got one on cuda:0'")
 def test_gpu_setitem_of_a_scalar_at_integer_indices():
     x = randn(4, 5)
     g, c = x.cuda(), x.clone()
@@ -634,9 +627,6 @@ def _run_python(code):
 
 
 @needs_gpu
-@pytest.mark.xfail(strict=True, reason="np.asarray / np.array / memoryview of a GPU tensor abort the interpreter: "
-                   "the buffer protocol (def_buffer in python/src/module.cpp) calls data_ptr(), whose DeviceError "
-                   "escapes through CPython's C getbuffer slot, so std::terminate is called")
 def test_numpy_asarray_of_a_gpu_tensor_raises_instead_of_aborting():
     # in a subprocess: the abort would take pytest down with it
     code = ("import kiln, numpy as np\n"
@@ -714,10 +704,6 @@ def test_gpu_autograd_through_ops_matches_the_cpu():
 
 
 @needs_gpu
-@pytest.mark.xfail(strict=True, reason="a gradient on another device is taken as it is: backward(gradient) and "
-                   "the .grad setter check only the shape (eager/autograd.cpp, the root gradient check and "
-                   "Tensor::set_grad), so a GPU leaf gets a cpu .grad; torch raises 'expected device cuda:0 but "
-                   "got cpu'")
 def test_a_gradient_on_another_device_is_refused():
     a = kiln.randn(3, device="cuda", requires_grad=True)
     with pytest.raises(RuntimeError, match="cpu"):
@@ -826,9 +812,6 @@ def test_gpu_functional_nn_ops_match_the_cpu():
 
 
 @needs_gpu
-@pytest.mark.xfail(strict=True, reason="F.scaled_dot_product_attention(is_causal=True) on the GPU: "
-                   "eager/nn/functional.cpp makes the causal mask with arange() on the cpu, so adding it to "
-                   "the GPU scores raises 'add: expected all tensors on the same device, got cuda:0 and cpu'")
 def test_gpu_causal_scaled_dot_product_attention():
     q, k, v = randn(2, 2, 5, 4), randn(2, 2, 5, 4, seed=1), randn(2, 2, 5, 4, seed=2)
     check_gpu(F.scaled_dot_product_attention(q.cuda(), k.cuda(), v.cuda(), is_causal=True),
@@ -1118,17 +1101,6 @@ def test_mixing_devices_raises_naming_both(op):
 
 
 @needs_gpu
-def test_an_optimizer_step_with_a_gradient_on_another_device_raises():
-    p = kiln.ones(3, device="cuda", requires_grad=True)
-    p.grad = kiln.ones(3)
-    with pytest.raises(RuntimeError, match="cuda:0 and cpu|cpu and cuda:0"):
-        kiln.optim.SGD([p], lr=0.1).step()
-
-
-@needs_gpu
-@pytest.mark.xfail(strict=True, reason="gather/masked_fill of a cpu tensor with a GPU index or mask say "
-                   "'not implemented for CUDA tensors yet' (naming only cuda:0) instead of a device mismatch: "
-                   "their meta functions (eager/indexing.cpp masked_fill_meta, gather) do not check devices")
 @pytest.mark.parametrize("op", ["gather", "masked_fill"])
 def test_mixing_devices_a_cpu_tensor_with_a_gpu_index_names_both(op):
     g, c, gi, ci = _mixes()
