@@ -141,6 +141,12 @@ void BlockAllocator::empty_cache() {
   release_free_segments();
 }
 
+void BlockAllocator::reset_peak_stats() {
+  std::lock_guard lock(mutex_);
+  stats_.peak_allocated_bytes = stats_.allocated_bytes;
+  stats_.peak_reserved_bytes = stats_.reserved_bytes;
+}
+
 BlockAllocatorStats BlockAllocator::block_stats() const {
   std::lock_guard lock(mutex_);
   return stats_;

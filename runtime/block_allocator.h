@@ -57,6 +57,7 @@ class BlockAllocator final : public Allocator {
   Device device() const override;
   AllocatorStats stats() const override;
   BlockAllocatorStats block_stats() const;
+  void reset_peak_stats();  // the peaks start again from the current values
   void empty_cache() override;  // returns the segments no block is using
 
  private:

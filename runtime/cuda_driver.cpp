@@ -1,7 +1,10 @@
 #include "runtime/cuda_driver.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <mutex>
+#include <string_view>
 #include <unordered_map>
 
 #include "runtime/dynamic_library.h"
@@ -25,7 +28,8 @@ namespace {
   X(cuMemGetInfo_v2) X(cuMemsetD8Async) X(cuMemcpyHtoDAsync_v2) X(cuMemcpyDtoHAsync_v2)                \
   X(cuMemcpyDtoDAsync_v2) X(cuStreamCreate) X(cuStreamDestroy_v2) X(cuStreamSynchronize)              \
   X(cuEventCreate) X(cuEventDestroy_v2) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime_v2) \
-  X(cuModuleLoadData) X(cuModuleGetFunction) X(cuLaunchKernel) X(cuMemHostAlloc) X(cuMemFreeHost)
+  X(cuModuleLoadData) X(cuModuleGetFunction) X(cuLaunchKernel) X(cuMemHostAlloc) X(cuMemFreeHost)                \
+  X(cuStreamQuery) X(cuEventQuery) X(cuStreamWaitEvent)
 
 struct Driver {
 #define KILN_DECLARE(name) decltype(&::name) name = nullptr;
@@ -193,26 +197,41 @@ class CudaMemory final : public DeviceMemory {
 };
 
 // The device's BlockAllocator, serving each request from the blocks of the
-// current stream.
+// current stream. KILN_CUDA_NO_CACHING=1 (PyTorch's
+// PYTORCH_NO_CUDA_MEMORY_CACHING) gives each tensor memory of its own from
+// the driver instead, freed when the tensor is: slow, but an access past
+// a tensor's end is past its allocation, which memory checkers (and the
+// CUDA emulator) see. memory_stats() then stays at zero.
 std::atomic<bool> poison_allocations{false};
 
 class CudaAllocator final : public Allocator {
  public:
-  explicit CudaAllocator(int index) : index_(index), blocks_(device_memory(index)) {}
+  explicit CudaAllocator(int index) : index_(index), blocks_(device_memory(index)) {
+    if (const char* v = std::getenv("KILN_CUDA_NO_CACHING"); v && *v && std::string_view(v) != "0")
+      uncached_ = device_memory(index);
+  }
   void* allocate(size_t nbytes) override {
-    void* p = blocks_.allocate(nbytes, current_stream(index_));
+    void* p = uncached_ ? uncached_->allocate(std::max<size_t>(nbytes, 1)) : blocks_.allocate(nbytes, current_stream(index_));
+    KILN_CHECK(p, DeviceError, "out of memory on cuda:{}: tried to allocate {} bytes (KILN_CUDA_NO_CACHING is set)",
+               index_, nbytes);
     if (poison_allocations && nbytes) cuda::memset(p, 0xFF, nbytes, index_);
     return p;
   }
-  void deallocate(void* ptr, size_t nbytes) override { blocks_.deallocate(ptr, nbytes); }
+  void deallocate(void* ptr, size_t nbytes) override {
+    // (cuMemFree waits for the work queued on the memory)
+    if (uncached_) uncached_->release(ptr);
+    else blocks_.deallocate(ptr, nbytes);
+  }
   Device device() const override { return blocks_.device(); }
   AllocatorStats stats() const override { return blocks_.stats(); }
   void empty_cache() override { blocks_.empty_cache(); }
   BlockAllocatorStats block_stats() const { return blocks_.block_stats(); }
+  void reset_peak_stats() { blocks_.reset_peak_stats(); }
 
  private:
   int index_;
   BlockAllocator blocks_;
+  std::unique_ptr<DeviceMemory> uncached_;  // KILN_CUDA_NO_CACHING
 };
 
 CudaAllocator& cuda_allocator(int index) {
@@ -278,6 +297,25 @@ void Stream::synchronize() const {
   check(d.cuStreamSynchronize(reinterpret_cast<CUstream>(id_)), "cuStreamSynchronize");
 }
 
+namespace {
+// cuStreamQuery / cuEventQuery: done, not yet, or an error.
+bool finished(CUresult r, const char* call) {
+  if (r == CUDA_ERROR_NOT_READY) return false;
+  check(r, call);
+  return true;
+}
+}  // namespace
+
+bool Stream::query() const {
+  const Driver& d = enter(index_, "Stream.query");
+  return finished(d.cuStreamQuery(reinterpret_cast<CUstream>(id_)), "cuStreamQuery");
+}
+void Stream::wait(const Event& event) {
+  const Driver& d = enter(index_, "Stream.wait_event");
+  check(d.cuStreamWaitEvent(reinterpret_cast<CUstream>(id_), static_cast<CUevent>(event.handle()), 0),
+        "cuStreamWaitEvent");
+}
+
 StreamGuard::StreamGuard(const Stream& stream) : index_(stream.device()), previous_(current_stream(stream.device())) {
   current_streams[index_] = stream.id();
 }
@@ -300,6 +338,14 @@ void Event::synchronize() const {
   const Driver& d = enter(index_, "Event.synchronize");
   check(d.cuEventSynchronize(static_cast<CUevent>(event_)), "cuEventSynchronize");
 }
+bool Event::query() const {
+  const Driver& d = enter(index_, "Event.query");
+  return finished(d.cuEventQuery(static_cast<CUevent>(event_)), "cuEventQuery");
+}
+void Event::wait() {
+  const Driver& d = enter(index_, "Event.wait");
+  check(d.cuStreamWaitEvent(stream_handle(index_), static_cast<CUevent>(event_), 0), "cuStreamWaitEvent");
+}
 float Event::elapsed_ms(const Event& end) const {
   const Driver& d = enter(index_, "Event.elapsed_ms");
   float ms = 0;
@@ -312,6 +358,7 @@ std::unique_ptr<DeviceMemory> device_memory(int index) { return std::make_unique
 Allocator& allocator(int index) { return cuda_allocator(index); }
 void set_poison_allocations(bool poison) { poison_allocations = poison; }
 BlockAllocatorStats memory_stats(int index) { return cuda_allocator(index).block_stats(); }
+void reset_peak_memory_stats(int index) { cuda_allocator(index).reset_peak_stats(); }
 
 MemoryInfo memory_info(int index) {
   const Driver& d = enter(index, "memory_info");
@@ -413,16 +460,21 @@ StreamId current_stream(int) { return 0; }
 Stream::Stream(int index) : index_(index) { no_cuda("Stream"); }
 Stream::~Stream() = default;
 void Stream::synchronize() const { no_cuda("Stream.synchronize"); }
+bool Stream::query() const { no_cuda("Stream.query"); }
+void Stream::wait(const Event&) { no_cuda("Stream.wait_event"); }
 StreamGuard::StreamGuard(const Stream& stream) : index_(stream.device()), previous_(0) {}
 StreamGuard::~StreamGuard() = default;
 Event::Event(int index) : index_(index) { no_cuda("Event"); }
 Event::~Event() = default;
 void Event::record() { no_cuda("Event.record"); }
 void Event::synchronize() const { no_cuda("Event.synchronize"); }
+bool Event::query() const { no_cuda("Event.query"); }
+void Event::wait() { no_cuda("Event.wait"); }
 float Event::elapsed_ms(const Event&) const { no_cuda("Event.elapsed_ms"); }
 std::unique_ptr<DeviceMemory> device_memory(int) { no_cuda("device memory"); }
 Allocator& allocator(int) { no_cuda("allocate"); }
 BlockAllocatorStats memory_stats(int) { no_cuda("memory_stats"); }
+void reset_peak_memory_stats(int) { no_cuda("reset_peak_memory_stats"); }
 MemoryInfo memory_info(int) { no_cuda("memory_info"); }
 void set_poison_allocations(bool) {}
 Allocator& pinned_allocator() { no_cuda("pin_memory"); }

@@ -48,6 +48,8 @@ void check(int result, std::string_view call);
 // on (runtime/block_allocator.h).
 StreamId current_stream(int index);
 
+class Event;
+
 // A stream of its own (it waits for the legacy default stream, as
 // PyTorch's streams do).
 class Stream {
@@ -59,6 +61,8 @@ class Stream {
   StreamId id() const { return id_; }
   int device() const { return index_; }
   void synchronize() const;
+  bool query() const;                  // whether its work has finished
+  void wait(const Event& event);  // later work on it waits for the event, not the host
 
  private:
   int index_;
@@ -88,7 +92,10 @@ class Event {
   Event& operator=(const Event&) = delete;
   void record();  // on the current stream
   void synchronize() const;
+  bool query() const;  // whether the work before it has finished
+  void wait();         // later work on the current stream waits for it, not the host
   float elapsed_ms(const Event& end) const;  // both recorded and finished
+  void* handle() const { return event_; }
 
  private:
   int index_;
@@ -108,6 +115,7 @@ void make_current(int index);
 std::unique_ptr<DeviceMemory> device_memory(int index);
 Allocator& allocator(int index);
 BlockAllocatorStats memory_stats(int index);
+void reset_peak_memory_stats(int index);
 struct MemoryInfo {
   size_t free_bytes = 0, total_bytes = 0;
 };

@@ -304,6 +304,7 @@ Tensor.float = lambda self: self.to(float32)
 Tensor.double = lambda self: self.to(float64)
 Tensor.half = lambda self: self.to(float16)
 Tensor.bfloat16 = lambda self: self.to(bfloat16)
+Tensor.get_device = lambda self: -1 if self.device == "cpu" else _builtin_int(self.device.split(":")[1])  # as in PyTorch
 Tensor.int = lambda self: self.to(int32)
 Tensor.long = lambda self: self.to(int64)
 Tensor.bool = lambda self: self.to(bool)

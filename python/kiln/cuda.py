@@ -15,9 +15,10 @@ import contextlib
 
 from . import _C
 
-__all__ = ["is_available", "unavailable_reason", "device_count", "driver_version", "get_device_name",
-           "get_device_properties", "synchronize", "memory_stats", "memory_allocated", "memory_reserved",
-           "max_memory_allocated", "empty_cache", "mem_get_info", "matmul", "Stream", "stream", "Event"]
+__all__ = ["is_available", "unavailable_reason", "device_count", "driver_version", "current_device",
+           "get_device_name", "get_device_properties", "synchronize", "manual_seed", "manual_seed_all",
+           "memory_stats", "memory_allocated", "memory_reserved", "max_memory_allocated", "max_memory_reserved",
+           "reset_peak_memory_stats", "empty_cache", "mem_get_info", "matmul", "Stream", "stream", "Event"]
 
 
 def is_available():
@@ -38,6 +39,22 @@ def device_count():
 def driver_version():
     """The driver's CUDA version as an int (13000 for 13.0), 0 without a driver."""
     return _C._cuda_driver_version()
+
+
+def current_device():
+    """The GPU that ``"cuda"`` means: 0 (kiln has no ``set_device``; name
+    others ``"cuda:1"``)."""
+    return 0
+
+
+def manual_seed(seed):
+    """Seeds random numbers on every device: kiln has one generator (the same
+    Philox stream on the cpu and GPUs), so this is ``kiln.manual_seed``."""
+    from . import manual_seed as seed_all
+    seed_all(seed)
+
+
+manual_seed_all = manual_seed
 
 
 def _index(device):
@@ -93,6 +110,17 @@ def max_memory_allocated(device=None):
     return memory_stats(device)["peak_allocated_bytes"]
 
 
+def max_memory_reserved(device=None):
+    """The peak of ``memory_reserved``."""
+    return memory_stats(device)["peak_reserved_bytes"]
+
+
+def reset_peak_memory_stats(device=None):
+    """Starts the peaks (``max_memory_allocated``, ``max_memory_reserved``)
+    again from the current values."""
+    _C._cuda_reset_peak_memory_stats(_index(device))
+
+
 def empty_cache(device=None):
     """Returns the allocator's unused cached memory to the driver."""
     _C._cuda_empty_cache(_index(device))
@@ -133,6 +161,22 @@ class Stream:
         """Waits for the work queued on this stream."""
         self._stream.synchronize()
 
+    def query(self):
+        """True when the work queued on this stream has finished."""
+        return self._stream.query()
+
+    def wait_event(self, event):
+        """Work queued on this stream from now on waits for ``event`` (on the
+        GPU: the host does not wait)."""
+        self._stream.wait_event(event._event)
+
+    def wait_stream(self, other):
+        """Work queued on this stream from now on waits for the work queued on
+        ``other`` so far."""
+        event = Event(device=other.device)
+        event.record(other)
+        self.wait_event(event)
+
 
 @contextlib.contextmanager
 def stream(s):
@@ -160,7 +204,20 @@ class Event:
                 self._event.record()
 
     def synchronize(self):
+        """Waits (the host) for the work before the event."""
         self._event.synchronize()
+
+    def query(self):
+        """True when the work before the event has finished."""
+        return self._event.query()
+
+    def wait(self, stream=None):
+        """Work queued on ``stream`` (default: the current stream) from now on
+        waits for the event."""
+        if stream is None:
+            self._event.wait()
+        else:
+            stream.wait_event(self)
 
     def elapsed_time(self, end):
         """Milliseconds between this event and ``end`` (both recorded and finished)."""

@@ -31,6 +31,7 @@ void bind_cuda(py::module_& m) {
     return d;
   });
   m.def("_cuda_empty_cache", [](int index) { cuda::allocator(index).empty_cache(); });
+  m.def("_cuda_reset_peak_memory_stats", [](int index) { cuda::reset_peak_memory_stats(index); });
   m.def("_cuda_mem_get_info", [](int index) {
     cuda::MemoryInfo info = cuda::memory_info(index);
     return py::make_tuple(info.free_bytes, info.total_bytes);
@@ -38,13 +39,17 @@ void bind_cuda(py::module_& m) {
   py::class_<cuda::Stream>(m, "_CudaStream")
       .def(py::init<int>())
       .def_property_readonly("device", &cuda::Stream::device)
-      .def("synchronize", &cuda::Stream::synchronize, py::call_guard<py::gil_scoped_release>());
+      .def("synchronize", &cuda::Stream::synchronize, py::call_guard<py::gil_scoped_release>())
+      .def("query", &cuda::Stream::query)
+      .def("wait_event", &cuda::Stream::wait);
   // Makes a stream current for its device on this thread while it lives.
   py::class_<cuda::StreamGuard>(m, "_CudaStreamGuard").def(py::init<const cuda::Stream&>(), py::keep_alive<1, 2>());
   py::class_<cuda::Event>(m, "_CudaEvent")
       .def(py::init<int>())
       .def("record", &cuda::Event::record)
       .def("synchronize", &cuda::Event::synchronize, py::call_guard<py::gil_scoped_release>())
+      .def("query", &cuda::Event::query)
+      .def("wait", &cuda::Event::wait)
       .def("elapsed_ms", &cuda::Event::elapsed_ms);
   m.def("_cuda_allow_tf32", [] { return cublas::allow_tf32(); });
   m.def("_cuda_set_allow_tf32", [](bool allow) { cublas::set_allow_tf32(allow); });

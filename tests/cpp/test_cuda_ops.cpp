@@ -757,7 +757,7 @@ TEST_CASE("cuda: work on a side stream, timed with events", "[cuda]") {
   check_close(got, sum(exp(x), {1}), {1e-5, 1e-4}, "exp and sum on a side stream");
 }
 
-TEST_CASE("cuda: the caching allocator reuses blocks, poisons them and returns to its baseline", "[cuda]") {
+TEST_CASE("cuda: the caching allocator reuses blocks, poisons them and returns to its baseline", "[cuda][allocator]") {
   if (!have_gpu()) return;
   cuda::synchronize(0);
   const BlockAllocatorStats base = cuda::memory_stats(0);

@@ -5,6 +5,8 @@
 // error, as the real driver does.
 #include <cuda.h>
 
+#include <sys/mman.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -35,6 +37,29 @@ CUresult sticky = CUDA_SUCCESS;  // the error of a failed kernel
 CUctx_st primary_context;
 std::map<uintptr_t, size_t> device_allocations;  // start -> bytes
 size_t device_allocated = 0;
+
+// Each device allocation ends 16 bytes or less before a PROT_NONE page, so
+// a kernel that runs past its memory faults there (threads.cpp names the
+// kernel) instead of quietly using a neighbour's. 16: the alignment kiln's
+// vector loads need (CUDA gives 256).
+constexpr size_t kPage = 4096, kAlignment = 16;
+struct Mapping {
+  void* base;
+  size_t length;
+};
+std::map<uintptr_t, Mapping> mappings;  // allocation start -> its pages
+
+void* map_guarded(size_t bytes) {
+  const size_t padded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  const size_t length = (padded + kPage - 1) / kPage * kPage + kPage;
+  void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) return nullptr;
+  char* guard = static_cast<char*>(base) + length - kPage;
+  mprotect(guard, kPage, PROT_NONE);
+  char* start = guard - padded;
+  mappings.emplace(reinterpret_cast<uintptr_t>(start), Mapping{base, length});
+  return start;
+}
 std::set<void*> host_allocations;
 std::set<CUstream> streams;
 
@@ -192,7 +217,7 @@ KILN_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* pointer, size_t bytes) {
   if (CUresult r = usable()) return r;
   if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
   if (bytes > kDeviceBytes - device_allocated) return CUDA_ERROR_OUT_OF_MEMORY;
-  void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  void* p = map_guarded(bytes);
   if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
   std::memset(p, 0xA5, bytes);  // device memory starts with garbage
   device_allocations.emplace(reinterpret_cast<uintptr_t>(p), bytes);
@@ -208,7 +233,9 @@ KILN_EXPORT CUresult cuMemFree_v2(CUdeviceptr pointer) {
   if (it == device_allocations.end()) return CUDA_ERROR_INVALID_VALUE;
   device_allocated -= it->second;
   device_allocations.erase(it);
-  std::free(reinterpret_cast<void*>(pointer));
+  auto mapping = mappings.find(static_cast<uintptr_t>(pointer));
+  munmap(mapping->second.base, mapping->second.length);
+  mappings.erase(mapping);
   return CUDA_SUCCESS;
 }
 
@@ -299,6 +326,17 @@ KILN_EXPORT CUresult cuStreamSynchronize(CUstream stream) {
   return valid_stream(stream);
 }
 
+KILN_EXPORT CUresult cuStreamQuery(CUstream stream) {
+  std::lock_guard lock(calls);
+  return valid_stream(stream);  // its work ran when it was queued
+}
+
+KILN_EXPORT CUresult cuStreamWaitEvent(CUstream stream, CUevent event, unsigned int flags) {
+  std::lock_guard lock(calls);
+  if (CUresult r = valid_stream(stream)) return r;
+  return event && flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
 KILN_EXPORT CUresult cuEventCreate(CUevent* event, unsigned int flags) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
@@ -322,6 +360,11 @@ KILN_EXPORT CUresult cuEventRecord(CUevent event, CUstream stream) {
 }
 
 KILN_EXPORT CUresult cuEventSynchronize(CUevent) {
+  std::lock_guard lock(calls);
+  return usable();
+}
+
+KILN_EXPORT CUresult cuEventQuery(CUevent) {
   std::lock_guard lock(calls);
   return usable();
 }

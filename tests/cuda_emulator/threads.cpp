@@ -4,7 +4,9 @@
 // and every lane it names is among them; the block's barrier once every
 // live thread waits there. Anything else is a kernel a GPU would hang or
 // misrun: the launch fails, saying what the threads were doing.
+#include <signal.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -136,6 +138,58 @@ void* start_stack(char* top) {
   return sp;
 }
 
+// A kernel's access outside its memory faults (driver.cpp puts a PROT_NONE
+// page after each allocation): say which kernel and thread before the
+// previous handler (or the default, a core dump) takes over. Only
+// async-signal-safe calls here.
+struct sigaction previous_segv;
+char fault_stack[64 * 1024];  // thread stacks can overflow into their guard page
+
+void write_text(const char* text) {
+  size_t n = 0;
+  while (text[n]) ++n;
+  if (write(STDERR_FILENO, text, n) < 0) return;
+}
+void write_number(uint64_t v, unsigned base) {
+  char digits[24];
+  int n = 0;
+  do digits[n++] = "0123456789abcdef"[v % base]; while ((v /= base) && n < 23);
+  char text[24];
+  for (int i = 0; i < n; ++i) text[i] = digits[n - 1 - i];
+  text[n] = 0;
+  write_text(text);
+}
+
+void on_fault(int, siginfo_t* info, void*) {
+  if (current) {
+    write_text("kiln CUDA emulator: kernel ");
+    write_text(block.kernel->name);
+    write_text(": block ");
+    write_number(current->block_idx.x, 10);
+    write_text(" thread ");
+    write_number(current->thread_idx.x, 10);
+    write_text(" touched memory outside every allocation, at 0x");
+    write_number(reinterpret_cast<uintptr_t>(info->si_addr), 16);
+    write_text("\n");
+  }
+  sigaction(SIGSEGV, &previous_segv, nullptr);  // the access runs again, now under it
+}
+
+void catch_faults() {
+  static bool installed = false;
+  if (installed) return;
+  installed = true;
+  stack_t alternate{};
+  alternate.ss_sp = fault_stack;
+  alternate.ss_size = sizeof fault_stack;
+  sigaltstack(&alternate, nullptr);
+  struct sigaction action{};
+  action.sa_sigaction = on_fault;
+  action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGSEGV, &action, &previous_segv);
+}
+
 // Runs a warp until each of its lanes has exited or waits at the block's
 // barrier, releasing its shuffles as its lanes all reach them; false (with
 // block.failure set) if they cannot get there.
@@ -148,6 +202,7 @@ bool run_warp(size_t warp) {
       block.running = t;
       current = &block.fibers[t].ids;
       kiln_emulator_switch(&block.scheduler, block.fibers[t].stack_pointer);
+      current = nullptr;
       if (!block.failure.empty()) return false;
       ran = true;
     }
@@ -240,6 +295,7 @@ std::string run(const Kernel& kernel, Dim3 grid, Dim3 threads, void** params) {
   static uint64_t launches = 0;
   ++launches;
   const size_t n = size_t{threads.x} * threads.y * threads.z;
+  catch_faults();
   reserve_stacks(n);
   block.kernel = &kernel;
   block.params = params;

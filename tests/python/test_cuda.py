@@ -986,6 +986,13 @@ def test_cuda_memory_stats_follow_allocations():
     kiln.cuda.empty_cache()
     assert kiln.cuda.memory_allocated() == before and kiln.cuda.memory_reserved() < reserved
     assert kiln.cuda.max_memory_allocated() >= during  # the peak stays
+    assert kiln.cuda.max_memory_reserved() >= reserved
+    kiln.cuda.reset_peak_memory_stats()
+    assert kiln.cuda.max_memory_allocated() == kiln.cuda.memory_allocated() < during
+    assert kiln.cuda.max_memory_reserved() == kiln.cuda.memory_reserved()
+    y = kiln.empty(1 << 18, device="cuda")
+    assert kiln.cuda.max_memory_allocated() >= before + (1 << 20)
+    del y
     free, total = kiln.cuda.mem_get_info()
     assert 0 < free <= total == kiln.cuda.get_device_properties(0)["total_memory"]
     assert kiln.cuda.mem_get_info(0)[1] == total
@@ -1001,6 +1008,15 @@ def test_cuda_device_queries_and_synchronize():
     kiln.cuda.synchronize("cuda:0")
     with pytest.raises(ValueError, match="expected a CUDA device"):
         kiln.cuda.synchronize("cpu")
+    assert kiln.cuda.current_device() == 0
+    assert kiln.ones(2, device="cuda").get_device() == 0 and kiln.ones(2).get_device() == -1
+    # one generator for every device: the GPU seeds are the cpu's
+    kiln.cuda.manual_seed(5)
+    a = kiln.randn(4, device="cuda")
+    kiln.cuda.manual_seed_all(5)
+    b = kiln.randn(4, device="cuda")
+    kiln.manual_seed(5)
+    assert np.array_equal(a.cpu().numpy(), b.cpu().numpy()) and np.array_equal(a.cpu().numpy(), kiln.randn(4).numpy())
 
 
 @needs_gpu
@@ -1031,6 +1047,21 @@ def test_cuda_streams_and_events():
     check_gpu(w, x + 1)
     with pytest.raises(RuntimeError):  # never recorded: CUDA_ERROR_INVALID_HANDLE, as in CUDA
         kiln.cuda.Event().elapsed_time(kiln.cuda.Event())
+    # ordering between streams without the host waiting: wait_stream / wait_event / Event.wait
+    other = kiln.cuda.Stream()
+    with kiln.cuda.stream(side):
+        u = xg * 3
+    other.wait_stream(side)
+    done = kiln.cuda.Event()
+    with kiln.cuda.stream(other):
+        v = u + 1
+        done.record()
+    done.wait()  # the current (default) stream waits for `other`
+    side.wait_event(done)
+    done.wait(side)
+    check_gpu(v, x * 3 + 1)
+    kiln.cuda.synchronize()
+    assert side.query() and other.query() and done.query() and kiln.cuda.Event().query()
 
 
 @needs_gpu
