@@ -961,6 +961,20 @@ def test_gpu_dataloader_batches_stay_on_the_gpu():
             check_gpu(gy, cy)
 
 
+@needs_gpu
+def test_dataloader_pin_memory_pins_cpu_batches():
+    x, y = kiln.arange(20.0).reshape(10, 2), kiln.arange(10)
+    for data, collate in ((kiln.data.TensorDataset(x, y), None),
+                          (list(range(10)), lambda idx: {"x": x[kiln.tensor(idx)], "i": idx})):
+        pinned = list(kiln.data.DataLoader(data, batch_size=4, pin_memory=True, collate_fn=collate))
+        plain = list(kiln.data.DataLoader(data, batch_size=4, collate_fn=collate))
+        for p, q in zip(pinned, plain):
+            a, b = (p, q) if collate is None else ((p["x"],), (q["x"],))
+            for t, u in zip(a, b):
+                assert t.is_pinned() and not u.is_pinned() and np.array_equal(t.numpy(), u.numpy())
+                assert np.array_equal(t.to("cuda", non_blocking=True).cpu().numpy(), u.numpy())
+
+
 # ---- kiln.cuda ----
 
 @needs_gpu
