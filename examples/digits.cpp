@@ -90,6 +90,7 @@ std::string bar(int64_t done, int64_t total, int width = 30) {
 
 int main(int argc, char** argv) {
   int epochs = 20;
+  Device device = kCPU;
   std::string csv = kDefaultCsv;
   std::filesystem::path out = std::filesystem::temp_directory_path() / "kiln-digits";
   for (int i = 1; i < argc; ++i) {
@@ -100,8 +101,10 @@ int main(int argc, char** argv) {
       csv = argv[++i];
     else if (a == "--out" && i + 1 < argc)
       out = argv[++i];
+    else if (a == "--device" && i + 1 < argc)
+      device = Device::parse(argv[++i]);
     else {
-      std::cerr << "usage: " << argv[0] << " [--epochs N] [--csv digits.csv.gz] [--out DIR]\n";
+      std::cerr << "usage: " << argv[0] << " [--epochs N] [--csv digits.csv.gz] [--out DIR] [--device cuda]\n";
       return 2;
     }
   }
@@ -119,6 +122,8 @@ int main(int argc, char** argv) {
   manual_seed(0);
   auto model = std::make_shared<nn::Sequential>(nn::Linear(64, 128), nn::ReLU(), nn::Linear(128, 128), nn::ReLU(),
                                                 nn::Linear(128, 10));
+  model->to(device);
+  x_test = x_test.to(device), y_test = y_test.to(device);
   optim::AdamW opt(model->parameters(), {.lr = 3e-3, .weight_decay = 1e-4});
   optim::CosineAnnealingLR schedule(opt, epochs);
   data::DataLoader loader({x_train, y_train}, {.batch_size = 64, .shuffle = true, .seed = 0});
@@ -130,14 +135,15 @@ int main(int argc, char** argv) {
     double loss_sum = 0;
     int64_t seen = 0, correct = 0;
     for (const auto& batch : loader) {
-      Tensor logits = model->forward(batch[0]);
-      Tensor loss = F::cross_entropy(logits, batch[1]);
+      const Tensor x = batch[0].to(device), y = batch[1].to(device);
+      Tensor logits = model->forward(x);
+      Tensor loss = F::cross_entropy(logits, y);
       opt.zero_grad();
       loss.backward();
       opt.step();
-      int64_t b = batch[1].size(0);
+      int64_t b = y.size(0);
       loss_sum += loss.item<double>() * static_cast<double>(b);
-      correct += eq(argmax(logits, 1), batch[1]).sum().item<int64_t>();
+      correct += eq(argmax(logits, 1), y).sum().item<int64_t>();
       seen += b;
     }
     schedule.step();

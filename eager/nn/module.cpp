@@ -184,6 +184,18 @@ void Module::to(DType dtype) {
   for (const Tensor& b : buffers()) convert(b);
 }
 
+void Module::to(Device device) {
+  NoGradGuard no_grad;
+  auto move = [&](const Tensor& t) {
+    if (!t.defined() || t.device() == device) return;
+    Tensor g = t.grad();
+    set_data(t, t.to(device));
+    if (g.defined()) t.set_grad(g.to(device));
+  };
+  for (const Tensor& p : parameters()) move(p);
+  for (const Tensor& b : buffers()) move(b);
+}
+
 NamedTensors Module::state_dict() const {
   NamedTensors all, out;
   // PyTorch's order: each module's parameters, then its buffers, then its children.
@@ -253,7 +265,9 @@ LoadResult Module::load_state_dict(const NamedTensors& state, bool strict) {
 }
 
 void Module::save(const std::string& path, const std::map<std::string, std::string>& metadata) const {
-  save_safetensors(path, state_dict(), metadata);
+  NamedTensors tensors = state_dict();
+  for (auto& [name, t] : tensors) t = t.cpu();  // a GPU model's values are written from the cpu
+  save_safetensors(path, tensors, metadata);
 }
 
 LoadResult Module::load(const std::string& path, bool strict) { return load_state_dict(load_safetensors(path), strict); }

@@ -84,6 +84,9 @@ class Module : public std::enable_shared_from_this<Module> {
   void zero_grad(bool set_to_none = true);
   // Casts floating-point parameters and buffers (and gradients) in place.
   void to(DType dtype);
+  // Moves parameters and buffers (and gradients) to `device` in place: the
+  // tensors stay the same objects, so an optimizer made before keeps working.
+  void to(Device device);
 
   // Parameters and persistent buffers, detached, sharing storage.
   NamedTensors state_dict() const;

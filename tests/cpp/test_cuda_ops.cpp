@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <optional>
@@ -24,6 +25,8 @@
 
 #include "eager/cuda/launch.h"
 #include "eager/nn/functional.h"
+#include "eager/nn/layers.h"
+#include "eager/optim.h"
 #include "kiln.h"
 #include "runtime/cublas.h"
 #include "runtime/cuda_driver.h"
@@ -884,6 +887,50 @@ TEST_CASE("cuda: 0-d CPU index tensors into a CUDA tensor work or are refused, n
     if (error.empty()) check_close(got, want, {}, what);
     else CHECK_THAT(error, Catch::Contains("DeviceError") && !Catch::Contains("CUDA_ERROR"));
   }
+}
+
+TEST_CASE("cuda: Module::to moves a model in place, so an optimizer made before trains it", "[cuda]") {
+  if (!have_gpu() || !have_cublas()) return;
+  manual_seed(4);
+  auto make = [] {
+    return std::make_shared<nn::Sequential>(nn::Linear(6, 8), nn::ReLU(), nn::Linear(8, 3));
+  };
+  auto cpu = make(), gpu = make();
+  gpu->load_state_dict(cpu->state_dict());
+  optim::SGD cpu_opt(cpu->parameters(), {.lr = 0.1, .momentum = 0.9});
+  optim::SGD gpu_opt(gpu->parameters(), {.lr = 0.1, .momentum = 0.9});  // made on the cpu parameters
+  const Tensor x = randn({5, 6}), t = randint(0, 3, {5});
+  auto step = [](nn::Sequential& model, optim::SGD& opt, const Tensor& xs, const Tensor& ts) {
+    opt.zero_grad();
+    Tensor loss = nn::functional::cross_entropy(model.forward(xs), ts);
+    loss.backward();
+    opt.step();
+  };
+  nn::functional::cross_entropy(gpu->forward(x), t).backward();  // gradients on the cpu, to move too
+  Tensor before = gpu->parameters()[0];
+  gpu->to(kCuda);
+  CHECK(gpu->parameters()[0].is_same(before));  // the same tensors, now on the GPU
+  for (const Tensor& p : gpu->parameters()) {
+    CHECK(p.device() == kCuda);
+    if (p.grad().defined()) CHECK(p.grad().device() == kCuda);
+  }
+  // Its state (momentum) is made by the first step, on the parameters' device.
+  for (int i = 0; i < 3; ++i) {
+    step(*cpu, cpu_opt, x, t);
+    const std::string error = error_of([&] { step(*gpu, gpu_opt, x.cuda(), t.cuda()); });
+    INFO(error);
+    REQUIRE(error.empty());
+  }
+  const auto want = cpu->parameters();
+  const auto got = gpu->parameters();
+  for (size_t i = 0; i < want.size(); ++i) check_close(got[i], want[i], {1e-5, 1e-6}, "parameter after training");
+  // saved from the GPU, loaded on the cpu
+  const std::string path = (std::filesystem::temp_directory_path() / "kiln_cuda_module_to.safetensors").string();
+  gpu->save(path);
+  auto loaded = make();
+  loaded->load(path);
+  std::filesystem::remove(path);
+  for (size_t i = 0; i < want.size(); ++i) check_close(loaded->parameters()[i].cuda(), want[i], {1e-5, 1e-6}, "reloaded");
 }
 
 // A kernel that fails (here an index out of range, which only the kernel
