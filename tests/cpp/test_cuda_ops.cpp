@@ -933,6 +933,55 @@ TEST_CASE("cuda: Module::to moves a model in place, so an optimizer made before 
   for (size_t i = 0; i < want.size(); ++i) check_close(loaded->parameters()[i].cuda(), want[i], {1e-5, 1e-6}, "reloaded");
 }
 
+// Two GPUs: ctest runs this under the emulator with two devices
+// (KILN_CUDA_EMULATOR_DEVICES=2, and KILN_EXPECT_CUDA_DEVICES=2 to make a
+// skip a failure); with one GPU it skips.
+TEST_CASE("cuda: a second GPU: ops, copies between GPUs, streams and memory per device", "[cuda][multi_gpu]") {
+  if (!have_gpu() || !have_cublas()) return;
+  if (cuda::device_count() < 2) {
+    const char* expected = std::getenv("KILN_EXPECT_CUDA_DEVICES");
+    if (expected && std::atoi(expected) >= 2) FAIL("KILN_EXPECT_CUDA_DEVICES is set, but there is one GPU");
+    WARN("one GPU here: the two-GPU case is skipped");
+    return;
+  }
+  namespace F = nn::functional;
+  const Device gpu1{DeviceType::CUDA, 1};
+  manual_seed(9);
+  const Tensor x = randn({6, 8}), w = randn({8, 5}), img = randn({2, 3, 6, 6}), k = randn({4, 3, 3, 3});
+  // Results on cuda:1 are compared on cuda:0: a copy between GPUs too.
+  Tensor y = softmax(add(matmul(x.to(gpu1), w.to(gpu1)), 1.0), -1);
+  CHECK(y.device() == gpu1);
+  check_close(y.to(kCuda), softmax(add(matmul(x, w), 1.0), -1), {1e-5, 1e-6}, "matmul and softmax on cuda:1");
+  Tensor c = F::conv2d(img.to(gpu1), k.to(gpu1), {}, {1, 1}, {1, 1});
+  check_close(c.to(kCuda), F::conv2d(img, k, {}, {1, 1}, {1, 1}), {1e-4, 1e-5}, "conv2d on cuda:1");
+  check_close(sum(x.cuda().to(gpu1), {0}).to(kCuda), sum(x, {0}), {1e-5, 1e-6}, "cuda:0 -> cuda:1 -> cuda:0");
+  CHECK_THROWS_WITH(add(x.cuda(), x.to(gpu1)), Catch::Contains("cuda:0") && Catch::Contains("cuda:1"));
+  // each device's allocator counts its own memory
+  const size_t before0 = cuda::memory_stats(0).allocated_bytes, before1 = cuda::memory_stats(1).allocated_bytes;
+  {
+    Tensor big = zeros({1 << 18}, DType::Float32, gpu1);
+    CHECK(cuda::memory_stats(1).allocated_bytes >= before1 + (size_t{1} << 20));
+    CHECK(cuda::memory_stats(0).allocated_bytes == before0);
+  }
+  CHECK(cuda::memory_stats(1).allocated_bytes == before1);
+  // a stream of cuda:1 carries cuda:1's work
+  cuda::Stream side(1);
+  Tensor z;
+  {
+    cuda::StreamGuard guard(side);
+    z = mul(x.to(gpu1), 2.0);
+  }
+  side.synchronize();
+  check_close(z.to(kCuda), mul(x, 2.0), {}, "on a cuda:1 stream");
+  // gradients stay on their GPU
+  Tensor a = x.to(gpu1).detach();
+  a.requires_grad_();
+  sum(mul(a, a)).backward();
+  REQUIRE(a.grad().defined());
+  CHECK(a.grad().device() == gpu1);
+  check_close(a.grad().to(kCuda), mul(x, 2.0), {1e-6, 1e-6}, "gradient on cuda:1");
+}
+
 // A kernel that fails (here an index out of range, which only the kernel
 // sees) ruins the process's GPU context, so this case is hidden and runs in
 // a process of its own: `kiln_tests "[cuda_fault]"` (ctest runs it under the

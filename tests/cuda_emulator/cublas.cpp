@@ -2,7 +2,8 @@
 // (runtime/cublas.cpp), computed in plain loops with cuBLAS's conventions
 // (column-major, op(A) is m x k, leading dimensions checked as cuBLAS does)
 // and its arithmetic (float accumulation; TF32 rounds the inputs to 10
-// mantissa bits), on pointers that must be device memory.
+// mantissa bits), on pointers that must be memory of the handle's device,
+// which must be current.
 #include <cublas_api.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -14,6 +15,7 @@
 #include "tests/cuda_emulator/emulator.h"
 
 struct cublasContext {
+  int device = -1;  // current when it was created
   cudaStream_t stream = nullptr;
   cublasMath_t math = CUBLAS_DEFAULT_MATH;
 };
@@ -57,10 +59,12 @@ float tf32(float x) {
 
 // The bytes of a column-major matrix with `rows` rows, `cols` columns and
 // leading dimension ld, repeated `batch` times `stride` elements apart.
-bool on_device(const void* p, cudaDataType type, int64_t rows, int64_t cols, int64_t ld, int64_t stride, int batch) {
+bool on_device(int device, const void* p, cudaDataType type, int64_t rows, int64_t cols, int64_t ld, int64_t stride,
+               int batch) {
   if (rows == 0 || cols == 0 || batch == 0) return true;
   const int64_t last = (batch - 1) * stride + (cols - 1) * ld + rows;  // elements to the end of the last matrix
-  return stride >= 0 && kiln_cuda_emulator::is_device_memory(p, static_cast<size_t>(last) * element_bytes(type));
+  return stride >= 0 &&
+         kiln_cuda_emulator::memory_device(p, static_cast<size_t>(last) * element_bytes(type)) == device;
 }
 
 }  // namespace
@@ -69,7 +73,9 @@ bool on_device(const void* p, cudaDataType type, int64_t rows, int64_t cols, int
 
 KILN_EXPORT cublasStatus_t cublasCreate_v2(cublasHandle_t* handle) {
   if (!handle) return CUBLAS_STATUS_INVALID_VALUE;
-  *handle = new cublasContext;
+  const int device = kiln_cuda_emulator::current_device();
+  if (device < 0) return CUBLAS_STATUS_NOT_INITIALIZED;  // no context current
+  *handle = new cublasContext{device};
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -117,9 +123,13 @@ KILN_EXPORT cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cub
                              : (a_type == CUDA_R_32F || a_type == CUDA_R_16F || a_type == CUDA_R_16BF) &&
                                    (compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_FAST_TF32));
   if (!types_ok || (compute == CUBLAS_COMPUTE_32F_FAST_TF32 && a_type != CUDA_R_32F)) return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (!on_device(A, a_type, a_rows, a_cols, lda, stride_a, batch) ||
-      !on_device(B, b_type, b_rows, b_cols, ldb, stride_b, batch) || !on_device(C, c_type, m, n, ldc, stride_c, batch))
-    return CUBLAS_STATUS_INVALID_VALUE;  // the real library would fault
+  // Another device's handle, or memory: the real library would fail or fault.
+  const int device = handle->device;
+  if (kiln_cuda_emulator::current_device() != device) return CUBLAS_STATUS_EXECUTION_FAILED;
+  if (!on_device(device, A, a_type, a_rows, a_cols, lda, stride_a, batch) ||
+      !on_device(device, B, b_type, b_rows, b_cols, ldb, stride_b, batch) ||
+      !on_device(device, C, c_type, m, n, ldc, stride_c, batch))
+    return CUBLAS_STATUS_INVALID_VALUE;
   const double alpha_v = f64 ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
   const double beta_v = f64 ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
   const bool round_tf32 = compute == CUBLAS_COMPUTE_32F_FAST_TF32;

@@ -14,6 +14,7 @@
 #include "tests/cuda_emulator/emulator.h"
 
 struct cudnnContext {
+  int device = -1;  // current when it was created
   cudaStream_t stream = nullptr;
 };
 struct cudnnTensorStruct {
@@ -60,8 +61,10 @@ void store(void* p, cudnnDataType_t type, int64_t i, double v) {
 
 int64_t elements(const cudnnTensorStruct& t) { return int64_t{t.n} * t.c * t.h * t.w; }
 
+// Memory of the device that is current (and the handle's: checked first).
 bool on_device(const void* p, const cudnnTensorStruct& t) {
-  return elements(t) == 0 || kiln_cuda_emulator::is_device_memory(p, elements(t) * element_bytes(t.type));
+  return elements(t) == 0 || kiln_cuda_emulator::memory_device(p, elements(t) * element_bytes(t.type)) ==
+                                 kiln_cuda_emulator::current_device();
 }
 
 // The shapes of one convolution, checked as cuDNN does.
@@ -141,9 +144,12 @@ cudnnStatus_t workspace_size(const Shapes& s, size_t* bytes) {
   return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t usable(const Shapes& s, void* workspace, size_t workspace_bytes) {
+// A call's handle (of the current device), shapes and workspace.
+cudnnStatus_t usable(cudnnHandle_t handle, const Shapes& s, void* workspace, size_t workspace_bytes) {
+  if (!handle || handle->device != kiln_cuda_emulator::current_device()) return CUDNN_STATUS_EXECUTION_FAILED;
   if (cudnnStatus_t status = s.check()) return status;
-  if (workspace_bytes < kWorkspaceBytes || !kiln_cuda_emulator::is_device_memory(workspace, kWorkspaceBytes))
+  if (workspace_bytes < kWorkspaceBytes ||
+      kiln_cuda_emulator::memory_device(workspace, kWorkspaceBytes) != handle->device)
     return CUDNN_STATUS_BAD_PARAM;
   return CUDNN_STATUS_SUCCESS;
 }
@@ -154,7 +160,9 @@ cudnnStatus_t usable(const Shapes& s, void* workspace, size_t workspace_bytes) {
 
 KILN_EXPORT cudnnStatus_t cudnnCreate(cudnnHandle_t* handle) {
   if (!handle) return CUDNN_STATUS_BAD_PARAM;
-  *handle = new cudnnContext;
+  const int device = kiln_cuda_emulator::current_device();
+  if (device < 0) return CUDNN_STATUS_NOT_INITIALIZED;  // no context current
+  *handle = new cudnnContext{device};
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -263,13 +271,13 @@ KILN_EXPORT cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t,
   return workspace_size(Shapes{*x, *w, *conv, *y}, bytes);
 }
 
-KILN_EXPORT cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t, const void* alpha, const cudnnTensorDescriptor_t x_desc,
+KILN_EXPORT cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* alpha, const cudnnTensorDescriptor_t x_desc,
                                                   const void* x, const cudnnFilterDescriptor_t w_desc, const void* w,
                                                   const cudnnConvolutionDescriptor_t conv, cudnnConvolutionFwdAlgo_t,
                                                   void* workspace, size_t workspace_bytes, const void* beta,
                                                   const cudnnTensorDescriptor_t y_desc, void* y) {
   const Shapes s{*x_desc, *w_desc, *conv, *y_desc};
-  if (cudnnStatus_t status = usable(s, workspace, workspace_bytes)) return status;
+  if (cudnnStatus_t status = usable(handle, s, workspace, workspace_bytes)) return status;
   if (!on_device(x, s.x) || !on_device(w, s.w) || !on_device(y, s.y)) return CUDNN_STATUS_BAD_PARAM;
   std::vector<double> sum(static_cast<size_t>(elements(s.y)));
   s.each_product([&](int64_t yi, int64_t xi, int64_t wi) { sum[yi] += load(x, s.x.type, xi) * load(w, s.w.type, wi); });
@@ -296,7 +304,7 @@ KILN_EXPORT cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHand
   return workspace_size(Shapes{*dx, *w, *conv, *dy}, bytes);
 }
 
-KILN_EXPORT cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void* alpha,
+KILN_EXPORT cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alpha,
                                                        const cudnnFilterDescriptor_t w_desc, const void* w,
                                                        const cudnnTensorDescriptor_t dy_desc, const void* dy,
                                                        const cudnnConvolutionDescriptor_t conv,
@@ -304,7 +312,7 @@ KILN_EXPORT cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void
                                                        size_t workspace_bytes, const void* beta,
                                                        const cudnnTensorDescriptor_t dx_desc, void* dx) {
   const Shapes s{*dx_desc, *w_desc, *conv, *dy_desc};
-  if (cudnnStatus_t status = usable(s, workspace, workspace_bytes)) return status;
+  if (cudnnStatus_t status = usable(handle, s, workspace, workspace_bytes)) return status;
   if (!on_device(dx, s.x) || !on_device(w, s.w) || !on_device(dy, s.y)) return CUDNN_STATUS_BAD_PARAM;
   std::vector<double> sum(static_cast<size_t>(elements(s.x)));
   s.each_product([&](int64_t yi, int64_t xi, int64_t wi) { sum[xi] += load(dy, s.y.type, yi) * load(w, s.w.type, wi); });
@@ -331,7 +339,7 @@ KILN_EXPORT cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHa
   return workspace_size(Shapes{*x, *dw, *conv, *dy}, bytes);
 }
 
-KILN_EXPORT cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const void* alpha,
+KILN_EXPORT cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void* alpha,
                                                          const cudnnTensorDescriptor_t x_desc, const void* x,
                                                          const cudnnTensorDescriptor_t dy_desc, const void* dy,
                                                          const cudnnConvolutionDescriptor_t conv,
@@ -339,7 +347,7 @@ KILN_EXPORT cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const vo
                                                          size_t workspace_bytes, const void* beta,
                                                          const cudnnFilterDescriptor_t dw_desc, void* dw) {
   const Shapes s{*x_desc, *dw_desc, *conv, *dy_desc};
-  if (cudnnStatus_t status = usable(s, workspace, workspace_bytes)) return status;
+  if (cudnnStatus_t status = usable(handle, s, workspace, workspace_bytes)) return status;
   if (!on_device(x, s.x) || !on_device(dw, s.w) || !on_device(dy, s.y)) return CUDNN_STATUS_BAD_PARAM;
   std::vector<double> sum(static_cast<size_t>(elements(s.w)));
   s.each_product([&](int64_t yi, int64_t xi, int64_t wi) { sum[wi] += load(dy, s.y.type, yi) * load(x, s.x.type, xi); });

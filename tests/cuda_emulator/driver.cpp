@@ -1,5 +1,8 @@
 // The emulator's libcuda.so.1: the driver entry points kiln resolves
-// (runtime/cuda_driver.cpp), for one device whose memory is host memory.
+// (runtime/cuda_driver.cpp), for devices whose memory is host memory: one,
+// or KILN_CUDA_EMULATOR_DEVICES of them, so that multi-GPU code runs too. A
+// stream belongs to the device whose context was current when it was made,
+// and only that context may use it, as in CUDA.
 // Work runs when it is queued, so every stream is always idle; a kernel
 // that fails makes the context unusable, and every later call returns its
 // error, as the real driver does.
@@ -14,13 +17,19 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <vector>
 
 #include "tests/cuda_emulator/emulator.h"
 
-struct CUctx_st {};
+struct CUctx_st {
+  int device;
+};
 struct CUmod_st {};
-struct CUstream_st {};
+struct CUstream_st {
+  CUctx_st* context;
+};
 struct CUevent_st {
+  CUctx_st* context;
   std::chrono::steady_clock::time_point at;
   bool recorded = false;
 };
@@ -34,8 +43,12 @@ constexpr size_t kDeviceBytes = size_t{8} << 30;  // what the emulated device re
 std::recursive_mutex calls;
 bool initialized = false;
 CUresult sticky = CUDA_SUCCESS;  // the error of a failed kernel
-CUctx_st primary_context;
+// The primary context of each device, and the one current on this thread.
+std::vector<CUctx_st> primary_contexts;
+thread_local CUctx_st* current_context = nullptr;
+int devices() { return static_cast<int>(primary_contexts.size()); }
 std::map<uintptr_t, size_t> device_allocations;  // start -> bytes
+std::map<uintptr_t, int> allocation_devices;     // start -> device
 size_t device_allocated = 0;
 
 // Each device allocation ends 16 bytes or less before a PROT_NONE page, so
@@ -70,20 +83,33 @@ CUresult usable() {
   return sticky;
 }
 
+// Work queued from this thread: a context must be current, and a stream
+// (other than the legacy default) must be one of its own.
 CUresult valid_stream(CUstream stream) {
   if (CUresult r = usable()) return r;
-  return stream == nullptr || streams.count(stream) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+  if (!current_context) return CUDA_ERROR_INVALID_CONTEXT;
+  if (stream == nullptr) return CUDA_SUCCESS;
+  if (!streams.count(stream)) return CUDA_ERROR_INVALID_HANDLE;
+  return stream->context == current_context ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
 }
 
 }  // namespace
 
-bool is_device_memory(const void* p, size_t bytes) {
+bool is_device_memory(const void* p, size_t bytes) { return memory_device(p, bytes) >= 0; }
+
+int memory_device(const void* p, size_t bytes) {
   std::lock_guard lock(calls);
   const auto address = reinterpret_cast<uintptr_t>(p);
   auto it = device_allocations.upper_bound(address);
-  if (it == device_allocations.begin()) return false;
+  if (it == device_allocations.begin()) return -1;
   --it;
-  return address >= it->first && address + bytes <= it->first + it->second;
+  if (address < it->first || address + bytes > it->first + it->second) return -1;
+  return allocation_devices.at(it->first);
+}
+
+int current_device() {
+  std::lock_guard lock(calls);
+  return current_context ? current_context->device : -1;
 }
 
 }  // namespace kiln_cuda_emulator
@@ -95,6 +121,11 @@ using namespace kiln_cuda_emulator;
 KILN_EXPORT CUresult cuInit(unsigned int flags) {
   std::lock_guard lock(calls);
   if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  if (!initialized) {
+    const char* n = std::getenv("KILN_CUDA_EMULATOR_DEVICES");
+    const int count = n ? std::max(1, std::atoi(n)) : 1;
+    for (int i = 0; i < count; ++i) primary_contexts.push_back(CUctx_st{i});
+  }
   initialized = true;
   return CUDA_SUCCESS;
 }
@@ -108,22 +139,22 @@ KILN_EXPORT CUresult cuDriverGetVersion(int* version) {
 KILN_EXPORT CUresult cuDeviceGetCount(int* count) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
-  *count = 1;
+  *count = devices();
   return CUDA_SUCCESS;
 }
 
 KILN_EXPORT CUresult cuDeviceGet(CUdevice* device, int ordinal) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
-  if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-  *device = 0;
+  if (ordinal < 0 || ordinal >= devices()) return CUDA_ERROR_INVALID_DEVICE;
+  *device = ordinal;
   return CUDA_SUCCESS;
 }
 
 KILN_EXPORT CUresult cuDeviceGetName(char* name, int length, CUdevice device) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
-  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  if (device < 0 || device >= devices()) return CUDA_ERROR_INVALID_DEVICE;
   std::snprintf(name, static_cast<size_t>(length), "kiln CUDA emulator");
   return CUDA_SUCCESS;
 }
@@ -131,7 +162,7 @@ KILN_EXPORT CUresult cuDeviceGetName(char* name, int length, CUdevice device) {
 KILN_EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
-  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  if (device < 0 || device >= devices()) return CUDA_ERROR_INVALID_DEVICE;
   *bytes = kDeviceBytes;
   return CUDA_SUCCESS;
 }
@@ -139,7 +170,7 @@ KILN_EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
 KILN_EXPORT CUresult cuDeviceGetAttribute(int* value, CUdevice_attribute attribute, CUdevice device) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
-  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
+  if (device < 0 || device >= devices()) return CUDA_ERROR_INVALID_DEVICE;
   switch (attribute) {
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *value = 9; return CUDA_SUCCESS;
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *value = 0; return CUDA_SUCCESS;
@@ -151,15 +182,18 @@ KILN_EXPORT CUresult cuDeviceGetAttribute(int* value, CUdevice_attribute attribu
 KILN_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext* context, CUdevice device) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
-  if (device != 0) return CUDA_ERROR_INVALID_DEVICE;
-  *context = &primary_context;
+  if (device < 0 || device >= devices()) return CUDA_ERROR_INVALID_DEVICE;
+  *context = &primary_contexts[device];
   return CUDA_SUCCESS;
 }
 
 KILN_EXPORT CUresult cuCtxSetCurrent(CUcontext context) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
-  return context == &primary_context || context == nullptr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+  if (context && (context < primary_contexts.data() || context >= primary_contexts.data() + devices()))
+    return CUDA_ERROR_INVALID_CONTEXT;
+  current_context = context;
+  return CUDA_SUCCESS;
 }
 
 KILN_EXPORT CUresult cuCtxSynchronize() {
@@ -216,11 +250,13 @@ KILN_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* pointer, size_t bytes) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
   if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  if (!current_context) return CUDA_ERROR_INVALID_CONTEXT;
   if (bytes > kDeviceBytes - device_allocated) return CUDA_ERROR_OUT_OF_MEMORY;
   void* p = map_guarded(bytes);
   if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
   std::memset(p, 0xA5, bytes);  // device memory starts with garbage
   device_allocations.emplace(reinterpret_cast<uintptr_t>(p), bytes);
+  allocation_devices.emplace(reinterpret_cast<uintptr_t>(p), current_context->device);
   device_allocated += bytes;
   *pointer = reinterpret_cast<CUdeviceptr>(p);
   return CUDA_SUCCESS;
@@ -233,6 +269,7 @@ KILN_EXPORT CUresult cuMemFree_v2(CUdeviceptr pointer) {
   if (it == device_allocations.end()) return CUDA_ERROR_INVALID_VALUE;
   device_allocated -= it->second;
   device_allocations.erase(it);
+  allocation_devices.erase(static_cast<uintptr_t>(pointer));
   auto mapping = mappings.find(static_cast<uintptr_t>(pointer));
   munmap(mapping->second.base, mapping->second.length);
   mappings.erase(mapping);
@@ -309,7 +346,8 @@ KILN_EXPORT CUresult cuStreamCreate(CUstream* stream, unsigned int flags) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
   if (flags & ~unsigned{CU_STREAM_NON_BLOCKING}) return CUDA_ERROR_INVALID_VALUE;
-  *stream = new CUstream_st;
+  if (!current_context) return CUDA_ERROR_INVALID_CONTEXT;
+  *stream = new CUstream_st{current_context};
   streams.insert(*stream);
   return CUDA_SUCCESS;
 }
@@ -341,7 +379,8 @@ KILN_EXPORT CUresult cuEventCreate(CUevent* event, unsigned int flags) {
   std::lock_guard lock(calls);
   if (CUresult r = usable()) return r;
   if (flags & ~unsigned{CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING}) return CUDA_ERROR_INVALID_VALUE;
-  *event = new CUevent_st;
+  if (!current_context) return CUDA_ERROR_INVALID_CONTEXT;
+  *event = new CUevent_st{current_context};
   return CUDA_SUCCESS;
 }
 
@@ -354,6 +393,7 @@ KILN_EXPORT CUresult cuEventDestroy_v2(CUevent event) {
 KILN_EXPORT CUresult cuEventRecord(CUevent event, CUstream stream) {
   std::lock_guard lock(calls);
   if (CUresult r = valid_stream(stream)) return r;
+  if (event->context != current_context) return CUDA_ERROR_INVALID_HANDLE;  // an event of another device
   event->at = std::chrono::steady_clock::now();
   event->recorded = true;
   return CUDA_SUCCESS;

@@ -62,8 +62,11 @@ bool register_kernel(const char* name, unsigned max_threads) {
 // an empty string.
 std::string run(const Kernel& kernel, Dim3 grid, Dim3 block, void** params);
 
-// Whether [p, p + bytes) lies inside one device allocation (driver.cpp);
-// cublas.cpp and cudnn.cpp check their pointers with it.
+// Whether [p, p + bytes) lies inside one device allocation, and the device
+// that has it (-1: none); the device of the context current on this thread
+// (-1: none). driver.cpp answers; cublas.cpp and cudnn.cpp check with them.
 bool is_device_memory(const void* p, size_t bytes);
+int memory_device(const void* p, size_t bytes);
+int current_device();
 
 }  // namespace kiln_cuda_emulator
