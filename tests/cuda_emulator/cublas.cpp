@@ -5,14 +5,13 @@
 // mantissa bits), on pointers that must be memory of the handle's device,
 // which must be current.
 #include <cublas_api.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
 #include "tests/cuda_emulator/emulator.h"
+#include "tests/cuda_emulator/values.h"
 
 struct cublasContext {
   int device = -1;  // current when it was created
@@ -22,29 +21,17 @@ struct cublasContext {
 
 namespace {
 
-double load(const void* p, cudaDataType type, int64_t i) {
-  switch (type) {
-    case CUDA_R_32F: return static_cast<const float*>(p)[i];
-    case CUDA_R_64F: return static_cast<const double*>(p)[i];
-    case CUDA_R_16F: return __half2float(static_cast<const __half*>(p)[i]);
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  }
-}
+using kiln_cuda_emulator::Format;
+using kiln_cuda_emulator::load;
+using kiln_cuda_emulator::store;
 
-void store(void* p, cudaDataType type, int64_t i, double v) {
+// (the types gemm accepts: it checks them first)
+Format format_of(cudaDataType type) {
   switch (type) {
-    case CUDA_R_32F: static_cast<float*>(p)[i] = static_cast<float>(v); break;
-    case CUDA_R_64F: static_cast<double*>(p)[i] = v; break;
-    case CUDA_R_16F: static_cast<__half*>(p)[i] = __float2half_rn(static_cast<float>(v)); break;
-    default: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(static_cast<float>(v)); break;
-  }
-}
-
-size_t element_bytes(cudaDataType type) {
-  switch (type) {
-    case CUDA_R_32F: return 4;
-    case CUDA_R_64F: return 8;
-    default: return 2;
+    case CUDA_R_32F: return Format::F32;
+    case CUDA_R_64F: return Format::F64;
+    case CUDA_R_16F: return Format::F16;
+    default: return Format::BF16;
   }
 }
 
@@ -59,12 +46,12 @@ float tf32(float x) {
 
 // The bytes of a column-major matrix with `rows` rows, `cols` columns and
 // leading dimension ld, repeated `batch` times `stride` elements apart.
-bool on_device(int device, const void* p, cudaDataType type, int64_t rows, int64_t cols, int64_t ld, int64_t stride,
+bool on_device(int device, const void* p, Format format, int64_t rows, int64_t cols, int64_t ld, int64_t stride,
                int batch) {
   if (rows == 0 || cols == 0 || batch == 0) return true;
   const int64_t last = (batch - 1) * stride + (cols - 1) * ld + rows;  // elements to the end of the last matrix
   return stride >= 0 &&
-         kiln_cuda_emulator::memory_device(p, static_cast<size_t>(last) * element_bytes(type)) == device;
+         kiln_cuda_emulator::memory_device(p, static_cast<size_t>(last) * kiln_cuda_emulator::format_bytes(format)) == device;
 }
 
 }  // namespace
@@ -125,10 +112,11 @@ KILN_EXPORT cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cub
   if (!types_ok || (compute == CUBLAS_COMPUTE_32F_FAST_TF32 && a_type != CUDA_R_32F)) return CUBLAS_STATUS_NOT_SUPPORTED;
   // Another device's handle, or memory: the real library would fail or fault.
   const int device = handle->device;
+  const Format format = format_of(a_type);  // all three, checked above
   if (kiln_cuda_emulator::current_device() != device) return CUBLAS_STATUS_EXECUTION_FAILED;
-  if (!on_device(device, A, a_type, a_rows, a_cols, lda, stride_a, batch) ||
-      !on_device(device, B, b_type, b_rows, b_cols, ldb, stride_b, batch) ||
-      !on_device(device, C, c_type, m, n, ldc, stride_c, batch))
+  if (!on_device(device, A, format, a_rows, a_cols, lda, stride_a, batch) ||
+      !on_device(device, B, format, b_rows, b_cols, ldb, stride_b, batch) ||
+      !on_device(device, C, format, m, n, ldc, stride_c, batch))
     return CUBLAS_STATUS_INVALID_VALUE;
   const double alpha_v = f64 ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
   const double beta_v = f64 ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
@@ -140,8 +128,8 @@ KILN_EXPORT cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cub
         double acc64 = 0;
         float acc32 = 0;
         for (int64_t l = 0; l < k; ++l) {
-          double x = load(A, a_type, a0 + (ta ? l + i * lda : i + l * lda));
-          double y = load(B, b_type, b0 + (tb ? j + l * ldb : l + j * ldb));
+          double x = load(A, format, a0 + (ta ? l + i * lda : i + l * lda));
+          double y = load(B, format, b0 + (tb ? j + l * ldb : l + j * ldb));
           if (f64) {
             acc64 += x * y;
           } else {
@@ -153,7 +141,7 @@ KILN_EXPORT cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cub
         const double product = f64 ? acc64 : acc32;
         const int64_t at = c0 + i + j * ldc;
         // beta == 0: C is not read (it may hold NaN), as in BLAS
-        store(C, c_type, at, alpha_v * product + (beta_v == 0 ? 0 : beta_v * load(C, c_type, at)));
+        store(C, format, at, alpha_v * product + (beta_v == 0 ? 0 : beta_v * load(C, format, at)));
       }
   }
   return CUBLAS_STATUS_SUCCESS;

@@ -4,14 +4,13 @@
 // types) and that every pointer is device memory, and it asks for a
 // workspace, so that kiln's workspace path runs.
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cudnn.h>
 
 #include <cstdint>
 #include <vector>
 
 #include "tests/cuda_emulator/emulator.h"
+#include "tests/cuda_emulator/values.h"
 
 struct cudnnContext {
   int device = -1;  // current when it was created
@@ -33,37 +32,24 @@ namespace {
 
 constexpr size_t kWorkspaceBytes = 256;  // asked for by every algorithm, checked by every call
 
-size_t element_bytes(cudnnDataType_t type) {
-  switch (type) {
-    case CUDNN_DATA_FLOAT: return 4;
-    case CUDNN_DATA_DOUBLE: return 8;
-    default: return 2;
-  }
-}
+using kiln_cuda_emulator::Format;
 
-double load(const void* p, cudnnDataType_t type, int64_t i) {
-  switch (type) {
-    case CUDNN_DATA_FLOAT: return static_cast<const float*>(p)[i];
-    case CUDNN_DATA_DOUBLE: return static_cast<const double*>(p)[i];
-    case CUDNN_DATA_HALF: return __half2float(static_cast<const __half*>(p)[i]);
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+// (set_4d takes only these)
+Format format_of(const cudnnTensorStruct& t) {
+  switch (t.type) {
+    case CUDNN_DATA_FLOAT: return Format::F32;
+    case CUDNN_DATA_DOUBLE: return Format::F64;
+    case CUDNN_DATA_HALF: return Format::F16;
+    default: return Format::BF16;
   }
 }
-
-void store(void* p, cudnnDataType_t type, int64_t i, double v) {
-  switch (type) {
-    case CUDNN_DATA_FLOAT: static_cast<float*>(p)[i] = static_cast<float>(v); break;
-    case CUDNN_DATA_DOUBLE: static_cast<double*>(p)[i] = v; break;
-    case CUDNN_DATA_HALF: static_cast<__half*>(p)[i] = __float2half_rn(static_cast<float>(v)); break;
-    default: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(static_cast<float>(v)); break;
-  }
-}
+double load(const void* p, const cudnnTensorStruct& t, int64_t i) { return kiln_cuda_emulator::load(p, format_of(t), i); }
 
 int64_t elements(const cudnnTensorStruct& t) { return int64_t{t.n} * t.c * t.h * t.w; }
 
 // Memory of the device that is current (and the handle's: checked first).
 bool on_device(const void* p, const cudnnTensorStruct& t) {
-  return elements(t) == 0 || kiln_cuda_emulator::memory_device(p, elements(t) * element_bytes(t.type)) ==
+  return elements(t) == 0 || kiln_cuda_emulator::memory_device(p, elements(t) * kiln_cuda_emulator::format_bytes(format_of(t))) ==
                                  kiln_cuda_emulator::current_device();
 }
 
@@ -123,7 +109,7 @@ void blend(const void* alpha, const void* beta, const cudnnTensorStruct& t, void
   const double a = f64 ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
   const double b = f64 ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
   for (int64_t i = 0; i < elements(t); ++i)
-    store(out, t.type, i, a * sum[static_cast<size_t>(i)] + (b == 0 ? 0 : b * load(out, t.type, i)));
+    kiln_cuda_emulator::store(out, format_of(t), i, a * sum[static_cast<size_t>(i)] + (b == 0 ? 0 : b * load(out, t, i)));
 }
 
 template <class Perf, class Algo>
@@ -151,6 +137,28 @@ cudnnStatus_t usable(cudnnHandle_t handle, const Shapes& s, void* workspace, siz
   if (workspace_bytes < kWorkspaceBytes ||
       kiln_cuda_emulator::memory_device(workspace, kWorkspaceBytes) != handle->device)
     return CUDNN_STATUS_BAD_PARAM;
+  return CUDNN_STATUS_SUCCESS;
+}
+
+// One call: the tensor `written` (y forward, x backward data, w backward
+// filter) = alpha * the sum of the other two's products + beta * itself.
+enum class Written { Y, X, W };
+cudnnStatus_t convolve(cudnnHandle_t handle, const Shapes& s, void* workspace, size_t workspace_bytes,
+                       const void* alpha, const void* beta, const void* x, const void* w, const void* y,
+                       Written written) {
+  if (cudnnStatus_t status = usable(handle, s, workspace, workspace_bytes)) return status;
+  if (!on_device(x, s.x) || !on_device(w, s.w) || !on_device(y, s.y)) return CUDNN_STATUS_BAD_PARAM;
+  const cudnnTensorStruct& out = written == Written::Y ? s.y : written == Written::X ? s.x : s.w;
+  std::vector<double> sum(static_cast<size_t>(elements(out)));
+  s.each_product([&](int64_t yi, int64_t xi, int64_t wi) {
+    switch (written) {
+      case Written::Y: sum[yi] += load(x, s.x, xi) * load(w, s.w, wi); break;
+      case Written::X: sum[xi] += load(y, s.y, yi) * load(w, s.w, wi); break;
+      case Written::W: sum[wi] += load(y, s.y, yi) * load(x, s.x, xi); break;
+    }
+  });
+  void* target = const_cast<void*>(written == Written::Y ? y : written == Written::X ? x : w);
+  blend(alpha, beta, out, target, sum);
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -276,13 +284,8 @@ KILN_EXPORT cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const vo
                                                   const cudnnConvolutionDescriptor_t conv, cudnnConvolutionFwdAlgo_t,
                                                   void* workspace, size_t workspace_bytes, const void* beta,
                                                   const cudnnTensorDescriptor_t y_desc, void* y) {
-  const Shapes s{*x_desc, *w_desc, *conv, *y_desc};
-  if (cudnnStatus_t status = usable(handle, s, workspace, workspace_bytes)) return status;
-  if (!on_device(x, s.x) || !on_device(w, s.w) || !on_device(y, s.y)) return CUDNN_STATUS_BAD_PARAM;
-  std::vector<double> sum(static_cast<size_t>(elements(s.y)));
-  s.each_product([&](int64_t yi, int64_t xi, int64_t wi) { sum[yi] += load(x, s.x.type, xi) * load(w, s.w.type, wi); });
-  blend(alpha, beta, s.y, y, sum);
-  return CUDNN_STATUS_SUCCESS;
+  return convolve(handle, {*x_desc, *w_desc, *conv, *y_desc}, workspace, workspace_bytes, alpha, beta, x, w, y,
+                  Written::Y);
 }
 
 // ---- backward data: dx = dy (*)^T w ----
@@ -311,13 +314,8 @@ KILN_EXPORT cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, con
                                                        cudnnConvolutionBwdDataAlgo_t, void* workspace,
                                                        size_t workspace_bytes, const void* beta,
                                                        const cudnnTensorDescriptor_t dx_desc, void* dx) {
-  const Shapes s{*dx_desc, *w_desc, *conv, *dy_desc};
-  if (cudnnStatus_t status = usable(handle, s, workspace, workspace_bytes)) return status;
-  if (!on_device(dx, s.x) || !on_device(w, s.w) || !on_device(dy, s.y)) return CUDNN_STATUS_BAD_PARAM;
-  std::vector<double> sum(static_cast<size_t>(elements(s.x)));
-  s.each_product([&](int64_t yi, int64_t xi, int64_t wi) { sum[xi] += load(dy, s.y.type, yi) * load(w, s.w.type, wi); });
-  blend(alpha, beta, s.x, dx, sum);
-  return CUDNN_STATUS_SUCCESS;
+  return convolve(handle, {*dx_desc, *w_desc, *conv, *dy_desc}, workspace, workspace_bytes, alpha, beta, dx, w, dy,
+                  Written::X);
 }
 
 // ---- backward filter: dw = x (*)^T dy ----
@@ -346,11 +344,6 @@ KILN_EXPORT cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, c
                                                          cudnnConvolutionBwdFilterAlgo_t, void* workspace,
                                                          size_t workspace_bytes, const void* beta,
                                                          const cudnnFilterDescriptor_t dw_desc, void* dw) {
-  const Shapes s{*x_desc, *dw_desc, *conv, *dy_desc};
-  if (cudnnStatus_t status = usable(handle, s, workspace, workspace_bytes)) return status;
-  if (!on_device(x, s.x) || !on_device(dw, s.w) || !on_device(dy, s.y)) return CUDNN_STATUS_BAD_PARAM;
-  std::vector<double> sum(static_cast<size_t>(elements(s.w)));
-  s.each_product([&](int64_t yi, int64_t xi, int64_t wi) { sum[wi] += load(dy, s.y.type, yi) * load(x, s.x.type, xi); });
-  blend(alpha, beta, s.w, dw, sum);
-  return CUDNN_STATUS_SUCCESS;
+  return convolve(handle, {*x_desc, *dw_desc, *conv, *dy_desc}, workspace, workspace_bytes, alpha, beta, x, dw, dy,
+                  Written::W);
 }
